@@ -1,0 +1,3 @@
+"""The fastenv version (one place)."""
+
+__version__ = "0.1.0"

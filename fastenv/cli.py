@@ -1,0 +1,129 @@
+"""The ``fastenv`` command: ``serve``, ``demo``, ``doctor``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from fastenv.errors import FastEnvError
+
+READY_LINE = "fastenv: ready {address}"
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object, e.g. '{\"height\": 84}'")
+    return value
+
+
+def _add_serve(commands: argparse._SubParsersAction) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="serve an env",
+        description="Serve an env. Prints one line `fastenv: ready <address>` once it accepts connections.",
+    )
+    serve.add_argument("target", help="module:callable, path/to/file.py:callable, or a Gymnasium id (CartPole-v1)")
+    serve.add_argument("--bind", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=0, help="TCP port (default: 0, a free port)")
+    serve.add_argument(
+        "--mode",
+        choices=("shared", "per-client"),
+        default="shared",
+        help="shared: all clients drive one env (default); per-client: each client gets its own",
+    )
+    serve.add_argument("--env-kwargs", type=_json_object, default={}, help="JSON object passed to the env factory")
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow binding a non-loopback address without authentication",
+    )
+    serve.add_argument("--log-level", default="WARNING", help="logging level (default: WARNING)")
+    serve.set_defaults(handler=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from fastenv.server import EnvServer
+    from fastenv.target import resolve_target
+
+    logging.basicConfig(level=args.log_level.upper(), format="fastenv[%(process)d] %(levelname)s %(message)s")
+    factory = resolve_target(args.target, args.env_kwargs)
+    if args.insecure:
+        print(
+            f"fastenv: WARNING: serving on {args.bind} without authentication (--insecure): "
+            "anyone who can reach this port can drive the env",
+            file=sys.stderr,
+            flush=True,
+        )
+    server = EnvServer(factory=factory, bind=args.bind, port=args.port, mode=args.mode, insecure=args.insecure)
+    signal.signal(signal.SIGTERM, lambda *_: server.stop(timeout=0))
+    try:
+        address = server.address  # binds; in shared mode this also builds the env
+        print(f"fastenv: serving {args.target} ({args.mode}) on {address}", file=sys.stderr, flush=True)
+        print(READY_LINE.format(address=address), flush=True)
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+    print("fastenv: stopped", file=sys.stderr, flush=True)
+    return 0
+
+
+def _add_demo(commands: argparse._SubParsersAction) -> None:
+    demo = commands.add_parser(
+        "demo",
+        help="serve a built-in example env in a child process and drive it",
+        description="Start `fastenv serve` on a built-in example env, drive it, print steps/s and latency.",
+    )
+    demo.add_argument("--env", choices=("vector", "camera"), default="vector", help="example env (default: vector)")
+    demo.add_argument("--steps", type=int, default=3000, help="steps to time (default: 3000)")
+    demo.set_defaults(handler=_demo)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from fastenv.demo import run_demo
+
+    print(run_demo(args.env, args.steps))
+    return 0
+
+
+def _add_doctor(commands: argparse._SubParsersAction) -> None:
+    doctor = commands.add_parser("doctor", help="report versions and which optional parts are active")
+    doctor.set_defaults(handler=_doctor)
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from fastenv.doctor import report
+
+    for key, value in report().items():
+        print(f"{key:>18}: {value}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``fastenv`` argument parser."""
+    parser = argparse.ArgumentParser(prog="fastenv", description="Serve and drive simulation environments fast.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_serve(commands)
+    _add_demo(commands)
+    _add_doctor(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``fastenv`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except FastEnvError as exc:
+        print(f"fastenv: error: {exc}", file=sys.stderr, flush=True)
+        return 2

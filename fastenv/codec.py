@@ -1,0 +1,355 @@
+"""Value <-> (skeleton, buffers): how fastenv moves Python values without pickling them whole.
+
+:func:`encode` turns a value into a small *skeleton* (bytes) plus a list of raw
+array buffers; :func:`decode` turns them back. The data planes move the
+buffers without copying them (ZeroMQ frames today, shared memory or a chunked
+TCP stream later); only the skeleton is serialised.
+
+The skeleton is a tree of plain values serialised with pickle protocol 5, and
+read back with an unpickler that **refuses every global**: it can only build
+None, bool, int, float, str, bytes, list, tuple, dict, set and frozenset.
+Nothing a peer sends can name a class or a function, so nothing it sends can
+run code. Everything richer is spelled as a tagged tuple in that tree:
+
+=============  ==================================================
+value          skeleton node
+=============  ==================================================
+list           a list of nodes (lists are never tags)
+tuple          ``(TUPLE, [nodes])``
+dict           ``(DICT, [k0, v0, k1, v1, ...])`` (keys are nodes)
+OrderedDict    ``(ODICT, [...])``
+set/frozenset  ``(SET, [nodes])`` / ``(FROZENSET, [nodes])``
+complex        ``(COMPLEX, real, imag)``
+numpy array    ``(ARRAY, buffer_index, dtype, shape, order)``
+numpy scalar   ``(SCALAR, dtype, raw_bytes)``
+registered     ``(EXT, type_name, node)``
+=============  ==================================================
+
+Numpy arrays of every numeric, bool, datetime, timedelta, fixed-width string
+and structured dtype are supported (any shape; non-contiguous arrays are sent
+as a C-ordered copy, Fortran-ordered arrays keep their order). Object arrays
+are refused. Other types are sent through :func:`register_type`, which must be
+called with the same name on both sides (Gymnasium spaces and ``EnvSpec`` are
+registered by :mod:`fastenv.gym_types`).
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fastenv.errors import DecodeError, EncodeError, FrameTooLarge
+
+# Skeleton tags. Part of the wire format: never renumber.
+TUPLE, DICT, ODICT, SET, FROZENSET, COMPLEX, ARRAY, SCALAR, EXT = range(1, 10)
+
+DEFAULT_MAX_DEPTH = 64
+_ATOMS = (type(None), bool, int, float, str, bytes)
+
+Buffer = Any  # anything exposing the buffer protocol: bytes, memoryview, zmq.Frame, mmap
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds the decoder enforces on what a peer sends.
+
+    Attributes:
+        max_depth: deepest container nesting accepted.
+        max_skeleton_bytes: largest skeleton accepted.
+        max_array_bytes: largest single array accepted.
+    """
+
+    max_depth: int = DEFAULT_MAX_DEPTH
+    max_skeleton_bytes: int = 16 * 1024 * 1024
+    max_array_bytes: int = 1 << 31
+
+
+DEFAULT_LIMITS = Limits()
+
+
+@dataclass(frozen=True)
+class _Registered:
+    name: str
+    cls: type
+    to_data: Callable[[Any], Any]
+    from_data: Callable[[Any], Any]
+
+
+_BY_TYPE: dict[type, _Registered] = {}
+_BY_NAME: dict[str, _Registered] = {}
+
+
+def register_type(
+    cls: type,
+    name: str,
+    to_data: Callable[[Any], Any],
+    from_data: Callable[[Any], Any],
+) -> None:
+    """Teach the codec to carry instances of ``cls``.
+
+    ``to_data(obj)`` must return a value the codec already supports (plain
+    containers, scalars, arrays, other registered types); ``from_data(data)``
+    rebuilds the object. ``name`` is the wire identifier: register the same
+    name on client and server. Only exact instances of ``cls`` match
+    (subclasses need their own registration). Decoding calls only the
+    ``from_data`` you registered, never anything named by the peer.
+    """
+    if not name or not isinstance(name, str):
+        raise ValueError("register_type needs a non-empty string name")
+    entry = _Registered(name, cls, to_data, from_data)
+    _BY_TYPE[cls] = entry
+    _BY_NAME[name] = entry
+
+
+def registered_types() -> list[str]:
+    """Wire names of all registered types."""
+    return sorted(_BY_NAME)
+
+
+# --------------------------------------------------------------------------- encode
+
+
+def _array_node(array: np.ndarray, buffers: list[Buffer]) -> tuple:
+    dtype = array.dtype
+    if dtype.hasobject:
+        raise EncodeError(
+            f"cannot send a numpy array of dtype {dtype}: object arrays may hold "
+            "arbitrary Python objects; convert to a plain dtype or a list"
+        )
+    if array.flags.c_contiguous:
+        order = "C"
+    elif array.flags.f_contiguous:
+        order = "F"
+    else:
+        array = np.ascontiguousarray(array)
+        order = "C"
+    # A flat uint8 view exports a plain buffer for every dtype (datetime included).
+    raw = array.reshape(-1, order="A").view(np.uint8) if array.size else np.empty(0, np.uint8)
+    buffers.append(raw)
+    return (ARRAY, len(buffers) - 1, _dtype_spec(dtype), array.shape, order)
+
+
+def _dtype_spec(dtype: np.dtype) -> Any:
+    return dtype.descr if dtype.fields is not None else dtype.str
+
+
+def _encode(value: Any, buffers: list[Buffer], depth: int) -> Any:
+    kind = type(value)
+    if kind in _ATOMS:
+        return value
+    if depth <= 0:
+        raise EncodeError("value is nested too deeply to send")
+    depth -= 1
+    if kind is list:
+        return [_encode(item, buffers, depth) for item in value]
+    if kind is tuple:
+        return (TUPLE, [_encode(item, buffers, depth) for item in value])
+    if kind is dict or kind is OrderedDict:
+        flat = []
+        for key, item in value.items():
+            flat.append(_encode(key, buffers, depth))
+            flat.append(_encode(item, buffers, depth))
+        return (DICT if kind is dict else ODICT, flat)
+    if kind is np.ndarray:
+        return _array_node(value, buffers)
+    if isinstance(value, np.generic):
+        if value.dtype.hasobject:
+            raise EncodeError("cannot send a numpy object scalar")
+        return (SCALAR, _dtype_spec(value.dtype), value.tobytes())
+    if kind is complex:
+        return (COMPLEX, value.real, value.imag)
+    if kind is set or kind is frozenset:
+        return (SET if kind is set else FROZENSET, [_encode(item, buffers, depth) for item in value])
+    entry = _BY_TYPE.get(kind)
+    if entry is not None:
+        return (EXT, entry.name, _encode(entry.to_data(value), buffers, depth))
+    if kind is bytearray or kind is memoryview:
+        return bytes(value)
+    raise EncodeError(
+        f"cannot send a value of type {kind.__module__}.{kind.__qualname__}: "
+        "fastenv carries plain data (containers, scalars, numpy arrays); "
+        "teach it this type with fastenv.register_type(cls, name, to_data, from_data) "
+        "on both client and server"
+    )
+
+
+def encode(value: Any, *, max_depth: int = DEFAULT_MAX_DEPTH) -> tuple[bytes, list[Buffer]]:
+    """Split ``value`` into a skeleton and a list of raw array buffers (no array is copied
+    unless it is non-contiguous)."""
+    buffers: list[Buffer] = []
+    tree = _encode(value, buffers, max_depth)
+    return pickle.dumps(tree, protocol=5), buffers
+
+
+# --------------------------------------------------------------------------- decode
+
+
+class _DataOnlyUnpickler(pickle.Unpickler):
+    """An unpickler that can build only builtin data: every global is refused."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise DecodeError(
+            f"refused to load {module}.{name}: fastenv payloads are data only "
+            "(a peer tried to send code or an object)"
+        )
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise DecodeError("refused a persistent reference in a fastenv payload")
+
+
+_DTYPE_CACHE: dict[str, np.dtype] = {}
+
+
+def _parse_dtype(spec: Any) -> np.dtype:
+    if type(spec) is str:
+        cached = _DTYPE_CACHE.get(spec)
+        if cached is not None:
+            return cached
+    elif type(spec) is not list:
+        raise DecodeError(f"invalid dtype {spec!r}")
+    try:
+        dtype = np.dtype(spec)
+    except (TypeError, ValueError) as exc:
+        raise DecodeError(f"invalid dtype {spec!r}") from exc
+    if dtype.hasobject:
+        raise DecodeError("refused an object dtype: fastenv payloads are data only")
+    if type(spec) is str and len(_DTYPE_CACHE) < 1024:
+        _DTYPE_CACHE[spec] = dtype
+    return dtype
+
+
+def _decode_array(node: tuple, buffers: Sequence[Buffer], limits: Limits) -> np.ndarray:
+    if len(node) != 5:
+        raise DecodeError("malformed array node")
+    _, index, dtype_spec, shape_node, order = node
+    if not isinstance(index, int) or not 0 <= index < len(buffers):
+        raise DecodeError(f"array refers to buffer {index!r} but {len(buffers)} were sent")
+    dtype = _parse_dtype(dtype_spec)
+    shape = _decode_shape(shape_node)
+    if order not in ("C", "F"):
+        raise DecodeError(f"invalid array order {order!r}")
+    count = 1
+    for dim in shape:
+        count *= dim
+    nbytes = count * dtype.itemsize
+    if nbytes > limits.max_array_bytes:
+        raise FrameTooLarge(f"array of {nbytes} bytes exceeds the limit of {limits.max_array_bytes}")
+    buffer = buffers[index]
+    available = len(buffer) if type(buffer) is bytes else memoryview(buffer).nbytes
+    if available != nbytes:
+        raise DecodeError(
+            f"array of shape {shape} and dtype {dtype} needs {nbytes} bytes, buffer has {available}"
+        )
+    if count == 0:
+        return np.empty(shape, dtype=dtype, order=order)
+    return np.frombuffer(buffer, dtype=dtype, count=count).reshape(shape, order=order)
+
+
+def _decode_shape(node: Any) -> tuple[int, ...]:
+    if type(node) is not tuple:
+        raise DecodeError(f"invalid array shape {node!r}")
+    for dim in node:
+        if type(dim) is not int or dim < 0:
+            raise DecodeError(f"invalid array shape {node!r}")
+    return node
+
+
+def _decode(node: Any, buffers: Sequence[Buffer], depth: int, limits: Limits) -> Any:
+    kind = type(node)
+    if kind is list:
+        if depth <= 0:
+            raise DecodeError("payload nested too deeply")
+        return [_decode(item, buffers, depth - 1, limits) for item in node]
+    if kind is not tuple:
+        if kind in _ATOMS:
+            return node
+        raise DecodeError(f"unexpected {kind.__name__} in payload")
+    if depth <= 0:
+        raise DecodeError("payload nested too deeply")
+    depth -= 1
+    if not node:
+        raise DecodeError("empty tagged node")
+    tag = node[0]
+    try:
+        if tag == TUPLE:
+            return tuple(_decode(item, buffers, depth, limits) for item in _items(node))
+        if tag == DICT or tag == ODICT:
+            flat = [_decode(item, buffers, depth, limits) for item in _items(node)]
+            if len(flat) % 2:
+                raise DecodeError("dict node with an odd number of entries")
+            pairs = zip(flat[0::2], flat[1::2])
+            return dict(pairs) if tag == DICT else OrderedDict(pairs)
+        if tag == ARRAY:
+            return _decode_array(node, buffers, limits)
+        if tag == SCALAR:
+            _, dtype_spec, raw = node
+            dtype = _parse_dtype(dtype_spec)
+            if type(raw) is not bytes or len(raw) != dtype.itemsize:
+                raise DecodeError("numpy scalar with the wrong number of bytes")
+            return np.frombuffer(raw, dtype=dtype)[0]
+        if tag == COMPLEX:
+            _, real, imag = node
+            if type(real) is not float or type(imag) is not float:
+                raise DecodeError("complex node with non-float parts")
+            return complex(real, imag)
+        if tag == SET:
+            return {_decode(item, buffers, depth, limits) for item in _items(node)}
+        if tag == FROZENSET:
+            return frozenset(_decode(item, buffers, depth, limits) for item in _items(node))
+        if tag == EXT:
+            _, name, inner = node
+            entry = _BY_NAME.get(name) if isinstance(name, str) else None
+            if entry is None:
+                raise DecodeError(
+                    f"unknown registered type {name!r}: register it on this side with fastenv.register_type"
+                )
+            data = _decode(inner, buffers, depth, limits)
+            try:
+                return entry.from_data(data)
+            except DecodeError:
+                raise
+            except Exception as exc:
+                raise DecodeError(f"could not rebuild registered type {name!r}: {exc}") from exc
+    except (ValueError, TypeError) as exc:  # wrong arity, unhashable keys, ...
+        if isinstance(exc, DecodeError):
+            raise
+        raise DecodeError(f"malformed payload: {exc}") from exc
+    raise DecodeError(f"unknown tag {tag!r} in payload")
+
+
+def _items(node: tuple) -> list:
+    if len(node) != 2 or type(node[1]) is not list:
+        raise DecodeError("malformed container node")
+    return node[1]
+
+
+def decode(skeleton: Buffer, buffers: Sequence[Buffer] = (), *, limits: Limits = DEFAULT_LIMITS) -> Any:
+    """Rebuild a value from :func:`encode`'s output.
+
+    Arrays are ``np.frombuffer`` views on ``buffers`` (no copy; writable when
+    the buffer is). Raises :class:`~fastenv.errors.DecodeError` for anything
+    that is not a well-formed data payload, including any attempt to
+    reference a class or function.
+    """
+    size = len(skeleton) if type(skeleton) is bytes else memoryview(skeleton).nbytes
+    if size > limits.max_skeleton_bytes:
+        raise FrameTooLarge(f"skeleton of {size} bytes exceeds the limit of {limits.max_skeleton_bytes}")
+    try:
+        tree = _DataOnlyUnpickler(io.BytesIO(skeleton), buffers=()).load()
+    except DecodeError:
+        raise
+    except Exception as exc:  # any unpickling failure is a protocol error, never a crash
+        raise DecodeError(f"malformed payload: {type(exc).__name__}: {exc}") from exc
+    return _decode(tree, buffers, limits.max_depth, limits)
+
+
+def roundtrip(value: Any) -> Any:
+    """Encode and decode ``value`` in-process (copying buffers): handy in tests."""
+    skeleton, buffers = encode(value)
+    return decode(skeleton, [bytearray(memoryview(b).cast("B")) for b in buffers])

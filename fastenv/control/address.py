@@ -1,0 +1,52 @@
+"""Addresses and host identity."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+
+from fastenv.errors import ServerConfigError
+
+
+def normalize_address(address: str) -> str:
+    """Accept ``tcp://host:port``, ``host:port`` or ``:port`` and return a ZeroMQ endpoint."""
+    address = address.strip()
+    if "://" in address:
+        return address
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"invalid fastenv address {address!r}: expected host:port or tcp://host:port")
+    return f"tcp://{host or '127.0.0.1'}:{port}"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps the server reachable from this machine only."""
+    if host in ("localhost",):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind_allowed(host: str, *, insecure: bool) -> None:
+    """Refuse a non-loopback bind unless ``insecure`` was asked for explicitly."""
+    if is_loopback(host) or insecure:
+        return
+    raise ServerConfigError(
+        f"refusing to bind {host}: that would expose the env server to the network "
+        "without authentication. Bind 127.0.0.1 and reach it through an SSH tunnel "
+        "(fastenv launch), or pass --insecure (insecure=True) if you accept that anyone "
+        "who can reach the port can drive the env"
+    )
+
+
+def host_identity() -> dict[str, str | int]:
+    """Who we are: hostname, kernel boot id (same machine ⇔ same boot id) and pid."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as handle:
+            boot_id = handle.read().strip()
+    except OSError:
+        boot_id = ""
+    return {"hostname": socket.gethostname(), "boot_id": boot_id, "pid": os.getpid()}

@@ -1,0 +1,78 @@
+"""Server side of the control channel (ZeroMQ ROUTER)."""
+
+from __future__ import annotations
+
+import errno
+from typing import Any
+
+import psutil
+import zmq
+
+from fastenv.control.dealer import HEARTBEAT_INTERVAL_MS, HEARTBEAT_TIMEOUT_MS
+from fastenv.errors import AddressInUse, TransportError
+
+
+def _port_holder(port: int) -> str:
+    """Describe the process listening on ``port``, if we are allowed to see it."""
+    try:
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN and conn.pid:
+                proc = psutil.Process(conn.pid)
+                return f" (held by pid {conn.pid}: {' '.join(proc.cmdline())[:200]})"
+    except (psutil.Error, OSError):
+        pass
+    return ""
+
+
+class ServerSocket:
+    """A bound ROUTER socket: receives ``[identity, *frames]`` and replies to an identity.
+
+    Args:
+        host: interface to bind.
+        port: TCP port; 0 picks a free one.
+        max_message_bytes: ZeroMQ drops a peer that sends a larger frame.
+    """
+
+    def __init__(self, host: str, port: int, *, max_message_bytes: int, context: zmq.Context | None = None) -> None:
+        self._context = context or zmq.Context.instance()
+        self.socket = self._context.socket(zmq.ROUTER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        self.socket.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+        self.socket.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_INTERVAL_MS)
+        self.socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+        self.socket.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TIMEOUT_MS)
+        if ":" in host and not host.startswith("["):
+            self.socket.setsockopt(zmq.IPV6, 1)
+            host = f"[{host}]"
+        endpoint = f"tcp://{host}:{port if port else '*'}"
+        try:
+            self.socket.bind(endpoint)
+        except zmq.ZMQError as exc:
+            self.socket.close(linger=0)
+            if exc.errno == errno.EADDRINUSE:
+                raise AddressInUse(
+                    f"port {port} on {host} is already in use{_port_holder(port)}; "
+                    f"pick another port (--port 0 chooses a free one) or find the holder with "
+                    f"`ss -ltnp 'sport = :{port}'`"
+                ) from exc
+            raise TransportError(f"cannot bind {endpoint}: {exc.strerror}") from exc
+        self.address: str = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def recv(self) -> list[Any] | None:
+        """One pending message as ``[identity, *frames]``, or None if nothing is waiting."""
+        try:
+            return self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return None
+
+    def send(self, identity: bytes, frames: list[Any]) -> None:
+        """Reply to ``identity``; a peer that went away is silently skipped."""
+        try:
+            self.socket.send_multipart([identity, *frames], copy=False)
+        except zmq.ZMQError:
+            pass
+
+    def close(self) -> None:
+        """Close the socket (idempotent)."""
+        self.socket.close(linger=0)

@@ -1,0 +1,171 @@
+"""The one exception family fastenv raises.
+
+Everything fastenv raises derives from :class:`FastEnvError`. Errors from the
+OS, ZeroMQ or the decoder are translated at the edge (see
+:func:`translate_zmq_errors`), so callers never see a bare ``zmq.ZMQError`` or
+``RuntimeError`` from deep inside.
+
+Hierarchy::
+
+    FastEnvError
+    ├── FastEnvTimeout            (also TimeoutError)
+    ├── TransportError            (also ConnectionError)
+    │   ├── ConnectionLost
+    │   └── AddressInUse
+    ├── ProtocolError
+    │   ├── ProtocolVersionError
+    │   ├── DecodeError
+    │   ├── EncodeError           (also TypeError)
+    │   └── FrameTooLarge
+    ├── RemoteEnvError            (carries the remote type, message, traceback)
+    ├── UnknownMethodError        (also AttributeError)
+    ├── ClientClosedError
+    ├── ServerConfigError
+    └── TargetError
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import errno
+from collections.abc import Iterator
+
+import zmq
+
+
+class FastEnvError(Exception):
+    """Base class of every error fastenv raises."""
+
+
+class FastEnvTimeout(FastEnvError, TimeoutError):
+    """A call did not complete within its timeout."""
+
+
+class TransportError(FastEnvError, ConnectionError):
+    """The connection to the peer failed or was lost."""
+
+
+class ConnectionLost(TransportError):
+    """The peer went away (process killed, network gone) while a call was pending."""
+
+
+class AddressInUse(TransportError):
+    """The server could not bind because the address is already taken."""
+
+
+class ProtocolError(FastEnvError):
+    """A peer sent something that is not a valid fastenv message."""
+
+
+class ProtocolVersionError(ProtocolError):
+    """Client and server speak different protocol versions."""
+
+    def __init__(self, client_version: int, server_version: int, detail: str = "") -> None:
+        self.client_version = client_version
+        self.server_version = server_version
+        message = (
+            f"protocol version mismatch: client speaks v{client_version}, "
+            f"server speaks v{server_version}"
+        )
+        if detail:
+            message += f" ({detail})"
+        message += "; install the same fastenv version on both sides"
+        super().__init__(message)
+
+
+class DecodeError(ProtocolError):
+    """A payload could not be decoded, or was refused because it is not plain data."""
+
+
+class EncodeError(ProtocolError, TypeError):
+    """A value cannot be sent: its type is not supported by the codec."""
+
+
+class FrameTooLarge(ProtocolError):
+    """A frame or array exceeds the configured size limit."""
+
+
+class RemoteEnvError(FastEnvError):
+    """The served environment raised an exception.
+
+    Attributes:
+        remote_type: qualified name of the exception type on the server.
+        remote_message: ``str()`` of the remote exception.
+        remote_traceback: formatted traceback from the server.
+
+    When the remote type is a builtin exception (``ValueError``, ``KeyError``,
+    ...), the raised object is also an instance of that builtin, so
+    ``except ValueError`` works on the client just as it would locally.
+    """
+
+    def __init__(self, remote_type: str, remote_message: str, remote_traceback: str = "") -> None:
+        self.remote_type = remote_type
+        self.remote_message = remote_message
+        self.remote_traceback = remote_traceback
+        super().__init__(f"{remote_type}: {remote_message}")
+
+    def __str__(self) -> str:
+        text = f"{self.remote_type}: {self.remote_message}"
+        if self.remote_traceback:
+            text += "\n\nRemote traceback:\n" + self.remote_traceback.rstrip()
+        return text
+
+    def __reduce__(self):  # keep picklable despite the custom __init__
+        return (make_remote_env_error, (self.remote_type, self.remote_message, self.remote_traceback))
+
+
+class UnknownMethodError(FastEnvError, AttributeError):
+    """The env has no public method or attribute of that name."""
+
+
+class ClientClosedError(FastEnvError):
+    """The client was used after ``close()``."""
+
+
+class ServerConfigError(FastEnvError, ValueError):
+    """The server was configured in a way it refuses (for example an unsafe bind)."""
+
+
+class TargetError(FastEnvError, ValueError):
+    """A ``fastenv serve`` target could not be resolved to an env or factory."""
+
+
+_REMOTE_ERROR_CLASSES: dict[str, type[RemoteEnvError]] = {}
+
+
+def make_remote_env_error(remote_type: str, message: str, traceback_text: str = "") -> RemoteEnvError:
+    """Build a :class:`RemoteEnvError` that also subclasses a matching builtin exception.
+
+    Only builtin exception types are mirrored (looked up by name in
+    :mod:`builtins`); nothing from the peer is imported or executed.
+    """
+    base = getattr(builtins, remote_type, None)
+    mirror_ok = (
+        isinstance(base, type)
+        and issubclass(base, Exception)
+        and not issubclass(base, OSError)  # OSError's layout does not mix with others
+        and base is not Exception
+    )
+    if not mirror_ok:
+        return RemoteEnvError(remote_type, message, traceback_text)
+    cls = _REMOTE_ERROR_CLASSES.get(remote_type)
+    if cls is None:
+        cls = type(f"Remote{remote_type}", (RemoteEnvError, base), {"__module__": __name__})
+        _REMOTE_ERROR_CLASSES[remote_type] = cls
+    return cls(remote_type, message, traceback_text)
+
+
+@contextlib.contextmanager
+def translate_zmq_errors(endpoint: str) -> Iterator[None]:
+    """Translate ZeroMQ errors raised inside the block into fastenv errors naming ``endpoint``."""
+    try:
+        yield
+    except zmq.Again as exc:
+        raise FastEnvTimeout(f"{endpoint}: operation timed out") from exc
+    except zmq.ZMQError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise AddressInUse(f"{endpoint}: address already in use") from exc
+        if exc.errno == zmq.ETERM:
+            raise ClientClosedError(f"{endpoint}: context was terminated") from exc
+        raise TransportError(f"{endpoint}: {exc.strerror}") from exc

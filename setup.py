@@ -1,0 +1,19 @@
+"""Build hook for the optional native part (futex doorbell).
+
+Everything else is declared in pyproject.toml. The extension is optional: when
+no C compiler is available the build continues and fastenv uses its pure-Python
+fallback (``fastenv doctor`` reports which one is active).
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "fastenv._native",
+            sources=["native/fastenv_native.c"],
+            extra_compile_args=["-O2", "-std=c11"],
+            optional=True,
+        )
+    ]
+)
