@@ -46,6 +46,12 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="allow binding a non-loopback address without authentication",
     )
+    serve.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=1 << 31,
+        help="drop clients that send a larger frame (default: 2 GiB)",
+    )
     serve.add_argument("--log-level", default="WARNING", help="logging level (default: WARNING)")
     serve.set_defaults(handler=_serve)
 
@@ -63,7 +69,14 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
-    server = EnvServer(factory=factory, bind=args.bind, port=args.port, mode=args.mode, insecure=args.insecure)
+    server = EnvServer(
+        factory=factory,
+        bind=args.bind,
+        port=args.port,
+        mode=args.mode,
+        insecure=args.insecure,
+        max_message_bytes=args.max_message_bytes,
+    )
     signal.signal(signal.SIGTERM, lambda *_: server.stop(timeout=0))
     try:
         address = server.address  # binds; in shared mode this also builds the env

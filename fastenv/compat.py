@@ -58,6 +58,7 @@ class RemoteServer:
             self._server = EnvServer(self.env, bind=self.host, port=self.port, mode="shared", insecure=self.insecure)
             scope = "loopback only" if self.host in ("127.0.0.1", "localhost", "::1") else "NETWORK-REACHABLE"
             print(f"fastenv: serving {type(self.env).__name__} on {self._server.address} ({scope})", flush=True)
+            print(f"fastenv: ready {self._server.address}", flush=True)
         if block:
             try:
                 self._server.serve_forever()
@@ -83,17 +84,20 @@ class RemoteServer:
 class RemoteEnv:
     """Connect to a :class:`RemoteServer` (or any ``fastenv serve``) and use it like the env."""
 
-    def __init__(self, host: str = "localhost", port: int = 8888, *, timeout: float = 60.0) -> None:
+    def __init__(
+        self, host: str = "localhost", port: int = 8888, *, timeout: float = 60.0, connect_timeout: float = 10.0
+    ) -> None:
         self.host = host
         self.port = port
         self.timeout = timeout
+        self.connect_timeout = connect_timeout
         self.connected = False
         self._env: FastRemoteEnv | None = None
 
     def connect(self) -> bool:
         """Connect; returns True on success, False (after printing why) on failure."""
         try:
-            self._env = FastRemoteEnv(f"{self.host}:{self.port}", timeout=self.timeout, connect_timeout=10.0)
+            self._env = FastRemoteEnv(f"{self.host}:{self.port}", timeout=self.timeout, connect_timeout=self.connect_timeout)
         except FastEnvError as exc:
             print(f"Failed to connect: {exc}")
             return False

@@ -40,6 +40,8 @@ class ServerProcess:
         env_kwargs: passed as ``--env-kwargs`` JSON.
         ready_timeout: seconds to wait for the ready line.
         extra_env: environment variables added for the child.
+        command: run this command line instead of ``fastenv serve`` (it must print
+            the same ready line).
     """
 
     def __init__(
@@ -50,9 +52,12 @@ class ServerProcess:
         env_kwargs: dict[str, Any] | None = None,
         ready_timeout: float = 30.0,
         extra_env: dict[str, str] | None = None,
+        command: Sequence[str] | None = None,
     ) -> None:
         self.command = [sys.executable, "-m", "fastenv", "serve", target, "--port", "0", *args]
-        if env_kwargs:
+        if command is not None:
+            self.command = list(command)
+        elif env_kwargs:
             self.command += ["--env-kwargs", json.dumps(env_kwargs)]
         self.ready_timeout = ready_timeout
         self.extra_env = dict(extra_env or {})

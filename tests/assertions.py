@@ -1,0 +1,30 @@
+"""Assertions shared by the test modules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def assert_same(a: Any, b: Any) -> None:
+    """Equal values *and* equal types, recursively; arrays bit for bit."""
+    assert type(a) is type(b), (type(a), type(b))
+    if isinstance(a, np.ndarray):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        assert a.tobytes(order="A") == b.tobytes(order="A")
+        assert a.flags.f_contiguous == b.flags.f_contiguous or a.ndim < 2
+    elif isinstance(a, np.generic):
+        assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            assert_same(x, y)
+    elif isinstance(a, dict):
+        assert list(a.keys()) == list(b.keys())
+        for key in a:
+            assert_same(a[key], b[key])
+    elif isinstance(a, float) and np.isnan(a):
+        assert np.isnan(b)
+    else:
+        assert a == b
