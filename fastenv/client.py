@@ -15,14 +15,19 @@ from fastenv.errors import (
     ClientClosedError,
     EncodeError,
     FastEnvError,
+    FrameTooLarge,
     ProtocolError,
     ProtocolVersionError,
+    TransportError,
     UnknownMethodError,
     make_remote_env_error,
 )
 from fastenv.protocol import GETATTR, Kind, Message
+from fastenv.shm.arena import ERROR as SHM_ERROR
+from fastenv.shm.arena import Arena
+from fastenv.shm.plane import ShmClientPlane
 
-TRANSPORTS = ("auto", "tcp")
+TRANSPORTS = ("auto", "shm", "tcp")
 _MISSING = object()
 
 
@@ -41,7 +46,17 @@ class FastRemoteEnv:
         timeout: seconds any call may take before :class:`~fastenv.FastEnvTimeout`
             (settable later through :attr:`timeout`; ``None`` waits forever).
         connect_timeout: seconds the handshake may take.
-        transport: ``"auto"`` (the default) or ``"tcp"``: how observations travel.
+        transport: how calls and observations travel. ``"auto"`` (the default)
+            picks shared memory when a probe proves the client can map the
+            server's segment (same host, same /dev/shm), TCP otherwise;
+            ``"shm"`` requires shared memory; ``"tcp"`` never uses it.
+            :attr:`transport` and :attr:`transport_reason` say what was chosen and why.
+        copy: on shared memory, return owned arrays instead of read-only views
+            into the arena. A view stays valid for ``shm_slots - 1`` further calls
+            (:attr:`views_valid_for`); over TCP arrays are always owned.
+        spin_us: on shared memory, how long to spin for a reply before sleeping
+            (default :data:`fastenv.shm.plane.CLIENT_SPIN_US`); spinning trades a
+            little CPU for latency.
 
     Example::
 
@@ -57,15 +72,21 @@ class FastRemoteEnv:
         timeout: float | None = 60.0,
         connect_timeout: float = 10.0,
         transport: str = "auto",
+        copy: bool = False,
+        spin_us: int | None = None,
     ) -> None:
         if transport not in TRANSPORTS:
             raise ValueError(f"unknown transport {transport!r}; choose one of {', '.join(TRANSPORTS)}")
         self._channel: ClientChannel | None = None
+        self._plane: ShmClientPlane | None = None
         self.address = normalize_address(address)
         self.timeout = timeout
         self._channel = ClientChannel(self.address)
         try:
-            welcome = self._handshake(connect_timeout)
+            welcome = self._handshake(connect_timeout, transport)
+            self.transport, self.transport_reason = self._choose_transport(
+                welcome.get("shm"), transport, copy, spin_us, connect_timeout
+            )
         except BaseException:
             self._channel.close()
             raise
@@ -75,23 +96,63 @@ class FastRemoteEnv:
         self.env_hash: str = welcome["env_hash"]
         self._methods = frozenset(self.env_info.get("methods", ()))
         self._attributes: dict[str, Any] = dict(self.env_info.get("attributes", {}))
-        self.transport = "tcp"
-        self.transport_reason = (
-            "observations travel as out-of-band frames on the ZeroMQ connection"
-            if transport == "tcp"
-            else "auto: the network path is the only data plane this build offers"
-        )
 
     # ------------------------------------------------------------------ plumbing
 
-    def _handshake(self, timeout: float) -> dict[str, Any]:
-        hello = {"fastenv": __version__, "protocol": protocol.PROTOCOL_VERSION, "host": host_identity()}
+    def _handshake(self, timeout: float, transport: str) -> dict[str, Any]:
+        hello = {
+            "fastenv": __version__,
+            "protocol": protocol.PROTOCOL_VERSION,
+            "host": host_identity(),
+            "transport": transport,
+        }
         assert self._channel is not None
         reply = self._channel.request(Kind.HELLO, hello, timeout, what="the handshake")
         body = self._unwrap(reply)
         if reply.kind is not Kind.WELCOME or not isinstance(body, dict) or "session" not in body:
             raise ProtocolError(f"unexpected handshake reply {reply.kind.name}")
         return body
+
+    def _choose_transport(
+        self, offer: dict[str, Any] | None, wanted: str, copy: bool, spin_us: int | None, timeout: float
+    ) -> tuple[str, str]:
+        """Run the shared-memory probe and tell the server which data plane to use."""
+        if wanted == "tcp":
+            return "tcp", "transport='tcp' was requested"
+        assert self._channel is not None
+        if not offer:
+            reason = "the server offers no shared memory (started with shm disabled, or /dev/shm unusable there)"
+            if wanted == "shm":
+                raise TransportError(f"transport='shm' was requested but {reason}")
+            return "tcp", f"auto: {reason}"
+        try:
+            arena = Arena.attach(str(offer.get("name", "")))
+        except TransportError as exc:
+            reason = f"shared-memory probe failed ({exc}): the server is on another host or another /dev/shm"
+            self._unwrap(self._channel.request(Kind.ATTACH, {"transport": "tcp"}, timeout, what="attach"))
+            if wanted == "shm":
+                raise TransportError(f"transport='shm' was requested but the {reason}") from exc
+            return "tcp", f"auto: {reason}"
+        try:
+            self._unwrap(
+                self._channel.request(Kind.ATTACH, {"transport": "shm", "nonce": arena.nonce}, timeout, what="attach")
+            )
+        except BaseException:
+            arena.close()
+            raise
+        self._plane = ShmClientPlane(arena, self._channel.check_alive, copy=copy, spin_us=spin_us)
+        return "shm", (
+            f"{'auto: ' if wanted == 'auto' else ''}the client mapped the server's segment and echoed its nonce "
+            "(same host, same /dev/shm)"
+        )
+
+    @property
+    def views_valid_for(self) -> int | None:
+        """On shared memory, how many further calls a returned view stays valid (None: arrays are owned)."""
+        plane = self._plane
+        if plane is None or plane._copy:
+            return None
+        return plane.slots - 1
 
     def _unwrap(self, reply: Message) -> Any:
         if reply.kind is Kind.VERSION_MISMATCH or reply.version != protocol.PROTOCOL_VERSION:
@@ -106,6 +167,13 @@ class FastRemoteEnv:
         channel = self._channel
         if channel is None or channel.closed:
             raise ClientClosedError(f"FastRemoteEnv({self.address!r}) is closed")
+        plane = self._plane
+        if plane is not None:
+            what = f"{name}()" if name != GETATTR else f"reading .{args[0]}"
+            kind, value = plane.call((name, args, kwargs or {}), self.timeout if timeout is _MISSING else timeout, what)
+            if kind == SHM_ERROR:
+                raise _error_from(value)
+            return value
         reply = channel.request(
             Kind.CALL,
             (name, args, kwargs or {}),
@@ -215,6 +283,8 @@ class FastRemoteEnv:
             pass  # the server is gone or slow: it reclaims the session itself
         finally:
             channel.close()
+            if self._plane is not None:
+                self._plane.close()
 
     def __enter__(self) -> FastRemoteEnv:
         return self
@@ -249,6 +319,8 @@ def _error_from(body: Any) -> FastEnvError:
         return UnknownMethodError(message)
     if kind == "encode":
         return EncodeError(f"the server could not send the result: {message}")
+    if type_name == "FrameTooLarge":
+        return FrameTooLarge(f"server refused the request: {message}")
     return ProtocolError(f"server rejected the request ({kind}): {message}")
 
 

@@ -42,6 +42,7 @@ class Kind(enum.IntEnum):
     PING = 7  # either way: liveness
     PONG = 8
     VERSION_MISMATCH = 9  # server -> client: body is ASCII text
+    ATTACH = 10  # client -> server: the data plane chosen after the shared-memory probe
 
 
 _KINDS = {int(k): k for k in Kind}

@@ -8,6 +8,7 @@ factory, closed when the session ends.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -25,6 +26,8 @@ from fastenv.control.address import check_bind_allowed, host_identity
 from fastenv.control.router import ServerSocket
 from fastenv.errors import EncodeError, FastEnvError, ProtocolError, ServerConfigError, UnknownMethodError
 from fastenv.protocol import GETATTR, Kind, Message
+from fastenv.shm.arena import Arena, reclaim_stale
+from fastenv.shm.plane import DEFAULT_SHAPE, SERVER_SPIN_US, ShmServerWorker
 
 log = logging.getLogger("fastenv.server")
 
@@ -39,8 +42,12 @@ class Session:
     identity: bytes
     env: Any
     owns_env: bool
+    env_lock: threading.Lock
     peer: dict[str, Any] = field(default_factory=dict)
     calls: int = 0
+    transport: str = "tcp"
+    offered_arena: Arena | None = None  # created at HELLO, until the client proves it can map it
+    worker: ShmServerWorker | None = None
 
 
 class EnvServer:
@@ -58,6 +65,11 @@ class EnvServer:
         limits: decoder limits applied to everything clients send.
         max_message_bytes: ZeroMQ drops peers that send a larger frame.
         close_env: close a shared env on shutdown (default: only if the server made it).
+        shm: offer the shared-memory data plane to clients on this host.
+        shm_slots: reply slots per session arena (a client's views stay valid
+            for ``shm_slots - 1`` further calls).
+        shm_spin_us: how long a shared-memory worker spins for the next request
+            before sleeping (default :data:`fastenv.shm.plane.SERVER_SPIN_US`).
 
     Example::
 
@@ -78,6 +90,9 @@ class EnvServer:
         limits: Limits = codec.DEFAULT_LIMITS,
         max_message_bytes: int = 1 << 31,
         close_env: bool | None = None,
+        shm: bool = True,
+        shm_slots: int = DEFAULT_SHAPE.slots,
+        shm_spin_us: int | None = None,
     ) -> None:
         if (env is None) == (factory is None):
             raise ServerConfigError("give EnvServer exactly one of env= or factory=")
@@ -96,6 +111,12 @@ class EnvServer:
         self._factory = factory
         self._shared_env = env
         self._close_shared = close_env if close_env is not None else env is None
+        self._shared_lock = threading.Lock()
+        self.shm = shm
+        if shm_slots < 2:
+            raise ServerConfigError("shm_slots must be at least 2")
+        self._arena_shape = dataclasses.replace(DEFAULT_SHAPE, slots=shm_slots)
+        self.shm_spin_us = SERVER_SPIN_US if shm_spin_us is None else shm_spin_us
         self._socket: ServerSocket | None = None
         self._sessions: dict[bytes, Session] = {}
         self._stopping = threading.Event()
@@ -118,6 +139,9 @@ class EnvServer:
             if self.mode == "shared" and self._shared_env is None:
                 assert self._factory is not None
                 self._shared_env = self._factory()
+            if self.shm:
+                for name in reclaim_stale():
+                    log.warning("removed stale shared-memory segment %s (its owner is dead)", name)
             self._socket = ServerSocket(self.bind_host, self.port, max_message_bytes=self.max_message_bytes)
         return self._socket
 
@@ -229,16 +253,23 @@ class EnvServer:
         try:
             if self.mode == "per-client":
                 assert self._factory is not None
-                env, owns = self._factory(), True
+                env, owns, lock = self._factory(), True, threading.Lock()
             else:
-                env, owns = self._shared_env, False
+                env, owns, lock = self._shared_env, False, self._shared_lock
             description = envinfo.describe(env)
         except Exception as exc:
             self.stats["env_errors"] += 1
             self._reply_error(identity, message.request_id, "remote", exc, traceback.format_exc())
             return
-        session = Session(os.urandom(8).hex(), identity, env, owns, peer)
+        session = Session(os.urandom(8).hex(), identity, env, owns, lock, peer)
         self._sessions[identity] = session
+        offer = None
+        if self.shm and peer.get("transport", "auto") != "tcp":
+            try:
+                session.offered_arena = Arena.create(self._arena_shape)
+                offer = {"name": session.offered_arena.name}
+            except OSError as exc:
+                log.warning("cannot offer shared memory: %s", exc)
         log.info("session %s opened by %s", session.session_id, peer.get("host"))
         welcome = {
             "session": session.session_id,
@@ -250,6 +281,7 @@ class EnvServer:
             },
             "env": description,
             "env_hash": envinfo.description_hash(description),
+            "shm": offer,
         }
         self._reply(identity, Kind.WELCOME, message.request_id, welcome)
 
@@ -266,17 +298,60 @@ class EnvServer:
             self.stats["protocol_errors"] += 1
             self._reply_error(identity, message.request_id, "protocol", exc)
             return
+        kind, value = self._execute(session, name, args, kwargs)
+        self._reply(identity, kind, message.request_id, value)
+
+    def _execute(self, session: Session, name: str, args: tuple, kwargs: dict) -> tuple[Kind, Any]:
+        """Run one call on the session's env; ``(RESULT, value)`` or ``(ERROR, error body)``.
+
+        Used by the ZeroMQ path and by shared-memory workers; the env lock
+        applies calls one at a time.
+        """
         session.calls += 1
         try:
-            result = self._invoke(session.env, name, args, kwargs)
+            with session.env_lock:
+                return Kind.RESULT, self._invoke(session.env, name, args, kwargs)
         except UnknownMethodError as exc:
-            self._reply_error(identity, message.request_id, "unknown_method", exc)
-            return
+            return Kind.ERROR, protocol.error_body("unknown_method", _type_name(exc), str(exc))
         except Exception as exc:
             self.stats["env_errors"] += 1
-            self._reply_error(identity, message.request_id, "remote", exc, traceback.format_exc())
+            return Kind.ERROR, protocol.error_body("remote", _type_name(exc), str(exc), traceback.format_exc())
+
+    def _on_attach(self, identity: bytes, message: Message) -> None:
+        session = self._sessions.get(identity)
+        if session is None:
+            self._reply_error(identity, message.request_id, "no_session", ProtocolError("no session: send HELLO first"))
             return
-        self._reply(identity, Kind.RESULT, message.request_id, result)
+        try:
+            choice = message.body(self.limits)
+            if not isinstance(choice, dict) or choice.get("transport") not in ("shm", "tcp"):
+                raise ProtocolError("ATTACH body must be {'transport': 'shm' | 'tcp', ...}")
+        except FastEnvError as exc:
+            self._reply_error(identity, message.request_id, "protocol", exc)
+            return
+        arena, session.offered_arena = session.offered_arena, None
+        if arena is not None:
+            arena.unlink()  # mapped by the client (or refused): the name is no longer needed
+        if choice["transport"] == "shm":
+            if arena is None or choice.get("nonce") != arena.nonce:
+                if arena is not None:
+                    arena.close()
+                self._reply_error(
+                    identity, message.request_id, "protocol", ProtocolError("shared-memory probe failed: wrong nonce")
+                )
+                return
+            session.worker = ShmServerWorker(
+                arena,
+                lambda name, args, kwargs: _succeeded(self._execute(session, name, args, kwargs)),
+                limits=self.limits,
+                max_message_bytes=self.max_message_bytes,
+                spin_us=self.shm_spin_us,
+            )
+            session.worker.start()
+            session.transport = "shm"
+        elif arena is not None:
+            arena.close()
+        self._reply(identity, Kind.RESULT, message.request_id, {"transport": session.transport})
 
     def _on_bye(self, identity: bytes, message: Message) -> None:
         session = self._sessions.pop(identity, None)
@@ -289,6 +364,7 @@ class EnvServer:
         Kind.HELLO: _on_hello,
         Kind.CALL: _on_call,
         Kind.BYE: _on_bye,
+        Kind.ATTACH: _on_attach,
     }
 
     @staticmethod
@@ -306,6 +382,11 @@ class EnvServer:
 
     def _end_session(self, session: Session) -> None:
         self._sessions.pop(session.identity, None)
+        if session.worker is not None:
+            session.worker.stop()
+        if session.offered_arena is not None:
+            session.offered_arena.unlink()
+            session.offered_arena.close()
         if session.owns_env:
             _close_quietly(session.env)
         log.info("session %s closed after %d calls", session.session_id, session.calls)
@@ -320,6 +401,11 @@ def _parse_call(body: Any) -> tuple[str, tuple, dict]:
     if not all(isinstance(key, str) for key in kwargs):
         raise ProtocolError("keyword argument names must be strings")
     return name, tuple(args), kwargs
+
+
+def _succeeded(outcome: tuple[Kind, Any]) -> tuple[bool, Any]:
+    kind, value = outcome
+    return kind is Kind.RESULT, value
 
 
 def _type_name(exc: BaseException) -> str:

@@ -14,7 +14,7 @@ import zmq
 
 import fastenv
 from fastenv import codec, protocol
-from fastenv.errors import ConnectionLost, FastEnvTimeout
+from fastenv.errors import ConnectionLost, FastEnvTimeout, FrameTooLarge
 from fastenv.protocol import Kind
 
 
@@ -127,10 +127,18 @@ def test_arrays_declaring_more_than_they_carry(server, dealer) -> None:
     _still_serves(server)
 
 
-def test_oversize_message_drops_only_that_client(server) -> None:
-    with fastenv.FastRemoteEnv(server.address, timeout=5) as bully:
+def test_oversize_message_over_tcp_drops_only_that_client(server) -> None:
+    with fastenv.FastRemoteEnv(server.address, timeout=5, transport="tcp") as bully:
         with pytest.raises((ConnectionLost, FastEnvTimeout)):
             bully.step(np.zeros(1 << 20, dtype=np.float64))  # 8 MB > the 1 MB limit
+    _still_serves(server)
+
+
+def test_oversize_message_over_shm_is_refused_with_a_typed_error(server) -> None:
+    with fastenv.FastRemoteEnv(server.address, timeout=5, transport="shm") as bully:
+        with pytest.raises(FrameTooLarge, match="limit"):
+            bully.step(np.zeros(1 << 20, dtype=np.float64))  # 8 MB > the 1 MB limit
+        bully.reset(seed=0)  # the session itself is fine
     _still_serves(server)
 
 

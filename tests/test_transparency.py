@@ -93,9 +93,11 @@ def test_state_and_options_pass_through(serve) -> None:
         assert_same([remote.step(1) for _ in range(3)], after)
 
 
-def test_arrays_received_are_writable_and_owned(serve) -> None:
+@pytest.mark.parametrize("options", [{"transport": "tcp"}, {"transport": "shm", "copy": True}])
+def test_owned_arrays_are_writable_and_independent(serve, options) -> None:
     server = serve("fastenv.examples:CameraEnv", env_kwargs={"height": 8, "width": 8})
-    with fastenv.FastRemoteEnv(server.address, timeout=30) as remote:
+    with fastenv.FastRemoteEnv(server.address, timeout=30, **options) as remote:
+        assert remote.views_valid_for is None
         obs, _ = remote.reset(seed=0)
         first = obs["left"].copy()
         obs["left"][:] = 0  # like a local env's fresh array, it can be written

@@ -98,6 +98,12 @@ class ClientChannel:
                 self.connected = False
                 self._lost = True
 
+    def check_alive(self) -> None:
+        """Raise :class:`ConnectionLost` if the connection to the server has dropped."""
+        self._drain_monitor()
+        if self._lost:
+            raise ConnectionLost(f"connection to {self.endpoint} was lost")
+
     def send_nowait(self, kind: Kind, value: Any) -> None:
         """Fire-and-forget (used for BYE on close); never blocks."""
         if self._closed:

@@ -1,0 +1,90 @@
+"""Named payloads: which example env to serve and which action to send.
+
+- ``small``: :class:`fastenv.examples.VectorEnv` (4 float32 in, 4 float32 out).
+- ``camera``: :class:`fastenv.examples.CameraEnv` with its defaults (two
+  480×640×3 uint8 frames and 20 float32 per step, about 1.8 MB).
+
+Every transport serves the same env built from the same :class:`Workload`, so
+rows of one table are comparable, and a local instance gives the reference
+observations used to check what each transport delivers.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["PAYLOADS", "Workload", "build", "get_workload", "observations_equal"]
+
+
+@dataclass(frozen=True)
+class Workload:
+    """An env (``module:Class`` plus kwargs) and the fixed action sent every step."""
+
+    name: str
+    target: str
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    action_dim: int = 4
+    seed: int = 0
+
+    def make_env(self) -> Any:
+        """A fresh local instance of the env."""
+        module_name, _, attr = self.target.partition(":")
+        return getattr(importlib.import_module(module_name), attr)(**self.env_kwargs)
+
+    def make_action(self) -> np.ndarray:
+        """The action sent at every step: deterministic float32 values in [-1, 1]."""
+        rng = np.random.default_rng(1234)
+        return rng.uniform(-1.0, 1.0, self.action_dim).astype(np.float32)
+
+
+PAYLOADS: dict[str, Workload] = {
+    "small": Workload("small", "fastenv.examples:VectorEnv", {}, action_dim=4),
+    "camera": Workload("camera", "fastenv.examples:CameraEnv", {}, action_dim=20),
+}
+
+
+def get_workload(name: str) -> Workload:
+    """The :class:`Workload` called ``name``.
+
+    Raises:
+        KeyError: for an unknown name (the message lists the known ones).
+    """
+    try:
+        return PAYLOADS[name]
+    except KeyError:
+        raise KeyError(f"unknown payload {name!r}; choose one of {', '.join(PAYLOADS)}") from None
+
+
+def build(name: str) -> tuple[Any, np.ndarray]:
+    """A fresh local env and the action for the payload called ``name``."""
+    workload = get_workload(name)
+    return workload.make_env(), workload.make_action()
+
+
+def observations_equal(a: Any, b: Any) -> bool:
+    """Structural equality: same container types and keys, same array dtypes, shapes, values."""
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return (
+            isinstance(a, np.ndarray)
+            and isinstance(b, np.ndarray)
+            and a.dtype == b.dtype
+            and a.shape == b.shape
+            and bool(np.array_equal(a, b))
+        )
+    if isinstance(a, dict):
+        return (
+            isinstance(b, dict)
+            and list(a) == list(b)
+            and all(observations_equal(a[k], b[k]) for k in a)
+        )
+    if isinstance(a, (tuple, list)):
+        return (
+            type(a) is type(b)
+            and len(a) == len(b)
+            and all(observations_equal(x, y) for x, y in zip(a, b))
+        )
+    return type(a) is type(b) and bool(a == b)
