@@ -23,7 +23,6 @@ from fastenv.errors import (
     make_remote_env_error,
 )
 from fastenv.protocol import GETATTR, Kind, Message
-from fastenv.shm.arena import ERROR as SHM_ERROR
 from fastenv.shm.arena import Arena
 from fastenv.shm.plane import ShmClientPlane
 
@@ -150,7 +149,7 @@ class FastRemoteEnv:
     def views_valid_for(self) -> int | None:
         """On shared memory, how many further calls a returned view stays valid (None: arrays are owned)."""
         plane = self._plane
-        if plane is None or plane._copy:
+        if plane is None or plane.copies:
             return None
         return plane.slots - 1
 
@@ -170,8 +169,8 @@ class FastRemoteEnv:
         plane = self._plane
         if plane is not None:
             what = f"{name}()" if name != GETATTR else f"reading .{args[0]}"
-            kind, value = plane.call((name, args, kwargs or {}), self.timeout if timeout is _MISSING else timeout, what)
-            if kind == SHM_ERROR:
+            ok, value = plane.call((name, args, kwargs or {}), self.timeout if timeout is _MISSING else timeout, what)
+            if not ok:
                 raise _error_from(value)
             return value
         reply = channel.request(

@@ -54,7 +54,11 @@ ENVELOPE = struct.Struct("<BBHIQ")  # kind, flags, n_buffers, skeleton length, s
 BUFFER_ENTRY = struct.Struct("<QQ")  # offset from region start, length
 
 # Envelope kinds (data plane only).
-CALL, RESULT, ERROR, REMAP, GROW = 1, 2, 3, 4, 5
+CALL, RESULT, ERROR, REMAP, GROW, FAST = 1, 2, 3, 4, 5, 6
+# A FAST envelope carries a compiled layout's data: its flags byte holds the
+# kind it stands for (CALL or RESULT) and its skeleton-length field the layout id.
+# Envelope flag: the skeleton is (layout id, layout spec, value), defining a layout.
+WITH_LAYOUT = 1
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -190,7 +194,7 @@ class Arena:
         return DATA_START
 
     def write_envelope(
-        self, offset: int, capacity: int, kind: int, seq: int, skeleton: bytes, buffers: Sequence[Any]
+        self, offset: int, capacity: int, kind: int, seq: int, skeleton: bytes, buffers: Sequence[Any], flags: int = 0
     ) -> None:
         """Write an envelope at ``offset``; raises :class:`FrameTooLarge` if it does not fit."""
         views = [memoryview(b).cast("B") if not isinstance(b, memoryview) else b.cast("B") for b in buffers]
@@ -198,7 +202,7 @@ class Arena:
         if envelope_size(len(skeleton), sizes) > capacity:
             raise FrameTooLarge(f"message of {envelope_size(len(skeleton), sizes)} bytes exceeds {capacity}")
         buf = self.buf
-        ENVELOPE.pack_into(buf, offset, kind, 0, len(views), len(skeleton), seq)
+        ENVELOPE.pack_into(buf, offset, kind, flags, len(views), len(skeleton), seq)
         table = offset + ENVELOPE.size
         position = table + BUFFER_ENTRY.size * len(views)
         buf[position : position + len(skeleton)] = skeleton
@@ -207,6 +211,10 @@ class Arena:
             BUFFER_ENTRY.pack_into(buf, table + index * BUFFER_ENTRY.size, position - offset, view.nbytes)
             buf[position : position + view.nbytes] = view
             position += _round_up(view.nbytes, ALIGN)
+
+    def read_header(self, offset: int) -> tuple[int, int, int, int, int]:
+        """``(kind, flags, buffer count, skeleton length, seq)`` of the envelope at ``offset``."""
+        return ENVELOPE.unpack_from(self.readonly, offset)
 
     def read_envelope(
         self, offset: int, capacity: int, *, readonly: bool = True

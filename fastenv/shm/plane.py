@@ -26,15 +26,19 @@ from collections.abc import Callable
 from typing import Any
 
 from fastenv import codec
-from fastenv.errors import EncodeError, FastEnvTimeout, FrameTooLarge, ProtocolError
+from fastenv.errors import DecodeError, EncodeError, FastEnvTimeout, FrameTooLarge, ProtocolError
+from fastenv.layout import Layout, LayoutMismatch, compile_spec, infer_spec
 from fastenv.shm.arena import (
     CALL,
+    ENVELOPE,
     ERROR,
+    FAST,
     GROW,
     REMAP,
     REPLY_BELL,
     REQUEST_BELL,
     RESULT,
+    WITH_LAYOUT,
     Arena,
     ArenaShape,
     envelope_size,
@@ -57,8 +61,121 @@ DEFAULT_SHAPE = ArenaShape(request_capacity=64 * 1024, slot_capacity=256 * 1024,
 Executor = Callable[[str, tuple, dict], tuple[bool, Any]]
 
 
+MAX_LAYOUTS = 64  # per direction and session
+MAX_INFERENCES_PER_KEY = 8  # stop trying layouts for a call whose structure keeps changing
+FAST_DATA = 64  # a FAST envelope's data starts this far into its region
+
+
+class LayoutSender:
+    """Sends values through compiled layouts when their structure repeats (see :mod:`fastenv.layout`)."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[str, tuple[int, Layout]] = {}
+        self._inferences: dict[str, int] = {}
+        self._views: dict[tuple[int, int, int], list] = {}
+        self._next_id = 1
+
+    def write_fast(self, arena: Arena, offset: int, capacity: int, key: str, kind: int, seq: int, value: Any) -> bool:
+        """Write ``value`` as a FAST envelope if its key's layout fits it; False otherwise."""
+        known = self._by_key.get(key)
+        if known is None:
+            return False
+        layout_id, layout = known
+        if FAST_DATA + layout.size > capacity:
+            return False
+        cache_key = (layout_id, id(arena), offset)
+        views = self._views.get(cache_key)
+        if views is None:
+            views = self._views[cache_key] = layout.views(arena.buf, offset + FAST_DATA)
+        try:
+            layout.pack_into(arena.buf, offset + FAST_DATA, value, views)
+        except LayoutMismatch:
+            return False
+        ENVELOPE.pack_into(arena.buf, offset, FAST, kind, 0, layout_id, seq)
+        return True
+
+    def define(self, key: str, value: Any) -> tuple[int, Any] | None:
+        """A new layout for ``value`` (its id and spec), or None if it has none or we gave up."""
+        tries = self._inferences.get(key, 0)
+        if tries >= MAX_INFERENCES_PER_KEY or self._next_id > MAX_LAYOUTS:
+            return None
+        self._inferences[key] = tries + 1
+        try:
+            spec = infer_spec(value)
+            layout = Layout(spec)
+        except (LayoutMismatch, DecodeError):
+            return None
+        layout_id, self._next_id = self._next_id, self._next_id + 1
+        self._by_key[key] = (layout_id, layout)
+        return layout_id, spec
+
+    def forget_arena(self) -> None:
+        """Drop cached views after a remap."""
+        self._views.clear()
+
+
+class LayoutReceiver:
+    """Rebuilds values sent by a :class:`LayoutSender`."""
+
+    def __init__(self) -> None:
+        self._layouts: dict[int, Layout] = {}
+        self._views: dict[tuple[int, int, int], list] = {}
+
+    def define(self, layout_id: Any, spec: Any) -> None:
+        """Compile a layout announced by the peer (validated like any payload)."""
+        if type(layout_id) is not int or not 0 < layout_id <= MAX_LAYOUTS:
+            raise ProtocolError(f"invalid layout id {layout_id!r}")
+        self._layouts[layout_id] = compile_spec(spec)
+
+    def read(self, arena: Arena, offset: int, capacity: int, layout_id: int, *, readonly: bool, copy: bool) -> Any:
+        """The value of the FAST envelope at ``offset``."""
+        layout = self._layouts.get(layout_id)
+        if layout is None:
+            raise ProtocolError(f"unknown layout id {layout_id}")
+        if FAST_DATA + layout.size > capacity:
+            raise ProtocolError("layout larger than its region")
+        cache_key = (layout_id, id(arena), offset)
+        views = self._views.get(cache_key)
+        buffer = arena.readonly if readonly else arena.buf
+        if views is None:
+            views = self._views[cache_key] = layout.views(buffer, offset + FAST_DATA)
+        return layout.unpack(buffer, offset + FAST_DATA, views, copy)
+
+    def forget_arena(self) -> None:
+        """Drop cached views after a remap."""
+        self._views.clear()
+
+
 def _grown(current: int, needed: int) -> int:
     return max(current * 2, (needed * 5 // 4 + 4095) // 4096 * 4096)
+
+
+def _protocol_error(exc: BaseException) -> dict[str, str]:
+    return {"kind": "protocol", "type": type(exc).__name__, "message": str(exc), "traceback": ""}
+
+
+def _check_call(body: Any) -> tuple[str, tuple, dict]:
+    if not (isinstance(body, tuple) and len(body) == 3):
+        raise ProtocolError("CALL body must be (name, args, kwargs)")
+    name, args, kwargs = body
+    if not isinstance(name, str) or not isinstance(args, tuple) or not isinstance(kwargs, dict):
+        raise ProtocolError("CALL body must be (str, tuple, dict)")
+    return name, args, kwargs
+
+
+def _write_general(
+    arena: Arena, offset: int, capacity: int, kind: int, seq: int, value: Any, sender: LayoutSender, key: str
+) -> None:
+    """Write ``value`` through the general codec, announcing a layout for ``key`` when one fits it."""
+    definition = sender.define(key, value) if kind in (CALL, RESULT) else None
+    payload = value if definition is None else (definition[0], definition[1], value)
+    skeleton, buffers = codec.encode(payload)
+    arena.write_envelope(offset, capacity, kind, seq, skeleton, buffers, WITH_LAYOUT if definition else 0)
+
+
+def _general_size(value: Any) -> int:
+    skeleton, buffers = codec.encode(value)
+    return envelope_size(len(skeleton), [memoryview(b).nbytes for b in buffers])
 
 
 class ShmServerWorker:
@@ -77,8 +194,11 @@ class ShmServerWorker:
         self._max_message_bytes = max_message_bytes
         self._execute = execute
         self._limits = limits
-        self._spin_us = spin_us
+        self._spin_us = SERVER_SPIN_US if spin_us is None else spin_us
         self._arenas = [arena]
+        self._sender = LayoutSender()
+        self._receiver = LayoutReceiver()
+        self._reply_bells: dict[int, Doorbell] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fastenv-shm-worker", daemon=True)
 
@@ -110,83 +230,98 @@ class ShmServerWorker:
                 bell = Doorbell(arena.buf, REQUEST_BELL, spin_us=self._spin_us)
                 seen = bell.value()
 
+    def _consumed(self, arena: Arena, seq: int) -> None:
+        futex.store(arena.buf, CONSUMED_WORD, seq & 0xFFFFFFFF)
+        if arena.linked:
+            arena.unlink()  # the client wrote here, so it has mapped it: the name is no longer needed
+
     def _serve_one(self, arena: Arena) -> Arena:
         """Serve the request waiting in ``arena``; every request gets a reply, whatever happens."""
+        offset, capacity = arena.request_offset(), arena.shape.request_capacity
         seq = 0
         try:
-            kind, seq, skeleton, buffers = arena.read_envelope(arena.request_offset(), arena.shape.request_capacity)
-            if kind == GROW:
+            kind, flags, _, skeleton_len, seq = arena.read_header(offset)
+            if kind == FAST:
+                # Layout values are rebuilt with copies: the env may keep the action.
+                body = self._receiver.read(arena, offset, capacity, skeleton_len, readonly=False, copy=True)
+                self._consumed(arena, seq)
+            elif kind == GROW:
+                _, seq, skeleton, _ = arena.read_envelope(offset, capacity)
                 return self._grow(arena, seq, skeleton)
-            return self._call(arena, seq, kind, skeleton, buffers)
+            elif kind == CALL:
+                _, seq, skeleton, buffers = arena.read_envelope(offset, capacity)
+                owned = [bytearray(b) for b in buffers]  # copy out before the client reuses the region
+                skeleton_bytes = bytes(skeleton)
+                self._consumed(arena, seq)
+                body = codec.decode(skeleton_bytes, owned, limits=self._limits)
+                if flags & WITH_LAYOUT:
+                    if not (isinstance(body, tuple) and len(body) == 3):
+                        raise ProtocolError("malformed layout definition")
+                    self._receiver.define(body[0], body[1])
+                    body = body[2]
+            else:
+                raise ProtocolError(f"unexpected envelope kind {kind}")
+            name, args, kwargs = _check_call(body)
         except Exception as exc:  # a bad request must not kill the worker or leave the client waiting
             log.debug("shared-memory request %d failed", seq, exc_info=True)
-            futex.store(arena.buf, CONSUMED_WORD, seq & 0xFFFFFFFF)
-            body = {"kind": "protocol", "type": type(exc).__name__, "message": str(exc), "traceback": ""}
-            return self._reply(arena, seq, ERROR, body)
+            self._consumed(arena, seq)
+            return self._reply(arena, seq, ERROR, _protocol_error(exc), "")
+        ok, value = self._execute(name, args, kwargs)
+        return self._reply(arena, seq, RESULT if ok else ERROR, value, name)
 
     def _grow(self, arena: Arena, seq: int, skeleton: memoryview) -> Arena:
         wanted = codec.decode(bytes(skeleton), limits=self._limits)
-        futex.store(arena.buf, CONSUMED_WORD, seq & 0xFFFFFFFF)
+        self._consumed(arena, seq)
         if type(wanted) is not int or wanted <= 0:
-            raise ProtocolError(f"invalid GROW request {wanted!r}")
+            return self._reply(arena, seq, ERROR, _protocol_error(ProtocolError(f"invalid GROW request {wanted!r}")), "")
         if wanted > self._max_message_bytes:
-            raise FrameTooLarge(f"a request of {wanted} bytes exceeds the server's limit of {self._max_message_bytes}")
+            error = FrameTooLarge(f"a request of {wanted} bytes exceeds the server's limit of {self._max_message_bytes}")
+            return self._reply(arena, seq, ERROR, _protocol_error(error), "")
         shape = arena.shape
         new = self._new_generation(arena, ArenaShape(_grown(shape.request_capacity, wanted), shape.slot_capacity, shape.slots))
         self._announce(arena, new, seq)
         return new
 
-    def _call(self, arena: Arena, seq: int, kind: int, skeleton: memoryview, buffers: list[memoryview]) -> Arena:
-        # Copy the request out before anything else: the client may reuse the region.
-        owned = [bytearray(b) for b in buffers]
-        skeleton_bytes = bytes(skeleton)
-        futex.store(arena.buf, CONSUMED_WORD, seq & 0xFFFFFFFF)
-        if arena.linked:
-            arena.unlink()  # the client wrote here, so it has mapped it: the name is no longer needed
-        if kind != CALL:
-            reply_kind, value = ERROR, {"kind": "protocol", "type": "ProtocolError",
-                                        "message": f"unexpected envelope kind {kind}", "traceback": ""}
-        else:
-            try:
-                body = codec.decode(skeleton_bytes, owned, limits=self._limits)
-                if not (isinstance(body, tuple) and len(body) == 3 and isinstance(body[0], str)):
-                    raise ProtocolError("CALL body must be (name, args, kwargs)")
-                name, args, kwargs = body
-                if not isinstance(args, tuple) or not isinstance(kwargs, dict):
-                    raise ProtocolError("CALL body must be (str, tuple, dict)")
-                ok, value = self._execute(name, args, kwargs)
-                reply_kind = RESULT if ok else ERROR
-            except (ProtocolError, ValueError, TypeError) as exc:
-                reply_kind, value = ERROR, {"kind": "protocol", "type": type(exc).__name__,
-                                            "message": str(exc), "traceback": ""}
-        return self._reply(arena, seq, reply_kind, value)
-
-    def _reply(self, arena: Arena, seq: int, kind: int, value: Any) -> Arena:
-        try:
-            skeleton, buffers = codec.encode(value)
-        except EncodeError as exc:
-            kind = ERROR
-            skeleton, buffers = codec.encode({"kind": "encode", "type": "EncodeError", "message": str(exc), "traceback": ""})
+    def _reply(self, arena: Arena, seq: int, kind: int, value: Any, key: str) -> Arena:
         shape = arena.shape
-        needed = envelope_size(len(skeleton), [memoryview(b).nbytes for b in buffers])
+        offset = shape.slot_offset(seq % shape.slots)
+        if kind == RESULT and self._sender.write_fast(arena, offset, shape.slot_capacity, key, RESULT, seq, value):
+            self._reply_bell(arena).ring()
+            return arena
+        try:
+            needed = _general_size(value)
+        except EncodeError as exc:
+            kind, key = ERROR, ""
+            value = {"kind": "encode", "type": "EncodeError", "message": str(exc), "traceback": ""}
+            needed = _general_size(value)
         target = arena
-        if needed > shape.slot_capacity:
-            target = self._new_generation(arena, ArenaShape(shape.request_capacity, _grown(shape.slot_capacity, needed), shape.slots))
-        slot = seq % target.shape.slots
-        target.write_envelope(target.shape.slot_offset(slot), target.shape.slot_capacity, kind, seq, skeleton, buffers)
+        if needed + 4096 > shape.slot_capacity:  # headroom for a layout definition
+            grown = ArenaShape(shape.request_capacity, _grown(shape.slot_capacity, needed + 4096), shape.slots)
+            target = self._new_generation(arena, grown)
+        slot_offset = target.shape.slot_offset(seq % target.shape.slots)
+        _write_general(target, slot_offset, target.shape.slot_capacity, kind, seq, value, self._sender, key)
         if target is not arena:
-            Doorbell(target.buf, REPLY_BELL).ring()
+            self._reply_bell(target).ring()
             self._announce(arena, target, seq)
         else:
-            Doorbell(arena.buf, REPLY_BELL).ring()
+            self._reply_bell(arena).ring()
         return target
+
+    def _reply_bell(self, arena: Arena) -> Doorbell:
+        bell = self._reply_bells.get(id(arena))
+        if bell is None:
+            bell = self._reply_bells[id(arena)] = Doorbell(arena.buf, REPLY_BELL)
+        return bell
 
     def _new_generation(self, arena: Arena, shape: ArenaShape) -> Arena:
         new = Arena.create(shape, generation=arena.generation + 1)
         self._arenas.append(new)
+        self._sender.forget_arena()
+        self._receiver.forget_arena()
         # Older generations are no longer written; the client unmaps them when its views die.
         while len(self._arenas) > 2:
             old = self._arenas.pop(0)
+            self._reply_bells.pop(id(old), None)
             old.unlink()
             old.close()
         return new
@@ -214,6 +349,8 @@ class ShmClientPlane:
         self._spin_us = CLIENT_SPIN_US if spin_us is None else spin_us
         self._seq = 0
         self._arenas: list[Arena] = []
+        self._sender = LayoutSender()
+        self._receiver = LayoutReceiver()
         self._use(arena)
 
     def _use(self, arena: Arena) -> None:
@@ -221,62 +358,98 @@ class ShmClientPlane:
         self._arenas.append(arena)
         self._request_bell = Doorbell(arena.buf, REQUEST_BELL, spin_us=self._spin_us)
         self._reply_bell = Doorbell(arena.buf, REPLY_BELL, spin_us=self._spin_us)
+        self._sender.forget_arena()
+        self._receiver.forget_arena()
         self._fresh = True  # nothing sent to this generation yet
         while len(self._arenas) > 2:  # views into older generations keep their memory alive
             self._arenas.pop(0).close()
+
+    @property
+    def copies(self) -> bool:
+        """Whether replies are decoded into owned arrays."""
+        return self._copy
 
     @property
     def slots(self) -> int:
         """How many replies the ring holds: a returned view stays valid for ``slots - 1`` more calls."""
         return self.arena.shape.slots
 
-    def call(self, body: Any, timeout: float | None, what: str) -> tuple[int, Any]:
-        """Send a CALL body; returns ``(RESULT | ERROR, decoded value)``."""
-        skeleton, buffers = codec.encode(body)
+    def call(self, body: Any, timeout: float | None, what: str) -> tuple[bool, Any]:
+        """Send a CALL body; returns ``(True, result)`` or ``(False, error body)``."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        sizes = [memoryview(b).nbytes for b in buffers]
-        if envelope_size(len(skeleton), sizes) > self.arena.shape.request_capacity:
-            grow, _ = codec.encode(envelope_size(len(skeleton), sizes))
-            kind, value = self._exchange(GROW, grow, [], deadline, what)
-            if kind == ERROR:
-                return kind, value
-            if kind != REMAP:
-                raise ProtocolError("server did not grow the request region")
-        kind, value = self._exchange(CALL, skeleton, buffers, deadline, what)
-        return kind, value
-
-    def _exchange(self, kind: int, skeleton: bytes, buffers: list[Any], deadline: float | None, what: str) -> tuple[int, Any]:
-        arena = self.arena
+        key = body[0]
         self._wait_consumed(deadline, what)
+        arena = self.arena
+        offset, capacity = arena.request_offset(), arena.shape.request_capacity
+        seq = self._seq + 1
+        write: Callable[[int], None] | None = None
+        if not self._sender.write_fast(arena, offset, capacity, key, CALL, seq, body):
+            needed = _general_size(body) + 4096  # headroom for a layout definition
+            if needed > capacity:
+                grow, _ = codec.encode(needed)
+                kind, value = self._exchange(
+                    GROW, lambda seq: arena.write_envelope(offset, capacity, GROW, seq, grow, []), deadline, what
+                )
+                if kind == ERROR:
+                    return False, value
+                if kind != REMAP:
+                    raise ProtocolError("server did not grow the request region")
+                arena = self.arena
+                offset, capacity = arena.request_offset(), arena.shape.request_capacity
+
+            def write_general(seq: int) -> None:
+                _write_general(arena, offset, capacity, CALL, seq, body, self._sender, key)
+
+            write = write_general
+        kind, value = self._exchange(CALL, write, deadline, what)
+        return kind != ERROR, value
+
+    def _exchange(
+        self, kind: int, write: Callable[[int], None] | None, deadline: float | None, what: str
+    ) -> tuple[int, Any]:
+        """Send the request (``write(seq)`` puts it in place; None: already written) and read the reply."""
+        arena = self.arena
         self._seq += 1
         seq = self._seq
         seen = self._reply_bell.value()
-        arena.write_envelope(arena.request_offset(), arena.shape.request_capacity, kind, seq, skeleton, buffers)
+        if write is not None:
+            write(seq)
+        self._fresh = False
         self._request_bell.ring()
         while True:
             slot = arena.shape.slot_offset(seq % arena.shape.slots)
-            reply_kind, reply_seq, reply_skeleton, reply_buffers = arena.read_envelope(slot, arena.shape.slot_capacity)
+            reply_kind, flags, _, skeleton_len, reply_seq = arena.read_header(slot)
             if reply_seq == seq:
                 break
             seen = self._wait(self._reply_bell, seen, deadline, what)
         if reply_kind == REMAP:
-            target = codec.decode(bytes(reply_skeleton))
+            _, _, skeleton, _ = arena.read_envelope(slot, arena.shape.slot_capacity)
+            target = codec.decode(bytes(skeleton))
             self._use(Arena.attach(target["name"]))
             if kind == GROW:
                 return REMAP, None
             arena = self.arena
             slot = arena.shape.slot_offset(seq % arena.shape.slots)
-            reply_kind, reply_seq, reply_skeleton, reply_buffers = arena.read_envelope(slot, arena.shape.slot_capacity)
+            reply_kind, flags, _, skeleton_len, reply_seq = arena.read_header(slot)
             if reply_seq != seq:
                 raise ProtocolError("remapped arena does not hold the reply")
+        capacity = arena.shape.slot_capacity
+        if reply_kind == FAST:
+            return flags, self._receiver.read(arena, slot, capacity, skeleton_len, readonly=True, copy=self._copy)
+        _, _, skeleton, buffers = arena.read_envelope(slot, capacity)
         if self._copy:
-            reply_buffers = [bytearray(b) for b in reply_buffers]
-        return reply_kind, codec.decode(reply_skeleton, reply_buffers)
+            buffers = [bytearray(b) for b in buffers]
+        value = codec.decode(skeleton, buffers)
+        if flags & WITH_LAYOUT:
+            if not (isinstance(value, tuple) and len(value) == 3):
+                raise ProtocolError("malformed layout definition")
+            self._receiver.define(value[0], value[1])
+            value = value[2]
+        return reply_kind, value
 
     def _wait_consumed(self, deadline: float | None, what: str) -> None:
         """The server must have copied out our previous request before we overwrite it."""
         if self._fresh:
-            self._fresh = False
             return
         last = self._seq & 0xFFFFFFFF
         while futex.load(self.arena.buf, CONSUMED_WORD) != last:
@@ -303,4 +476,4 @@ class ShmClientPlane:
         self._arenas.clear()
 
 
-__all__ = ["DEFAULT_SHAPE", "ShmClientPlane", "ShmServerWorker"]
+__all__ = ["DEFAULT_SHAPE", "LayoutReceiver", "LayoutSender", "ShmClientPlane", "ShmServerWorker"]

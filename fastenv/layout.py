@@ -1,0 +1,281 @@
+"""Compiled layouts: the hot-path encoding for messages whose structure repeats.
+
+A step reply has the same structure every time: the same tuple, dict keys,
+array dtypes and shapes, and scalar types; only the numbers change. A
+:class:`Layout` captures that structure once. Afterwards the sender checks a
+value against it with a few type comparisons, packs every scalar with one
+``struct`` call and copies every array straight into place; the receiver
+unpacks the scalars and rebuilds the value around array views, with no pickle
+and no generic tree walk.
+
+A layout travels between peers as a *spec*: a small tree of plain data
+(tuples of strings, ints and dtype strings) sent once through the general,
+data-only codec. :func:`compile_spec` validates a peer's spec as strictly as
+the codec validates a payload; building a value never calls anything the peer
+named.
+
+Spec nodes::
+
+    ("none",)                       None
+    ("const", value)                a str or bytes leaf that never changes
+    ("scalar", kind, fmt)           kind "bool" | "int" | "float" | numpy dtype str; fmt a struct code
+    ("array", dtype, shape, order)  a numpy array (its bytes live in the data area)
+    ("tuple", [children]) / ("list", [children])
+    ("dict", [keys], [children]) / ("odict", [keys], [children])
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fastenv.errors import DecodeError
+
+ALIGN = 64
+MAX_NODES = 4096
+
+# struct codes for numpy scalar dtypes that a layout may carry
+_NUMPY_SCALAR_CODES = {
+    np.dtype(np.bool_): "?",
+    np.dtype(np.int8): "b", np.dtype(np.uint8): "B",
+    np.dtype(np.int16): "h", np.dtype(np.uint16): "H",
+    np.dtype(np.int32): "i", np.dtype(np.uint32): "I",
+    np.dtype(np.int64): "q", np.dtype(np.uint64): "Q",
+    np.dtype(np.float16): "e", np.dtype(np.float32): "f", np.dtype(np.float64): "d",
+}
+_NUMPY_SCALAR_TYPES = {dtype.type: (dtype, code) for dtype, code in _NUMPY_SCALAR_CODES.items()}
+_PY_SCALARS = {bool: ("bool", "?"), int: ("int", "q"), float: ("float", "d")}
+
+
+class LayoutMismatch(Exception):
+    """The value does not have the layout's structure (the caller falls back to the codec)."""
+
+
+def _round_up(value: int) -> int:
+    return (value + ALIGN - 1) // ALIGN * ALIGN
+
+
+# ----------------------------------------------------------------------------- inference
+
+
+def infer_spec(value: Any, depth: int = 32) -> Any:
+    """The spec of ``value``, or raise :class:`LayoutMismatch` if it has no fixed layout."""
+    if depth <= 0:
+        raise LayoutMismatch("too deep")
+    kind = type(value)
+    if value is None:
+        return ("none",)
+    if kind in _PY_SCALARS:
+        return ("scalar", *_PY_SCALARS[kind])
+    if kind in _NUMPY_SCALAR_TYPES:
+        dtype, code = _NUMPY_SCALAR_TYPES[kind]
+        return ("scalar", dtype.str, code)
+    if kind is str or kind is bytes:
+        return ("const", value)
+    if kind is np.ndarray:
+        if value.dtype.hasobject or value.dtype.fields is not None:
+            raise LayoutMismatch("unsupported array dtype")
+        order = "F" if value.flags.f_contiguous and not value.flags.c_contiguous else "C"
+        return ("array", value.dtype.str, tuple(value.shape), order)
+    if kind is tuple or kind is list:
+        return ("tuple" if kind is tuple else "list", [infer_spec(item, depth - 1) for item in value])
+    if kind is dict or kind is OrderedDict:
+        keys = list(value)
+        if not all(type(key) in (str, int) for key in keys):
+            raise LayoutMismatch("dict keys must be str or int")
+        children = [infer_spec(value[key], depth - 1) for key in keys]
+        return ("dict" if kind is dict else "odict", keys, children)
+    raise LayoutMismatch(f"{kind.__name__} has no fixed layout")
+
+
+# ----------------------------------------------------------------------------- compiling
+
+
+@dataclass
+class _Compiled:
+    extract: Callable[[Any, list, list], None]  # appends scalars and arrays, or raises LayoutMismatch
+    build: Callable[[Any, Any], Any]  # (scalar iterator, array iterator) -> value
+
+
+class Layout:
+    """A compiled spec: how to pack values of one structure and rebuild them.
+
+    Attributes:
+        spec: the plain-data spec (what the peer receives).
+        scalars: the ``struct`` packing every scalar leaf, in tree order.
+        arrays: ``(dtype, shape, order, offset)`` of each array leaf within the data area.
+        size: bytes of the data area (scalars, then 64-byte aligned arrays).
+    """
+
+    def __init__(self, spec: Any) -> None:
+        self.spec = spec
+        codes: list[str] = []
+        arrays: list[tuple[np.dtype, tuple[int, ...], str]] = []
+        counter = [0]
+        self._compiled = _compile(spec, codes, arrays, counter)
+        self.scalars = struct.Struct("<" + "".join(codes))
+        offset = _round_up(self.scalars.size)
+        self.arrays: list[tuple[np.dtype, tuple[int, ...], str, int]] = []
+        for dtype, shape, order in arrays:
+            nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            self.arrays.append((dtype, shape, order, offset))
+            offset += _round_up(nbytes)
+        self.size = offset
+
+    def extract(self, value: Any) -> tuple[list, list]:
+        """Scalars and arrays of ``value``; :class:`LayoutMismatch` if its structure differs."""
+        scalars: list = []
+        arrays: list = []
+        self._compiled.extract(value, scalars, arrays)
+        return scalars, arrays
+
+    def pack_into(self, buffer: Any, offset: int, value: Any, array_views: list[np.ndarray]) -> None:
+        """Write ``value`` at ``offset``; ``array_views`` are this layout's arrays at that offset."""
+        scalars, arrays = self.extract(value)
+        try:
+            self.scalars.pack_into(buffer, offset, *scalars)
+        except struct.error as exc:  # e.g. a Python int beyond int64
+            raise LayoutMismatch(str(exc)) from exc
+        for view, array in zip(array_views, arrays):
+            np.copyto(view, array, casting="no")
+
+    def views(self, buffer: Any, offset: int) -> list[np.ndarray]:
+        """Numpy views of this layout's arrays in ``buffer`` at ``offset`` (cache them per slot)."""
+        return [
+            np.ndarray(shape, dtype=dtype, buffer=buffer, offset=offset + array_offset, order=order)
+            for dtype, shape, order, array_offset in self.arrays
+        ]
+
+    def unpack(self, buffer: Any, offset: int, array_views: list[np.ndarray], copy: bool) -> Any:
+        """Rebuild a value packed at ``offset`` (arrays are ``array_views``, or copies of them)."""
+        scalars = self.scalars.unpack_from(buffer, offset)
+        arrays = [view.copy(order="K") for view in array_views] if copy else array_views
+        return self._compiled.build(iter(scalars), iter(arrays))
+
+
+def _compile(spec: Any, codes: list[str], arrays: list, counter: list[int]) -> _Compiled:
+    counter[0] += 1
+    if counter[0] > MAX_NODES:
+        raise DecodeError("layout has too many nodes")
+    if not isinstance(spec, tuple) or not spec or not isinstance(spec[0], str):
+        raise DecodeError(f"invalid layout node {spec!r}")
+    tag = spec[0]
+    if tag == "none" and len(spec) == 1:
+        return _compile_none()
+    if tag == "const" and len(spec) == 2 and type(spec[1]) in (str, bytes):
+        return _compile_const(spec[1])
+    if tag == "scalar" and len(spec) == 3:
+        return _compile_scalar(spec[1], spec[2], codes)
+    if tag == "array" and len(spec) == 4:
+        return _compile_array(spec[1], spec[2], spec[3], arrays)
+    if tag in ("tuple", "list") and len(spec) == 2 and isinstance(spec[1], list):
+        children = [_compile(child, codes, arrays, counter) for child in spec[1]]
+        return _compile_sequence(tuple if tag == "tuple" else list, children)
+    if tag in ("dict", "odict") and len(spec) == 3 and isinstance(spec[1], list) and isinstance(spec[2], list):
+        keys = spec[1]
+        if len(keys) != len(spec[2]) or not all(type(key) in (str, int) for key in keys) or len(set(keys)) != len(keys):
+            raise DecodeError("invalid dict node in layout")
+        children = [_compile(child, codes, arrays, counter) for child in spec[2]]
+        return _compile_mapping(dict if tag == "dict" else OrderedDict, keys, children)
+    raise DecodeError(f"invalid layout node {spec!r}")
+
+
+def _compile_none() -> _Compiled:
+    def extract(value: Any, scalars: list, arrays: list) -> None:
+        if value is not None:
+            raise LayoutMismatch
+
+    return _Compiled(extract, lambda s, a: None)
+
+
+def _compile_const(constant: Any) -> _Compiled:
+    kind = type(constant)
+
+    def extract(value: Any, scalars: list, arrays: list) -> None:
+        if type(value) is not kind or value != constant:
+            raise LayoutMismatch
+
+    return _Compiled(extract, lambda s, a: constant)
+
+
+def _compile_scalar(kind: Any, code: Any, codes: list[str]) -> _Compiled:
+    if kind in ("bool", "int", "float"):
+        expected = {"bool": bool, "int": int, "float": float}[kind]
+        if code != _PY_SCALARS[expected][1]:
+            raise DecodeError("invalid scalar code in layout")
+        convert: Callable[[Any], Any] = expected
+    else:
+        try:
+            dtype = np.dtype(kind)
+        except (TypeError, ValueError) as exc:
+            raise DecodeError(f"invalid scalar dtype {kind!r} in layout") from exc
+        if _NUMPY_SCALAR_CODES.get(dtype) != code or dtype.str != kind:
+            raise DecodeError("invalid numpy scalar in layout")
+        expected = convert = dtype.type
+    codes.append(code)
+
+    def extract(value: Any, scalars: list, arrays: list) -> None:
+        if type(value) is not expected:
+            raise LayoutMismatch
+        scalars.append(value)
+
+    return _Compiled(extract, lambda s, a: convert(next(s)))
+
+
+def _compile_array(dtype_str: Any, shape: Any, order: Any, arrays: list) -> _Compiled:
+    try:
+        dtype = np.dtype(dtype_str) if isinstance(dtype_str, str) else None
+    except (TypeError, ValueError):
+        dtype = None
+    if dtype is None or dtype.hasobject or dtype.fields is not None or dtype.str != dtype_str:
+        raise DecodeError(f"invalid array dtype {dtype_str!r} in layout")
+    if not isinstance(shape, tuple) or not all(type(dim) is int and dim >= 0 for dim in shape) or order not in ("C", "F"):
+        raise DecodeError("invalid array shape or order in layout")
+    arrays.append((dtype, shape, order))
+
+    def extract(value: Any, scalars: list, collected: list) -> None:
+        if type(value) is not np.ndarray or value.dtype != dtype or value.shape != shape:
+            raise LayoutMismatch
+        collected.append(value)
+
+    return _Compiled(extract, lambda s, a: next(a))
+
+
+def _compile_sequence(kind: type, children: list[_Compiled]) -> _Compiled:
+    count = len(children)
+    extractors = [child.extract for child in children]
+    builders = [child.build for child in children]
+
+    def extract(value: Any, scalars: list, arrays: list) -> None:
+        if type(value) is not kind or len(value) != count:
+            raise LayoutMismatch
+        for child, item in zip(extractors, value):
+            child(item, scalars, arrays)
+
+    if kind is tuple:
+        return _Compiled(extract, lambda s, a: tuple([build(s, a) for build in builders]))
+    return _Compiled(extract, lambda s, a: [build(s, a) for build in builders])
+
+
+def _compile_mapping(kind: type, keys: list, children: list[_Compiled]) -> _Compiled:
+    key_tuple = tuple(keys)
+    pairs = list(zip(keys, [child.extract for child in children]))
+    builders = list(zip(keys, [child.build for child in children]))
+
+    def extract(value: Any, scalars: list, arrays: list) -> None:
+        if type(value) is not kind or tuple(value) != key_tuple:
+            raise LayoutMismatch
+        for key, child in pairs:
+            child(value[key], scalars, arrays)
+
+    return _Compiled(extract, lambda s, a: kind([(key, build(s, a)) for key, build in builders]))
+
+
+def compile_spec(spec: Any) -> Layout:
+    """Compile a peer's spec, refusing anything malformed with :class:`DecodeError`."""
+    return Layout(spec)
