@@ -1,4 +1,4 @@
-"""The ``fastenv`` command: ``serve``, ``demo``, ``doctor``."""
+"""The ``fastenv`` command: ``serve``, ``demo``, ``doctor``, ``gc``."""
 
 from __future__ import annotations
 
@@ -52,6 +52,16 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         default=1 << 31,
         help="drop clients that send a larger frame (default: 2 GiB)",
     )
+    serve.add_argument("--no-shm", action="store_true", help="never offer the shared-memory data plane")
+    serve.add_argument(
+        "--shm-slots",
+        type=int,
+        default=4,
+        help="reply slots per shared-memory session: a client's views stay valid for SLOTS-1 further calls (default: 4)",
+    )
+    serve.add_argument(
+        "--spin-us", type=int, default=None, help="how long a shared-memory worker spins before sleeping (µs)"
+    )
     serve.add_argument("--log-level", default="WARNING", help="logging level (default: WARNING)")
     serve.set_defaults(handler=_serve)
 
@@ -76,6 +86,9 @@ def _serve(args: argparse.Namespace) -> int:
         mode=args.mode,
         insecure=args.insecure,
         max_message_bytes=args.max_message_bytes,
+        shm=not args.no_shm,
+        shm_slots=args.shm_slots,
+        shm_spin_us=args.spin_us,
     )
     signal.signal(signal.SIGTERM, lambda *_: server.stop(timeout=0))
     try:
@@ -122,6 +135,26 @@ def _doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_gc(commands: argparse._SubParsersAction) -> None:
+    gc = commands.add_parser(
+        "gc",
+        help="remove shared-memory segments left by dead fastenv processes",
+        description="Remove /dev/shm/fastenv-<pid>-* segments whose owning process is dead.",
+    )
+    gc.set_defaults(handler=_gc)
+
+
+def _gc(args: argparse.Namespace) -> int:
+    from fastenv.shm.arena import list_segments, reclaim_stale
+
+    removed = reclaim_stale()
+    for name in removed:
+        print(f"removed {name}")
+    remaining = len(list(list_segments()))
+    print(f"fastenv gc: removed {len(removed)} stale segment(s); {remaining} in use by live processes")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``fastenv`` argument parser."""
     parser = argparse.ArgumentParser(prog="fastenv", description="Serve and drive simulation environments fast.")
@@ -129,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(commands)
     _add_demo(commands)
     _add_doctor(commands)
+    _add_gc(commands)
     return parser
 
 

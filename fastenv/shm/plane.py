@@ -228,7 +228,9 @@ class ShmServerWorker:
             if arena is not self.arena:  # remapped: wait on the new arena's doorbell
                 self.arena = arena
                 bell = Doorbell(arena.buf, REQUEST_BELL, spin_us=self._spin_us)
-                seen = bell.value()
+                # A new arena's counter starts at 0; the client may already have rung it
+                # (it can attach as soon as the REMAP is visible), so never re-read it here.
+                seen = 0
 
     def _consumed(self, arena: Arena, seq: int) -> None:
         futex.store(arena.buf, CONSUMED_WORD, seq & 0xFFFFFFFF)

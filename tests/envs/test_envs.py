@@ -63,3 +63,16 @@ class BrokenAtInit:
 
     def __init__(self) -> None:
         raise RuntimeError("cannot build this env")
+
+
+class Growing:
+    """Observations whose size the client chooses: exercises arena growth and large actions."""
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        return np.zeros(1, dtype=np.uint8), {}
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
+        if isinstance(action, np.ndarray):  # echo a large action back with its checksum
+            return action, float(action.sum()), False, False, {"n": int(action.size)}
+        n = int(action)
+        return np.arange(n, dtype=np.uint32), 0.0, False, False, {"n": n}

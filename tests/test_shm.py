@@ -1,0 +1,201 @@
+"""The shared-memory data plane, with real server and client processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import zmq
+
+import fastenv
+from fastenv import protocol
+from fastenv.errors import TransportError
+from fastenv.protocol import Kind
+from fastenv.shm.arena import SHM_DIR, list_segments, segment_owner
+
+ENVS = Path(__file__).parent / "envs"
+
+
+def segments_of(pid: int) -> list[str]:
+    return [path.name for path in list_segments() if segment_owner(path.name) == pid]
+
+
+def wait_until(predicate, timeout: float = 10.0) -> bool:
+    """Poll a condition with a deadline (for process deaths, which have no ready signal)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+def test_same_host_picks_shm_and_says_why(serve) -> None:
+    server = serve("fastenv.examples:VectorEnv")
+    with fastenv.FastRemoteEnv(server.address) as env:
+        assert env.transport == "shm"
+        assert "nonce" in env.transport_reason
+        env.reset(seed=0)
+        env.step(np.zeros(4, np.float32))
+    with fastenv.FastRemoteEnv(server.address, transport="tcp") as env:
+        assert env.transport == "tcp" and "requested" in env.transport_reason
+
+
+def test_views_are_read_only_and_valid_for_the_documented_number_of_calls(serve) -> None:
+    server = serve("fastenv.examples:CameraEnv", "--shm-slots", "3", env_kwargs={"height": 16, "width": 16})
+    action = np.zeros(20, np.float32)
+    with fastenv.FastRemoteEnv(server.address) as env:
+        assert env.views_valid_for == 2
+        env.reset(seed=0)
+        for _ in range(3):  # let the layout settle so steps take the fast path
+            env.step(action)
+        obs = env.step(action)[0]
+        frame, snapshot = obs["left"], obs["left"].copy()
+        assert not frame.flags.writeable
+        with pytest.raises(ValueError):
+            frame[0, 0, 0] = 1
+        for _ in range(env.views_valid_for):
+            env.step(action)
+            assert np.array_equal(frame, snapshot)  # still valid
+        env.step(action)  # its slot is now reused: documented, frames change every step
+        assert not np.array_equal(frame, snapshot)
+
+
+def test_copy_true_gives_owned_arrays_forever(serve) -> None:
+    server = serve("fastenv.examples:CameraEnv", env_kwargs={"height": 16, "width": 16})
+    with fastenv.FastRemoteEnv(server.address, copy=True) as env:
+        assert env.transport == "shm" and env.views_valid_for is None
+        env.reset(seed=0)
+        kept = [env.step(np.zeros(20, np.float32))[0] for _ in range(10)]
+        snapshots = [obs["left"].copy() for obs in kept]
+        for _ in range(10):
+            env.step(np.zeros(20, np.float32))
+        for obs, snapshot in zip(kept, snapshots):
+            assert obs["left"].flags.writeable and np.array_equal(obs["left"], snapshot)
+
+
+def test_arena_grows_for_large_observations_and_actions(serve, test_env_target) -> None:
+    server = serve(test_env_target("Growing"))
+    with fastenv.FastRemoteEnv(server.address, timeout=30) as env:
+        assert env.transport == "shm"
+        for n in (10, 100_000, 10, 3_000_000, 3_000_000, 50):  # 12 MB observations force remaps
+            obs, _, _, _, info = env.step(n)
+            assert info == {"n": n} and obs.dtype == np.uint32 and obs.shape == (n,)
+            assert obs[-1] == n - 1 and obs[n // 2] == n // 2
+        big = np.random.default_rng(0).integers(0, 255, 5_000_000, dtype=np.uint8)  # 5 MB action
+        echoed, total, *_ = env.step(big)
+        assert total == float(big.sum()) and np.array_equal(echoed, big)
+        echoed, total, *_ = env.step(big[:1000].copy())
+        assert np.array_equal(echoed, big[:1000])
+
+
+def test_shm_required_but_server_offers_none(serve) -> None:
+    server = serve("fastenv.examples:VectorEnv", "--no-shm")
+    with pytest.raises(TransportError, match="transport='shm' was requested"):
+        fastenv.FastRemoteEnv(server.address, transport="shm")
+    with fastenv.FastRemoteEnv(server.address) as env:
+        assert env.transport == "tcp" and "offers no shared memory" in env.transport_reason
+
+
+def test_probe_fails_when_server_uses_another_shm_directory(serve, tmp_path: Path) -> None:
+    # The server writes its segments where this client cannot see them: as with another host.
+    server = serve("fastenv.examples:VectorEnv", extra_env={"FASTENV_SHM_DIR": str(tmp_path)})
+    with fastenv.FastRemoteEnv(server.address) as env:
+        assert env.transport == "tcp" and "probe failed" in env.transport_reason
+        obs, _ = env.reset(seed=0)
+        assert obs.shape == (4,)
+    with pytest.raises(TransportError, match="probe failed"):
+        fastenv.FastRemoteEnv(server.address, transport="shm")
+    assert not list(tmp_path.iterdir())  # offered segments were removed after the refusal
+
+
+@pytest.mark.parametrize("native", ["1", "0"], ids=["native-doorbell", "python-doorbell"])
+def test_both_doorbell_backends_give_identical_results(serve, native: str) -> None:
+    server = serve("fastenv.examples:VectorEnv", extra_env={"FASTENV_NATIVE": native})
+    result = subprocess.run(
+        [sys.executable, str(ENVS / "shm_client_check.py"), server.address],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "FASTENV_NATIVE": native},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["OK", "shm", "native" if native == "1" else "python"]
+
+
+CLIENT_LOOP = """
+import sys, numpy as np, fastenv
+env = fastenv.FastRemoteEnv(sys.argv[1], transport="shm")
+env.reset(seed=0)
+print("stepping", flush=True)
+while True:
+    env.step(np.zeros(4, np.float32))
+"""
+
+
+def test_kill_9_of_client_then_server_leaves_no_segments(serve) -> None:
+    server = serve("fastenv.examples:VectorEnv")
+    client = subprocess.Popen(
+        [sys.executable, "-c", CLIENT_LOOP, server.address], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert client.stdout.readline().strip() == "stepping"
+        assert segments_of(server.pid) == []  # names are unlinked as soon as the client maps them
+        client.kill()
+        client.wait(timeout=10)
+    finally:
+        client.stdout.close()
+    with fastenv.FastRemoteEnv(server.address) as env:  # the server keeps serving
+        env.reset(seed=0)
+        server_pid = server.pid
+        server.kill()
+    assert wait_until(lambda: not psutil.pid_exists(server_pid) or psutil.Process(server_pid).status() == "zombie")
+    assert segments_of(server_pid) == []
+
+
+def test_segments_of_a_dead_server_are_reclaimed(serve) -> None:
+    server = serve("fastenv.examples:VectorEnv")
+    # A client that says HELLO but dies before attaching leaves an offered segment behind...
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, 10_000)
+    sock.connect(server.address)
+    sock.send_multipart(protocol.pack(Kind.HELLO, 1, {"fastenv": "test", "transport": "auto"}))
+    welcome = protocol.unpack(sock.recv_multipart()).body()
+    sock.close()
+    offered = welcome["shm"]["name"]
+    assert (SHM_DIR / offered).exists()
+    server.kill()  # ...and so does a server killed at that moment
+    assert (SHM_DIR / offered).exists()
+    result = subprocess.run([sys.executable, "-m", "fastenv", "gc"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and f"removed {offered}" in result.stdout
+    assert not (SHM_DIR / offered).exists()
+
+
+def test_next_server_start_reclaims_stale_segments(serve, tmp_path: Path) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f"fastenv-{dead.stdout.strip()}-deadbeef"
+    stale.write_bytes(b"\0" * 4096)
+    serve("fastenv.examples:VectorEnv", extra_env={"FASTENV_SHM_DIR": str(tmp_path)})
+    assert not stale.exists()
+
+
+def test_client_memory_stays_flat(serve) -> None:
+    server = serve("fastenv.examples:CameraEnv")  # 1.8 MB per step
+    process = psutil.Process()
+    with fastenv.FastRemoteEnv(server.address) as env:
+        env.reset(seed=0)
+        action = np.zeros(20, np.float32)
+        for _ in range(200):
+            env.step(action)
+        before = process.memory_info().rss
+        for _ in range(2000):
+            env.step(action)
+        growth = process.memory_info().rss - before
+    assert growth < 8 * 1024 * 1024, f"client RSS grew by {growth / 1e6:.1f} MB over 2000 camera steps"
