@@ -46,6 +46,7 @@ class Session:
     peer: dict[str, Any] = field(default_factory=dict)
     calls: int = 0
     transport: str = "tcp"
+    methods: dict[str, Any] = field(default_factory=dict)  # resolved bound methods, by name
     offered_arena: Arena | None = None  # created at HELLO, until the client proves it can map it
     worker: ShmServerWorker | None = None
 
@@ -310,7 +311,10 @@ class EnvServer:
         session.calls += 1
         try:
             with session.env_lock:
-                return Kind.RESULT, self._invoke(session.env, name, args, kwargs)
+                method = session.methods.get(name)
+                if method is not None:
+                    return Kind.RESULT, method(*args, **kwargs)
+                return Kind.RESULT, self._invoke(session, name, args, kwargs)
         except UnknownMethodError as exc:
             return Kind.ERROR, protocol.error_body("unknown_method", _type_name(exc), str(exc))
         except Exception as exc:
@@ -368,7 +372,8 @@ class EnvServer:
     }
 
     @staticmethod
-    def _invoke(env: Any, name: str, args: tuple, kwargs: dict) -> Any:
+    def _invoke(session: Session, name: str, args: tuple, kwargs: dict) -> Any:
+        env = session.env
         if name == GETATTR:
             if len(args) != 1 or kwargs:
                 raise UnknownMethodError("attribute reads take exactly one name")
@@ -378,6 +383,8 @@ class EnvServer:
         member = envinfo.resolve_member(env, name)
         if not callable(member):
             raise UnknownMethodError(f"{name!r} is an attribute, not a method: read it as env.{name}")
+        if name in ("reset", "step") and len(session.methods) < 64:
+            session.methods[name] = member  # the hot calls skip the lookup from now on
         return member(*args, **kwargs)
 
     def _end_session(self, session: Session) -> None:

@@ -40,13 +40,15 @@ class VectorEnv:
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
         """Apply the force ``action`` for one tick."""
-        force = np.clip(np.asarray(action, dtype=np.float32), -1.0, 1.0)
-        self._position = (0.98 * self._position + 0.1 * force).astype(np.float32)
+        force = np.asarray(action, dtype=np.float32).clip(-1.0, 1.0)
+        position = self._position * np.float32(0.98) + force * np.float32(0.1)
+        self._position = position
         self._steps += 1
-        reward = -float(np.linalg.norm(self._position))
-        terminated = bool(np.any(np.abs(self._position) > 10.0))
+        squared = float(position.dot(position))
+        reward = -(squared**0.5)
+        terminated = bool(squared > 100.0 and np.abs(position).max() > 10.0)
         truncated = self._steps >= self.max_steps
-        return self._position.copy(), reward, terminated, truncated, {}
+        return position.copy(), reward, terminated, truncated, {}
 
     def get_state(self) -> dict[str, Any]:
         """The full state: position and step counter."""
