@@ -25,6 +25,7 @@ from fastenv.errors import (
 from fastenv.protocol import GETATTR, Kind, Message
 from fastenv.shm.arena import Arena
 from fastenv.shm.plane import ShmClientPlane
+from fastenv.tcp.plane import TcpClientPlane, connect_data_stream
 
 TRANSPORTS = ("auto", "shm", "tcp")
 _MISSING = object()
@@ -56,6 +57,9 @@ class FastRemoteEnv:
         spin_us: on shared memory, how long to spin for a reply before sleeping
             (default :data:`fastenv.shm.plane.CLIENT_SPIN_US`); spinning trades a
             little CPU for latency.
+        compression: over TCP, compress arrays (``"lz4"`` or ``"zstd"``) in both
+            directions; for slow links only (off by default, needs
+            ``pip install "fastenv[compress]"``).
 
     Example::
 
@@ -73,19 +77,22 @@ class FastRemoteEnv:
         transport: str = "auto",
         copy: bool = False,
         spin_us: int | None = None,
+        compression: str | None = None,
     ) -> None:
         if transport not in TRANSPORTS:
             raise ValueError(f"unknown transport {transport!r}; choose one of {', '.join(TRANSPORTS)}")
         self._channel: ClientChannel | None = None
-        self._plane: ShmClientPlane | None = None
+        self._plane: ShmClientPlane | TcpClientPlane | None = None
         self.address = normalize_address(address)
         self.timeout = timeout
         self._channel = ClientChannel(self.address)
         try:
-            welcome = self._handshake(connect_timeout, transport)
+            welcome = self._handshake(connect_timeout, transport, compression)
             self.transport, self.transport_reason = self._choose_transport(
-                welcome.get("shm"), transport, copy, spin_us, connect_timeout
+                welcome, transport, copy, spin_us, connect_timeout
             )
+            if self.transport == "tcp":
+                self.transport_reason += "; " + self._open_data_stream(welcome.get("tcp"), compression, connect_timeout)
         except BaseException:
             self._channel.close()
             raise
@@ -98,12 +105,13 @@ class FastRemoteEnv:
 
     # ------------------------------------------------------------------ plumbing
 
-    def _handshake(self, timeout: float, transport: str) -> dict[str, Any]:
+    def _handshake(self, timeout: float, transport: str, compression: str | None) -> dict[str, Any]:
         hello = {
             "fastenv": __version__,
             "protocol": protocol.PROTOCOL_VERSION,
             "host": host_identity(),
             "transport": transport,
+            "compression": compression,
         }
         assert self._channel is not None
         reply = self._channel.request(Kind.HELLO, hello, timeout, what="the handshake")
@@ -113,12 +121,15 @@ class FastRemoteEnv:
         return body
 
     def _choose_transport(
-        self, offer: dict[str, Any] | None, wanted: str, copy: bool, spin_us: int | None, timeout: float
+        self, welcome: dict[str, Any], wanted: str, copy: bool, spin_us: int | None, timeout: float
     ) -> tuple[str, str]:
         """Run the shared-memory probe and tell the server which data plane to use."""
-        if wanted == "tcp":
-            return "tcp", "transport='tcp' was requested"
         assert self._channel is not None
+        offer = welcome.get("shm")
+        if wanted == "tcp":
+            if offer:
+                self._unwrap(self._channel.request(Kind.ATTACH, {"transport": "tcp"}, timeout, what="attach"))
+            return "tcp", "transport='tcp' was requested"
         if not offer:
             reason = "the server offers no shared memory (started with shm disabled, or /dev/shm unusable there)"
             if wanted == "shm":
@@ -145,11 +156,24 @@ class FastRemoteEnv:
             "(same host, same /dev/shm)"
         )
 
+    def _open_data_stream(self, offer: dict[str, Any] | None, compression: str | None, timeout: float) -> str:
+        """Connect the TCP data stream; returns how calls will travel."""
+        assert self._channel is not None
+        if not offer:
+            return "calls travel as frames on the ZeroMQ connection (the server offers no data stream)"
+        host = self.address.removeprefix("tcp://").rsplit(":", 1)[0].strip("[]")
+        try:
+            sock = connect_data_stream(host, int(offer["port"]), offer["token"], timeout)
+        except (TransportError, OSError) as exc:
+            return f"calls travel as frames on the ZeroMQ connection (data stream unreachable: {exc})"
+        self._plane = TcpClientPlane(sock, self._channel.check_alive, compression=compression)
+        return f"arrays stream in chunks on a dedicated connection to port {offer['port']}"
+
     @property
     def views_valid_for(self) -> int | None:
         """On shared memory, how many further calls a returned view stays valid (None: arrays are owned)."""
         plane = self._plane
-        if plane is None or plane.copies:
+        if not isinstance(plane, ShmClientPlane) or plane.copies:
             return None
         return plane.slots - 1
 

@@ -28,6 +28,7 @@ from fastenv.errors import EncodeError, FastEnvError, ProtocolError, ServerConfi
 from fastenv.protocol import GETATTR, Kind, Message
 from fastenv.shm.arena import Arena, reclaim_stale
 from fastenv.shm.plane import DEFAULT_SHAPE, SERVER_SPIN_US, ShmServerWorker
+from fastenv.tcp.plane import TcpDataListener, TcpServerWorker
 
 log = logging.getLogger("fastenv.server")
 
@@ -48,7 +49,9 @@ class Session:
     transport: str = "tcp"
     methods: dict[str, Any] = field(default_factory=dict)  # resolved bound methods, by name
     offered_arena: Arena | None = None  # created at HELLO, until the client proves it can map it
-    worker: ShmServerWorker | None = None
+    data_token: bytes = b""  # presented by the client's TCP data stream
+    worker: ShmServerWorker | TcpServerWorker | None = None
+    ended: bool = False
 
 
 class EnvServer:
@@ -119,7 +122,10 @@ class EnvServer:
         self._arena_shape = dataclasses.replace(DEFAULT_SHAPE, slots=shm_slots)
         self.shm_spin_us = SERVER_SPIN_US if shm_spin_us is None else shm_spin_us
         self._socket: ServerSocket | None = None
+        self._data_listener: TcpDataListener | None = None
         self._sessions: dict[bytes, Session] = {}
+        self._by_token: dict[bytes, Session] = {}
+        self._token_lock = threading.Lock()  # the data listener adopts streams from its own thread
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -144,6 +150,12 @@ class EnvServer:
                 for name in reclaim_stale():
                     log.warning("removed stale shared-memory segment %s (its owner is dead)", name)
             self._socket = ServerSocket(self.bind_host, self.port, max_message_bytes=self.max_message_bytes)
+            try:
+                self._data_listener = TcpDataListener(self.bind_host, 0, on_connection=self._adopt_data_stream)
+            except FastEnvError:
+                self._socket.close()
+                self._socket = None
+                raise
         return self._socket
 
     def serve_forever(self, poll_interval: float = 0.25) -> None:
@@ -191,6 +203,8 @@ class EnvServer:
             self._end_session(session)
         if self._close_shared and self._shared_env is not None:
             _close_quietly(self._shared_env)
+        if self._data_listener is not None:
+            self._data_listener.close()
         if self._socket is not None:
             self._socket.close()
 
@@ -262,8 +276,10 @@ class EnvServer:
             self.stats["env_errors"] += 1
             self._reply_error(identity, message.request_id, "remote", exc, traceback.format_exc())
             return
-        session = Session(os.urandom(8).hex(), identity, env, owns, lock, peer)
+        session = Session(os.urandom(8).hex(), identity, env, owns, lock, peer, data_token=os.urandom(16))
         self._sessions[identity] = session
+        with self._token_lock:
+            self._by_token[session.data_token] = session
         offer = None
         if self.shm and peer.get("transport", "auto") != "tcp":
             try:
@@ -283,6 +299,7 @@ class EnvServer:
             "env": description,
             "env_hash": envinfo.description_hash(description),
             "shm": offer,
+            "tcp": {"port": self._data_listener.port, "token": session.data_token} if self._data_listener else None,
         }
         self._reply(identity, Kind.WELCOME, message.request_id, welcome)
 
@@ -336,6 +353,11 @@ class EnvServer:
         arena, session.offered_arena = session.offered_arena, None
         if arena is not None:
             arena.unlink()  # mapped by the client (or refused): the name is no longer needed
+        if choice["transport"] == "shm" and session.worker is not None:
+            if arena is not None:
+                arena.close()
+            self._reply_error(identity, message.request_id, "protocol", ProtocolError("a data plane is already attached"))
+            return
         if choice["transport"] == "shm":
             if arena is None or choice.get("nonce") != arena.nonce:
                 if arena is not None:
@@ -344,6 +366,8 @@ class EnvServer:
                     identity, message.request_id, "protocol", ProtocolError("shared-memory probe failed: wrong nonce")
                 )
                 return
+            with self._token_lock:
+                self._by_token.pop(session.data_token, None)  # no TCP stream for this session
             session.worker = ShmServerWorker(
                 arena,
                 lambda name, args, kwargs: _succeeded(self._execute(session, name, args, kwargs)),
@@ -387,8 +411,28 @@ class EnvServer:
             session.methods[name] = member  # the hot calls skip the lookup from now on
         return member(*args, **kwargs)
 
+    def _adopt_data_stream(self, token: bytes, sock: Any) -> bool:
+        """Bind a client's TCP data stream to its session (called by the data listener's thread)."""
+        with self._token_lock:
+            session = self._by_token.pop(token, None)
+            if session is None or session.ended or session.worker is not None:
+                return False
+            session.worker = TcpServerWorker(
+                sock,
+                lambda name, args, kwargs: _succeeded(self._execute(session, name, args, kwargs)),
+                limits=self.limits,
+                max_message_bytes=self.max_message_bytes,
+                compression=session.peer.get("compression"),
+            )
+            session.transport = "tcp"
+        session.worker.start()
+        return True
+
     def _end_session(self, session: Session) -> None:
         self._sessions.pop(session.identity, None)
+        with self._token_lock:
+            session.ended = True
+            self._by_token.pop(session.data_token, None)
         if session.worker is not None:
             session.worker.stop()
         if session.offered_arena is not None:

@@ -125,6 +125,19 @@ WAIT_SLICE_S = 0.05  # blocking waits are cut into slices to notice a dead peer 
 IOV_BATCH = 512  # stay under IOV_MAX (1024 on Linux)
 
 
+_HEAD_STRUCTS: dict[int, struct.Struct] = {}
+
+
+def _head_struct(count: int) -> struct.Struct:
+    """The struct of a header followed by a table of ``count`` entries."""
+    found = _HEAD_STRUCTS.get(count)
+    if found is None:
+        found = struct.Struct(HEADER.format + ENTRY.format[1:] * count)
+        if len(_HEAD_STRUCTS) < 256:
+            _HEAD_STRUCTS[count] = found
+    return found
+
+
 class MissingDependency(FastEnvError, ImportError):
     """An optional dependency is not installed; the message names the extra to install."""
 
@@ -143,7 +156,7 @@ class MessageRejected(ProtocolError):
         self.kind = kind
 
 
-@dataclass
+@dataclass(slots=True)
 class Message:
     """One received message: buffers are fresh, owned, writable uint8 arrays."""
 
@@ -317,10 +330,6 @@ class MessageStream:
 
     # ------------------------------------------------------------------ one bounded system call
 
-    def _arm(self, deadline: float | None, alive: Callable[[], None] | None, stall: float | None, label: str) -> None:
-        self._deadline, self._alive, self._stall, self._label = deadline, alive, stall, label
-        self._progress = time.monotonic()
-
     def _io(self, op: Callable[[Any], int], arg: Any) -> int:
         """Run one socket operation, waiting in slices until the deadline; returns its count."""
         sock = self.sock
@@ -373,46 +382,52 @@ class MessageStream:
         ``deadline`` (monotonic) bounds the whole send; ``stall`` bounds each
         stretch without progress; ``alive`` is called after each idle slice.
         """
-        self._check()
-        views = [b if type(b) is memoryview else memoryview(b) for b in buffers]
+        if self.broken is not None:
+            self._check()
+        count = len(buffers)
+        if count > MAX_BUFFERS:
+            raise FrameTooLarge(f"a message of {count} arrays exceeds the limit of {MAX_BUFFERS}")
+        compressor = self._compressor
+        fields: list[Any] = [MAGIC, kind, 0, 0, seq, len(skeleton), count]
         wires: list[Any] = []
-        table = []
-        flags = 0
-        payload = 0
         raw_total = 0
-        for view in views:
+        payload = 0
+        for buffer in buffers:
+            view = buffer if type(buffer) is memoryview else memoryview(buffer)
             if view.ndim != 1 or view.itemsize != 1:
                 view = view.cast("B")
             n = view.nbytes
             raw_total += n
-            packed = self._compressor.maybe_compress(view) if self._compressor is not None else None
+            packed = compressor.maybe_compress(view) if compressor is not None and n >= COMPRESS_THRESHOLD else None
             if packed is None:
-                table.append(ENTRY.pack(RAW, n, n))
+                fields += (RAW, n, n)
                 wires.append(view)
                 payload += n
             else:
-                table.append(ENTRY.pack(self._compressor.codec_id, n, len(packed)))
-                wires.append(packed)
+                fields += (compressor.codec_id, n, len(packed))  # type: ignore[union-attr]
+                fields[2] = FLAG_COMPRESSED
+                wires.append(memoryview(packed))
                 payload += len(packed)
-                flags |= FLAG_COMPRESSED
-        if len(views) > MAX_BUFFERS:
-            raise FrameTooLarge(f"a message of {len(views)} arrays exceeds the limit of {MAX_BUFFERS}")
-        head = b"".join([HEADER.pack(MAGIC, kind, flags, 0, seq, len(skeleton), len(views)), *table, skeleton])
-        declared = len(head) + raw_total
+        head = _head_struct(count).pack(*fields)
+        declared = len(head) + len(skeleton) + raw_total
         if declared > self.max_message_bytes:
             raise FrameTooLarge(
                 f"a message of {declared} bytes exceeds the data stream's limit of {self.max_message_bytes}"
             )
-        self._arm(deadline, alive, stall, label)
+        self._deadline, self._alive, self._stall, self._label = deadline, alive, stall, label
+        if stall is not None:
+            self._progress = time.monotonic()
         self._started = True
         try:
-            if len(head) + payload <= SMALL_MESSAGE:
-                data = memoryview(b"".join([head, *wires]) if wires else head)
-                while data:
-                    sent = self._io(self.sock.send, data)
-                    data = data[sent:]
+            if len(head) + len(skeleton) + payload <= SMALL_MESSAGE:
+                data = b"".join([head, skeleton, *wires]) if wires else head + skeleton
+                sent = self._io(self.sock.send, data)
+                if sent < len(data):
+                    view = memoryview(data)[sent:]
+                    while view:
+                        view = view[self._io(self.sock.send, view) :]
             else:
-                self._sendmsg([memoryview(head), *(w if type(w) is memoryview else memoryview(w) for w in wires)])
+                self._sendmsg([memoryview(head), memoryview(skeleton), *wires])
         except BaseException as exc:
             self._abort(exc)
             raise
@@ -512,8 +527,11 @@ class MessageStream:
         Raises :class:`MessageRejected` (stream intact) for a complete message
         that cannot be used.
         """
-        self._check()
-        self._arm(deadline, alive, stall, label)
+        if self.broken is not None:
+            self._check()
+        self._deadline, self._alive, self._stall, self._label = deadline, alive, stall, label
+        if stall is not None:
+            self._progress = time.monotonic()
         self._started = self._end > self._start
         try:
             return self._recv()
@@ -524,7 +542,10 @@ class MessageStream:
             raise
 
     def _recv(self) -> Message:
-        magic, kind, flags, _, seq, skeleton_len, count = HEADER.unpack(self._take(HEADER.size))
+        if self._end - self._start < HEADER.size:
+            self._fill(HEADER.size)
+        magic, kind, flags, _, seq, skeleton_len, count = HEADER.unpack_from(self._view, self._start)
+        self._start += HEADER.size
         if magic != MAGIC:
             raise ProtocolError(f"{self._label}: not a fastenv data stream (bad magic {bytes(magic)!r})")
         if kind not in KINDS:
@@ -539,8 +560,15 @@ class MessageStream:
         declared = HEADER.size + table_len + skeleton_len
         if declared > limit:
             raise FrameTooLarge(f"{self._label}: a message of at least {declared} bytes exceeds the limit of {limit}")
-        table = bytes(self._take(table_len)) if table_len <= STAGING_BYTES else self._read_bytes(table_len)
-        entries = [ENTRY.unpack_from(table, i * ENTRY.size) for i in range(count)]
+        if table_len <= STAGING_BYTES:
+            if self._end - self._start < table_len:
+                self._fill(table_len)
+            table: Any = self._view
+            base = self._start
+            self._start += table_len
+        else:
+            table, base = self._read_bytes(table_len), 0
+        entries = [ENTRY.unpack_from(table, base + i * ENTRY.size) for i in range(count)]
         compressed = False
         for codec_id, raw, wire in entries:
             declared += raw
@@ -558,19 +586,27 @@ class MessageStream:
         if compressed != bool(flags & FLAG_COMPRESSED):
             raise ProtocolError(f"{self._label}: compression flag does not match the buffer table")
         # Every length is now known to fit: allocate and read.
-        skeleton = bytes(self._take(skeleton_len)) if skeleton_len <= STAGING_BYTES else self._read_bytes(skeleton_len)
+        if skeleton_len <= STAGING_BYTES:
+            if self._end - self._start < skeleton_len:
+                self._fill(skeleton_len)
+            start = self._start
+            skeleton: bytes | bytearray = self._staging[start : start + skeleton_len]
+            self._start = start + skeleton_len
+        else:
+            skeleton = self._read_bytes(skeleton_len)
+        if self._start == self._end:
+            self._start = self._end = 0
         buffers: list[np.ndarray] = []
         problem: str | None = None
         for codec_id, raw, wire in entries:
             out = np.empty(wire, np.uint8)
             if wire:
                 self._read_into(memoryview(out))
-            if codec_id != RAW:
-                if problem is None:
-                    try:
-                        out = _decompressor(codec_id)(out, raw)
-                    except Exception as exc:  # noqa: BLE001 - corrupt data or a missing module: in sync, reject
-                        problem = f"{self._label}: a {CODEC_NAMES[codec_id]} buffer could not be decompressed: {exc}"
+            if codec_id != RAW and problem is None:
+                try:
+                    out = _decompressor(codec_id)(out, raw)
+                except Exception as exc:  # noqa: BLE001 - corrupt data or a missing module: in sync, reject
+                    problem = f"{self._label}: a {CODEC_NAMES[codec_id]} buffer could not be decompressed: {exc}"
             buffers.append(out)
         if problem is not None:
             raise MessageRejected(problem, seq, kind)
