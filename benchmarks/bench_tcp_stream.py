@@ -192,6 +192,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=40, help="16 MB transfers per measurement")
     parser.add_argument("--steps", type=int, default=500, help="round trips per latency measurement")
     parser.add_argument("--chunk-sweep", action="store_true", help="16 MB throughput for chunk sizes 64 KiB..4 MiB")
+    parser.add_argument("--rounds", type=int, default=10, help="interleaved rounds (methods alternate)")
     parser.add_argument("--compression", default=None, help="server-side reply compression (lz4, zstd)")
     args = parser.parse_args()
 
@@ -203,35 +204,13 @@ def main() -> None:
         raise SystemExit("server process did not start")
     ports = parent.recv()
     action = ("step", (np.zeros(20, np.float32),), {})
-    rows: list[tuple[str, str, str]] = []
     try:
-        # --- raw socket floor
         raw = socket.create_connection(("127.0.0.1", ports["raw"]), timeout=TIMEOUT_S)
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sink = memoryview(np.empty(BIG + 1, np.uint8))
-        raw_big = timed(lambda: raw_fetch(raw, BIG, sink), args.repeats)
-        raw_cam = timed(lambda: raw_fetch(raw, CAMERA_BYTES, sink), args.steps)
-        raw_small = timed(lambda: raw_fetch(raw, 1, sink), args.steps * 4)
-        raw.close()
-
-        # --- the plane
         plane = open_plane(ports["plane"], None)
-        plane_big = timed(lambda: plane.call(("big", (), {}), TIMEOUT_S, "big"), args.repeats)
-        plane_cam = timed(lambda: plane.call(("camera",) + action[1:], TIMEOUT_S, "step"), args.steps)
-        plane_small = timed(lambda: plane.call(("small",) + action[1:], TIMEOUT_S, "step"), args.steps * 4)
         ok, value = plane.call(("camera",) + action[1:], TIMEOUT_S, "step")
         assert ok and value[0]["left"].shape == (480, 640, 3) and value[0]["left"].flags.writeable
-        plane.close()
-
-        sweep = []
-        if args.chunk_sweep:
-            for chunk in (64 << 10, 256 << 10, 1 << 20, 4 << 20):
-                swept = open_plane(ports["plane"], chunk)
-                times = timed(lambda: swept.call(("big", (), {}), TIMEOUT_S, "big"), args.repeats)
-                sweep.append((chunk, BIG / statistics.median(times) / 1e6))
-                swept.close()
-
-        # --- pyzmq REQ/REP, in-band pickle
         zctx = zmq.Context()
         req = zctx.socket(zmq.REQ)
         req.setsockopt(zmq.LINGER, 0)
@@ -243,9 +222,37 @@ def main() -> None:
                 raise TimeoutError("zmq server did not answer")
             return pickle.loads(req.recv())
 
-        zmq_big = timed(lambda: zmq_call("big"), args.repeats)
-        zmq_cam = timed(lambda: zmq_call("camera"), args.steps)
-        zmq_small = timed(lambda: zmq_call("small"), args.steps * 4)
+        cases = {
+            ("raw", "big"): lambda: raw_fetch(raw, BIG, sink),
+            ("plane", "big"): lambda: plane.call(("big", (), {}), TIMEOUT_S, "big"),
+            ("zmq", "big"): lambda: zmq_call("big"),
+            ("raw", "camera"): lambda: raw_fetch(raw, CAMERA_BYTES, sink),
+            ("plane", "camera"): lambda: plane.call(("camera",) + action[1:], TIMEOUT_S, "step"),
+            ("zmq", "camera"): lambda: zmq_call("camera"),
+            ("raw", "small"): lambda: raw_fetch(raw, 1, sink),
+            ("plane", "small"): lambda: plane.call(("small",) + action[1:], TIMEOUT_S, "step"),
+            ("zmq", "small"): lambda: zmq_call("small"),
+        }
+        counts = {"big": args.repeats, "camera": args.steps, "small": args.steps * 4}
+        samples: dict[tuple[str, str], list[float]] = {key: [] for key in cases}
+        # Interleave the methods in rounds so that a noisy neighbour or a
+        # frequency change hits all of them alike.
+        for _ in range(args.rounds):
+            for key, fn in cases.items():
+                samples[key] += timed(fn, max(1, counts[key[1]] // args.rounds), warmup=2)
+        sweep = []
+        if args.chunk_sweep:
+            planes = {chunk: open_plane(ports["plane"], chunk) for chunk in (64 << 10, 256 << 10, 1 << 20, 4 << 20)}
+            swept: dict[int, list[float]] = {chunk: [] for chunk in planes}
+            for _ in range(args.rounds):
+                for chunk, p in planes.items():
+                    swept[chunk] += timed(lambda p=p: p.call(("big", (), {}), TIMEOUT_S, "big"),
+                                          max(1, args.repeats // args.rounds), warmup=1)
+            for chunk, p in planes.items():
+                sweep.append((chunk, BIG / statistics.median(swept[chunk]) / 1e6))
+                p.close()
+        raw.close()
+        plane.close()
         req.close()
         zctx.term()
     finally:
@@ -253,6 +260,9 @@ def main() -> None:
         proc.join(TIMEOUT_S)
         if proc.is_alive():
             proc.kill()
+    raw_big, plane_big, zmq_big = (samples[(m, "big")] for m in ("raw", "plane", "zmq"))
+    raw_cam, plane_cam, zmq_cam = (samples[(m, "camera")] for m in ("raw", "plane", "zmq"))
+    raw_small, plane_small, zmq_small = (samples[(m, "small")] for m in ("raw", "plane", "zmq"))
 
     def mbps(samples: list[float]) -> float:
         return BIG / statistics.median(samples) / 1e6

@@ -1,9 +1,16 @@
-"""Step round trip per (transport, payload): fastenv against its baselines.
+"""Step round trip per (transport, payload): fastenv against its baselines and floors.
 
 Each server is started once per module (a module-scoped fixture per
 parameter) and every benchmark times ``client.step(action)`` on the same
-example env. The first step is checked against a local env before timing.
-Run with ``pytest benchmarks/ --benchmark-only``; compare rows within one run.
+example env. The reset observation and the first step are checked against a
+local env before timing (through :func:`fastenv.bench.runner.check_result`,
+which snapshots zero-copy views and compares only the observation for
+transports that carry only that). Run with ``pytest benchmarks/
+--benchmark-only``; compare rows within one run.
+
+``fastenv-shm-py`` needs the pure-Python doorbell in this process: it runs
+under ``FASTENV_NATIVE=0 pytest benchmarks/ ...`` and is skipped otherwise
+(``fastenv-bench`` runs it in a subprocess instead).
 """
 
 from __future__ import annotations
@@ -14,8 +21,13 @@ from typing import Any
 
 import pytest
 
-from fastenv.bench.runner import TRANSPORTS, TransportUnavailable, open_transport
-from fastenv.bench.workloads import PAYLOADS, get_workload, observations_equal
+from fastenv.bench.runner import (
+    TRANSPORTS,
+    TransportUnavailable,
+    check_result,
+    open_transport,
+)
+from fastenv.bench.workloads import PAYLOADS, get_workload
 
 CASES = [(transport, payload) for payload in PAYLOADS for transport in TRANSPORTS]
 
@@ -31,8 +43,9 @@ def served(request: pytest.FixtureRequest) -> Iterator[tuple[str, str, Any]]:
             pytest.skip(f"{transport}: {exc}")
         workload = get_workload(payload)
         local, action = workload.make_env(), workload.make_action()
-        assert observations_equal(client.reset(seed=0)[0], local.reset(seed=0)[0])
-        assert observations_equal(client.step(action), local.step(action))
+        seed = workload.seed
+        assert check_result(client, (client.reset(seed=seed)[0],), (local.reset(seed=seed)[0],))
+        assert check_result(client, client.step(action), local.step(action))
         yield transport, payload, client
 
 

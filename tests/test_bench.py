@@ -14,12 +14,27 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fastenv.bench import cli, runner
-from fastenv.bench.baselines import BASELINES, SeedPickle
-from fastenv.bench.runner import RunResult, TransportMismatch, TransportUnavailable, measure
+from fastenv.bench import cli, malloc, runner
+from fastenv.bench.baselines import BASELINES, GymAsync, SeedPickle
+from fastenv.bench.floors import FLOORS, memcpy_reference
+from fastenv.bench.runner import (
+    RunResult,
+    TransportMismatch,
+    TransportUnavailable,
+    check_result,
+    measure,
+)
 from fastenv.bench.stats import Spread, Summary, median_summary, spread, summarize
-from fastenv.bench.workloads import PAYLOADS, build, get_workload, observations_equal
+from fastenv.bench.targets import evaluate, format_targets
+from fastenv.bench.workloads import (
+    PAYLOADS,
+    build,
+    get_workload,
+    observations_equal,
+    snapshot,
+)
 from fastenv.errors import RemoteEnvError
+from fastenv.shm import futex
 
 TIMEOUT = 20.0
 
@@ -85,6 +100,21 @@ def test_workloads_build_env_and_action() -> None:
         get_workload("nope")
 
 
+def test_workloads_never_truncate_during_a_run() -> None:
+    for name in PAYLOADS:
+        env, action = build(name)
+        env.reset(seed=0)
+        assert not any(env.step(action)[3] for _ in range(1200))  # VectorEnv's default is 1000
+
+
+def test_snapshot_copies_read_only_views() -> None:
+    view = np.arange(4, dtype=np.float32)
+    view.flags.writeable = False
+    copied = snapshot(({"a": view}, 1.0, [view]))
+    assert observations_equal(copied, ({"a": view}, 1.0, [view]))
+    assert copied[0]["a"].flags.writeable and not np.shares_memory(copied[0]["a"], view)
+
+
 def test_observations_equal() -> None:
     a = {"x": np.zeros(3, np.float32), "y": (1, [2.0])}
     assert observations_equal(a, {"x": np.zeros(3, np.float32), "y": (1, [2.0])})
@@ -132,6 +162,63 @@ def test_baseline_env_error_is_typed_and_server_keeps_serving(name: str) -> None
             remote.step("not a number")
         assert isinstance(info.value, ValueError)
         assert observations_equal(remote.step(action), env.step(action))
+
+
+@pytest.mark.parametrize("payload", list(PAYLOADS))
+@pytest.mark.parametrize("name", list(FLOORS))
+def test_floor_returns_the_observation(name: str, payload: str) -> None:
+    env, action = build(payload)
+    with FLOORS[name](payload, timeout=TIMEOUT) as remote:
+        got = remote.reset(seed=0)
+        assert check_result(remote, (got[0],), (env.reset(seed=0)[0],))
+        for _ in range(4):
+            result = remote.step(action)
+            assert check_result(remote, result, env.step(action))
+        arrays = [result[0]] if isinstance(result[0], np.ndarray) else list(result[0].values())
+        assert not any(a.flags.writeable for a in arrays)  # views into the shared segment
+        del got, result, arrays
+        process = remote._process
+    assert process is not None and process.returncode == 0
+
+
+def test_floor_detects_a_wrong_observation() -> None:
+    env, action = build("small")
+    with FLOORS["shm-pingpong-futex"]("small", timeout=TIMEOUT) as remote:
+        remote.reset(seed=0)
+        env.reset(seed=1)
+        assert not check_result(remote, remote.step(action), env.step(action))
+
+
+@pytest.mark.parametrize("payload", list(PAYLOADS))
+def test_gym_async_returns_the_observation(payload: str) -> None:
+    env, action = build(payload)
+    with GymAsync(payload, timeout=TIMEOUT) as remote:
+        assert check_result(remote, remote.reset(seed=0), env.reset(seed=0))
+        for _ in range(3):
+            result = remote.step(action)
+            assert check_result(remote, result, env.step(action))
+        assert np.asarray(result[1]).shape == (1,)  # Gymnasium's batched reward
+        env.step(action)
+        assert not check_result(remote, remote.step(np.zeros_like(action)), env.step(action))
+    remote.close()
+
+
+def test_memcpy_reference() -> None:
+    reference = memcpy_reference("camera", copies=5, warmup=1)
+    assert reference.nbytes == 2 * 480 * 640 * 3 + 20 * 4
+    assert reference.cached.count == reference.fresh.count == 5
+    assert reference.cached.p50_us > 0 and reference.fresh.p50_us > 0
+    assert set(reference.as_dict()) == {"payload", "nbytes", "cached", "fresh_source"}
+    with pytest.raises(ValueError):
+        memcpy_reference("small", copies=0)
+
+
+def test_malloc_modes() -> None:
+    assert malloc.environment("default") == {}
+    assert set(malloc.environment("steady")) == {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"}
+    assert malloc.apply({}) is True
+    with pytest.raises(ValueError):
+        malloc.environment("fast")
 
 
 def test_baseline_close_twice_and_unknown_payload() -> None:
@@ -191,6 +278,43 @@ def test_run_transport_baseline_end_to_end() -> None:
     assert result.summary.count == 20 and result.transport == "zmq-pickle"
 
 
+@pytest.mark.parametrize("name", runner.TRANSPORTS)
+def test_every_transport_smoke(name: str) -> None:
+    result = runner.run_transport(name, "small", steps=5, warmup=1, timeout=TIMEOUT, max_seconds=5.0,
+                                  server_env=malloc.environment("steady"))
+    assert result.transport == name and 1 <= result.summary.count <= 5
+    assert result.verified_steps == 3
+
+
+def test_fastenv_shm_returns_read_only_views() -> None:
+    env, action = build("camera")
+    with runner.open_transport("fastenv-shm", "camera", timeout=TIMEOUT) as remote:
+        assert remote._env.transport == "shm"
+        assert check_result(remote, remote.reset(seed=0), env.reset(seed=0))
+        result = remote.step(action)
+        assert not result[0]["left"].flags.writeable
+        assert check_result(remote, result, env.step(action))
+        del result
+
+
+@pytest.mark.skipif(futex.BACKEND == "python", reason="this process already runs the pure-Python doorbell")
+def test_fastenv_shm_py_needs_its_subprocess() -> None:
+    with pytest.raises(TransportUnavailable, match="FASTENV_NATIVE=0"), runner.open_transport(
+        "fastenv-shm-py", "small", timeout=TIMEOUT
+    ):
+        pass
+
+
+def test_client_subprocess_reports_unavailable() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "fastenv.bench.runner", "--connect", "tcp://127.0.0.1:1", "--transport",
+         "fastenv-tcp", "--payload", "small", "--steps", "2", "--timeout", "1"],
+        check=False, capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1])["error"] == "unavailable"
+
+
 def test_unknown_transport() -> None:
     with pytest.raises(KeyError, match="seed-pickle"):
         runner.run_transport("carrier-pigeon", "small", steps=1, warmup=0)
@@ -202,7 +326,9 @@ def test_unknown_transport() -> None:
 def test_parse_args_defaults_and_lists() -> None:
     args = cli.parse_args([])
     assert args.transports == list(runner.TRANSPORTS)
-    assert (args.payload, args.repeat, args.json) == ("small", 1, None)
+    assert (args.payload, args.repeat, args.json, args.malloc) == ("small", 1, None, "steady")
+    assert {"fastenv-shm", "fastenv-shm-py", "fastenv-tcp", "gym-async", "mp-pipe", "shm-pingpong-spin",
+            "shm-pingpong-futex"} <= set(args.transports)
     args = cli.parse_args(["--transports", "zmq-pickle, seed-pickle,zmq-pickle", "--payload", "camera",
                            "--steps", "7", "--warmup", "0", "--repeat", "3", "--json", "x.json"])
     assert args.transports == ["zmq-pickle", "seed-pickle"]
@@ -212,7 +338,7 @@ def test_parse_args_defaults_and_lists() -> None:
 @pytest.mark.parametrize(
     "argv",
     [["--transports", "nope"], ["--transports", ","], ["--payload", "huge"], ["--steps", "0"],
-     ["--warmup", "-1"], ["--repeat", "x"], ["--max-seconds", "0"]],
+     ["--warmup", "-1"], ["--repeat", "x"], ["--max-seconds", "0"], ["--malloc", "fast"]],
 )
 def test_parse_args_rejects(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
@@ -249,6 +375,27 @@ def test_format_table_without_fastenv_row_uses_fastest() -> None:
     assert "ref = zmq-pickle" in table and "4.00x" in table
 
 
+def test_targets_small_pass_miss_and_na() -> None:
+    targets = evaluate("small", {"fastenv-shm": 8.0, "gym-async": 100.0, "fastenv-tcp": 70.0, "zmq-pickle": 100.0},
+                       {"fastenv-shm": 50.0})
+    assert [t.status for t in targets] == ["PASS", "PASS", "MISS", "MISS"]
+    assert targets[1].measured == pytest.approx(12.5) and targets[2].measured == pytest.approx(6.25)
+    assert all(t.status == "n/a" for t in evaluate("small", {}, {}))
+    text = format_targets(targets)
+    assert text.startswith("targets:") and "[PASS] fastenv-shm p50 ≤ 10 µs: 8.0 µs" in text
+    assert "[MISS] fastenv-tcp p50 / zmq-pickle p50 ≤ 0.6x: 0.70x" in text
+
+
+def test_targets_camera_use_memcpy() -> None:
+    targets = evaluate("camera", {"fastenv-shm": 120.0, "gym-async": 400.0}, {"fastenv-shm": 200.0},
+                       {"cached": 100.0, "fresh": 150.0})
+    assert [(t.measured, t.status) for t in targets] == [
+        (pytest.approx(1.2), "PASS"), (pytest.approx(0.8), "PASS"), (pytest.approx(10 / 3), "MISS"),
+        (pytest.approx(5 / 3), "PASS")]
+    assert evaluate("camera", {"fastenv-shm": 1.0}, {})[0].status == "n/a"  # no memcpy reference
+    assert targets[0].as_dict()["comparison"] == "<=" and targets[2].as_dict()["comparison"] == ">="
+
+
 def test_main_writes_json(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "out.json"
     code = cli.main(["--transports", "seed-pickle-nodelay,zmq-pickle", "--steps", "20", "--warmup", "2",
@@ -260,6 +407,10 @@ def test_main_writes_json(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> 
     assert report["schema"] == cli.SCHEMA
     assert {"cpu_count", "python", "numpy", "pyzmq"} <= set(report["machine"])
     assert report["config"]["repeat"] == 2 and report["config"]["payload"] == "small"
+    assert report["config"]["malloc"] == "steady"
+    assert report["memcpy"]["nbytes"] == 16 and report["memcpy"]["cached"]["count"] == 20
+    assert [t["status"] for t in report["targets"]] == ["n/a", "n/a", "n/a", "n/a"]  # no fastenv row ran
+    assert "targets:" in out and "memcpy (small observation, 16 B" in out
     assert report["reference"] in ("seed-pickle-nodelay", "zmq-pickle")
     assert [r["transport"] for r in report["results"]] == ["seed-pickle-nodelay", "zmq-pickle"]
     for entry in report["results"]:

@@ -2,50 +2,94 @@
 
 - :mod:`fastenv.bench.workloads`: named payloads (``small``, ``camera``).
 - :mod:`fastenv.bench.baselines`: the seed pickle-over-TCP protocol (with and
-  without Nagle) and pyzmq + pickle, each serving the same env from its own
-  process.
+  without Nagle), pyzmq + pickle and ``multiprocessing.Pipe``, each serving
+  the same env from its own process, and Gymnasium's ``AsyncVectorEnv``.
+- :mod:`fastenv.bench.floors`: the physical floors (shared-memory ping-pong,
+  spin and futex; the in-process memcpy reference).
 - :mod:`fastenv.bench.runner`: :func:`run_transport` times step round trips
-  and checks the observations against a local env.
+  (fastenv over shm, shm with the pure-Python doorbell, and tcp, or any
+  baseline) and checks the observations against a local env.
 - :mod:`fastenv.bench.stats`: percentiles, rates and spreads across repeats.
+- :mod:`fastenv.bench.targets`: the shared-memory issue's targets.
+- :mod:`fastenv.bench.malloc`: one allocator setting for every process.
 - :mod:`fastenv.bench.cli`: the ``fastenv-bench`` command.
 
 Performance claims live here and in ``benchmarks/``, never in the unit tests.
 """
 
-from fastenv.bench.baselines import BASELINES, Baseline, SeedPickle, SeedPickleNoDelay, ZmqPickle
+from fastenv.bench.baselines import (
+    BASELINES,
+    Baseline,
+    GymAsync,
+    MpPipe,
+    SeedPickle,
+    SeedPickleNoDelay,
+    ZmqPickle,
+)
+from fastenv.bench.floors import (
+    FLOORS,
+    MemcpyReference,
+    ShmPingPongFutex,
+    ShmPingPongSpin,
+    memcpy_reference,
+)
 from fastenv.bench.runner import (
     FASTENV_TRANSPORTS,
+    FLOOR_TRANSPORTS,
     TRANSPORTS,
     RunResult,
     TransportMismatch,
     TransportUnavailable,
+    check_result,
+    measure,
     open_transport,
     run_transport,
 )
 from fastenv.bench.stats import Spread, Summary, median_summary, spread, summarize
-from fastenv.bench.workloads import PAYLOADS, Workload, build, get_workload, observations_equal
+from fastenv.bench.targets import Target, evaluate
+from fastenv.bench.workloads import (
+    PAYLOADS,
+    Workload,
+    build,
+    get_workload,
+    observations_equal,
+    snapshot,
+)
 
 __all__ = [
     "BASELINES",
     "FASTENV_TRANSPORTS",
+    "FLOORS",
+    "FLOOR_TRANSPORTS",
     "PAYLOADS",
     "TRANSPORTS",
     "Baseline",
+    "GymAsync",
+    "MemcpyReference",
+    "MpPipe",
     "RunResult",
     "SeedPickle",
     "SeedPickleNoDelay",
+    "ShmPingPongFutex",
+    "ShmPingPongSpin",
     "Spread",
     "Summary",
+    "Target",
     "TransportMismatch",
     "TransportUnavailable",
     "Workload",
     "ZmqPickle",
     "build",
+    "check_result",
+    "evaluate",
     "get_workload",
+    "measure",
     "median_summary",
+    "memcpy_reference",
     "observations_equal",
     "open_transport",
     "run_transport",
+    "snapshot",
     "spread",
     "summarize",
 ]

@@ -4,10 +4,10 @@ Each baseline serves the same example env (see :mod:`fastenv.bench.workloads`)
 from a separate server process (``python -m fastenv.bench.baselines NAME
 PAYLOAD``; a subprocess rather than ``multiprocessing`` so that callers need no
 ``if __name__ == "__main__"`` guard). The parent waits for the child's ready
-line (its port), never for a fixed time, and stops it cleanly: the client
-closes its connection (or sends a close request) and closes the child's stdin,
-the child exits, and only a child that does not exit within the timeout is
-terminated, then killed.
+line (its port or other token), never for a fixed time, and stops it cleanly:
+the client closes its connection (or sends a close request) and closes the
+child's stdin, the child exits, and only a child that does not exit within the
+timeout is terminated, then killed.
 
 A baseline object is the client: ``reset(seed=None)``, ``step(action)`` and
 ``close()``, returning exactly what the remote env returned (after a pickle
@@ -22,6 +22,13 @@ Baselines, by name (:data:`BASELINES`):
 - ``seed-pickle`` (:class:`SeedPickle`): the seed wrapper's protocol.
 - ``seed-pickle-nodelay`` (:class:`SeedPickleNoDelay`): the same with Nagle off.
 - ``zmq-pickle`` (:class:`ZmqPickle`): pyzmq REQ/REP with whole-message pickle.
+- ``mp-pipe`` (:class:`MpPipe`): a ``multiprocessing.Pipe`` (``Connection.send``
+  / ``recv``, which pickle) to a server process stepping the env.
+
+Besides :data:`BASELINES`, :class:`GymAsync` (``gym-async``) wraps Gymnasium's
+``AsyncVectorEnv(shared_memory=True)`` with one env, and
+:mod:`fastenv.bench.floors` holds the physical floors (shared-memory ping-pong,
+memcpy).
 
 None of them transports spaces, ``spec``, ``metadata``, ``render()`` or other
 env methods, has heartbeats or reconnection, or protects against a malicious
@@ -30,6 +37,7 @@ peer (pickle executes code): they exist to be timed.
 
 from __future__ import annotations
 
+import os
 import pickle
 import select
 import socket
@@ -40,15 +48,20 @@ import tempfile
 import time
 import traceback
 import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from typing import Any, ClassVar
 
+import numpy as np
 import zmq
 
-from fastenv.bench.workloads import get_workload
+from fastenv.bench import malloc
+from fastenv.bench.workloads import Workload, get_workload
 from fastenv.errors import FastEnvTimeout, make_remote_env_error
 from fastenv.server_process import ServerStartError
 
-__all__ = ["BASELINES", "Baseline", "SeedPickle", "SeedPickleNoDelay", "ZmqPickle"]
+__all__ = ["BASELINES", "Baseline", "GymAsync", "MpPipe", "SeedPickle", "SeedPickleNoDelay", "ZmqPickle"]
 
 _HEADER = struct.Struct(">I")
 _SEED_PIECE = 4096
@@ -122,8 +135,9 @@ def _parent_gone() -> bool:
     return bool(select.select([sys.stdin], [], [], 0)[0])
 
 
-def _announce(port: int) -> None:
-    sys.stdout.write(f"{READY_PREFIX}{port}\n")
+def _announce(token: object) -> None:
+    """Print the ready line with ``token`` (a port, or anything the client needs)."""
+    sys.stdout.write(f"{READY_PREFIX}{token}\n")
     sys.stdout.flush()
 
 
@@ -178,11 +192,31 @@ def _serve_zmq(payload: str) -> None:
     env.close()
 
 
+def _serve_pipe(payload: str, fd: int) -> None:
+    """Serve over the inherited ``multiprocessing.Pipe`` end ``fd``; return on its EOF or the parent's."""
+    env = get_workload(payload).make_env()
+    with Connection(fd) as conn:
+        _announce("pipe")
+        while True:
+            if not conn.poll(_PARENT_CHECK_S):
+                if _parent_gone():
+                    break
+                continue
+            try:
+                request = conn.recv()
+            except (EOFError, OSError):
+                break
+            conn.send(_dispatch(env, request))
+    env.close()
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Child entry point: ``python -m fastenv.bench.baselines NAME PAYLOAD``."""
-    name, payload = sys.argv[1:] if argv is None else argv
+    """Child entry point: ``python -m fastenv.bench.baselines NAME PAYLOAD [ARG]``."""
+    name, payload, *rest = sys.argv[1:] if argv is None else argv
     if name == "zmq-pickle":
         _serve_zmq(payload)
+    elif name == "mp-pipe":
+        _serve_pipe(payload, int(rest[0]))
     elif name in ("seed-pickle", "seed-pickle-nodelay"):
         _serve_seed(payload, nodelay=name == "seed-pickle-nodelay")
     else:
@@ -202,20 +236,32 @@ class Baseline:
         payload: a payload name from :data:`fastenv.bench.workloads.PAYLOADS`.
         timeout: seconds allowed for the server to start, for each request and
             for the server to exit on close.
+        server_env: environment variables added for the server process (for
+            example :func:`fastenv.bench.malloc.environment`).
     """
 
     name: ClassVar[str] = ""
+    #: The module whose ``main`` is the server (``python -m MODULE NAME PAYLOAD [ARG]``).
+    server_module: ClassVar[str] = "fastenv.bench.baselines"
 
-    def __init__(self, payload: str = "small", *, timeout: float = 30.0) -> None:
+    def __init__(
+        self, payload: str = "small", *, timeout: float = 30.0, server_env: Mapping[str, str] | None = None
+    ) -> None:
         get_workload(payload)  # fail fast on an unknown payload
         self.payload = payload
         self.timeout = float(timeout)
+        self.server_env = dict(server_env or {})
         self._closed = True  # until fully started: nothing for __del__ to warn about
         self._process: subprocess.Popen[bytes] | None = None
         self._stderr: Any = None
-        port = self._start_server()
+        extra_args, pass_fds = self._prepare()
         try:
-            self._connect(port)
+            token = self._start_server(extra_args, pass_fds)
+        except BaseException:
+            self._disconnect()
+            raise
+        try:
+            self._connect(token)
         except BaseException:
             self._disconnect()
             self._stop_server()
@@ -223,7 +269,12 @@ class Baseline:
         self._closed = False
 
     # -- subclass hooks -------------------------------------------------
-    def _connect(self, port: int) -> None:
+    def _prepare(self) -> tuple[list[str], tuple[int, ...]]:
+        """Before the server starts: extra arguments for it and file descriptors it inherits."""
+        return [], ()
+
+    def _connect(self, token: str) -> None:
+        """Connect to the server, given the token of its ready line."""
         raise NotImplementedError
 
     def _request(self, message: dict[str, Any]) -> Any:
@@ -266,13 +317,15 @@ class Baseline:
         return f"<{type(self).__name__} {self.name} payload={self.payload!r}>"
 
     # -- server process -------------------------------------------------
-    def _start_server(self) -> int:
+    def _start_server(self, extra_args: list[str], pass_fds: tuple[int, ...]) -> str:
         self._stderr = tempfile.TemporaryFile()
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "fastenv.bench.baselines", self.name, self.payload],
+            [sys.executable, "-m", self.server_module, self.name, self.payload, *extra_args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
+            pass_fds=pass_fds,
+            env={**os.environ, **self.server_env},
         )
         try:
             return self._wait_ready()
@@ -280,7 +333,7 @@ class Baseline:
             self._stop_server()
             raise
 
-    def _wait_ready(self) -> int:
+    def _wait_ready(self) -> str:
         process = self._process
         assert process is not None and process.stdout is not None
         deadline = time.monotonic() + self.timeout
@@ -292,7 +345,7 @@ class Baseline:
                 break
         line = process.stdout.readline().decode(errors="replace")
         if line.startswith(READY_PREFIX):
-            return int(line[len(READY_PREFIX) :])
+            return line[len(READY_PREFIX) :].strip()
         code = process.wait(self.timeout)
         self._stderr.seek(0)
         detail = self._stderr.read().decode(errors="replace")
@@ -338,8 +391,8 @@ class SeedPickle(Baseline):
     name = "seed-pickle"
     nodelay: ClassVar[bool] = False
 
-    def _connect(self, port: int) -> None:
-        self._sock = socket.create_connection(("127.0.0.1", port), timeout=self.timeout)
+    def _connect(self, token: str) -> None:
+        self._sock = socket.create_connection(("127.0.0.1", int(token)), timeout=self.timeout)
         self._sock.settimeout(self.timeout)
         if self.nodelay:
             self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -376,12 +429,12 @@ class ZmqPickle(Baseline):
 
     name = "zmq-pickle"
 
-    def _connect(self, port: int) -> None:
+    def _connect(self, token: str) -> None:
         self._context = zmq.Context()
         self._socket = self._context.socket(zmq.REQ)
         self._socket.linger = 0
         self._socket.rcvtimeo = self._socket.sndtimeo = int(self.timeout * 1000)
-        self._socket.connect(f"tcp://127.0.0.1:{port}")
+        self._socket.connect(f"tcp://127.0.0.1:{int(token)}")
 
     def _request(self, message: dict[str, Any]) -> Any:
         try:
@@ -405,9 +458,155 @@ class ZmqPickle(Baseline):
             self._context.term()
 
 
+class MpPipe(Baseline):
+    """A ``multiprocessing.Pipe`` to a server process that steps the env.
+
+    Transports the same request/response dicts as :class:`SeedPickle` with
+    ``Connection.send`` / ``recv`` (pickle, a 4-byte length header, one
+    Unix socketpair). The server is a plain subprocess that inherits its end
+    of the pipe by file descriptor, so callers need no ``__main__`` guard. The
+    client polls with the timeout before every ``recv``. Does not transport
+    spaces, ``spec``, ``metadata``, ``render`` or other methods.
+    """
+
+    name = "mp-pipe"
+
+    def _prepare(self) -> tuple[list[str], tuple[int, ...]]:
+        import multiprocessing
+
+        self._conn, self._child_conn = multiprocessing.Pipe(duplex=True)
+        fd = self._child_conn.fileno()
+        return [str(fd)], (fd,)
+
+    def _connect(self, token: str) -> None:
+        self._child_conn.close()  # the server holds its own copy now
+
+    def _request(self, message: dict[str, Any]) -> Any:
+        self._conn.send(message)
+        if not self._conn.poll(self.timeout):
+            raise FastEnvTimeout(f"{self.name}: no reply within {self.timeout:.0f}s")
+        return _unwrap(self._conn.recv())
+
+    def _disconnect(self) -> None:
+        for attr in ("_conn", "_child_conn"):
+            conn = getattr(self, attr, None)
+            if conn is not None:
+                conn.close()  # EOF tells the server to exit
+
+
 BASELINES: dict[str, type[Baseline]] = {
-    cls.name: cls for cls in (SeedPickle, SeedPickleNoDelay, ZmqPickle)
+    cls.name: cls for cls in (SeedPickle, SeedPickleNoDelay, ZmqPickle, MpPipe)
 }
+
+
+# --------------------------------------------------------------------------
+# Gymnasium's AsyncVectorEnv (not a Baseline subclass: Gymnasium starts its own worker).
+# --------------------------------------------------------------------------
+
+
+def _unbatch(batched: Any, like: Any) -> Any:
+    """Element 0 of a batched observation, laid out like the single observation ``like``."""
+    if isinstance(like, dict) and isinstance(batched, dict):
+        if set(like) != set(batched):
+            return batched  # a different structure: let the comparison fail
+        return {k: _unbatch(batched[k], like[k]) for k in like}  # Dict spaces sort their keys
+    if isinstance(like, tuple) and isinstance(batched, tuple):
+        return tuple(_unbatch(b, x) for b, x in zip(batched, like))
+    return batched[0]
+
+
+@dataclass(frozen=True)
+class _EnvFactory:
+    """Picklable env factory for Gymnasium's worker: the allocator setting, then the workload's env."""
+
+    workload: Workload
+    environ: tuple[tuple[str, str], ...] = ()
+
+    def __call__(self) -> Any:
+        malloc.apply(dict(self.environ))
+        return self.workload.make_env()
+
+
+class GymAsync:
+    """``gymnasium.vector.AsyncVectorEnv([make_env], shared_memory=True)`` with one env.
+
+    Gymnasium's own process transport: one worker process (``spawn`` context,
+    so it works from any thread) builds the env with the workload's factory (after
+    applying ``server_env``'s ``MALLOC_*_`` settings with ``mallopt``, in
+    whichever process builds it);
+    actions go to it pickled through a ``multiprocessing.Pipe``, observations
+    come back through Gymnasium's shared-memory buffers (then copied out, the
+    default ``copy=True``), rewards, flags and infos pickled through the pipe.
+    :meth:`step` is ``step_async`` + ``step_wait`` of a batch of one, and it
+    returns Gymnasium's batched result unchanged; :meth:`comparable` unbatches
+    the observation for the check (only the observation is checked: rewards,
+    flags and infos come back as batched arrays). Spaces are Gymnasium's;
+    ``render`` and other methods are not transported like a single env's.
+    The calling script needs the usual ``if __name__ == "__main__"`` guard for
+    ``spawn``. Episodes auto-reset (Gymnasium's ``NEXT_STEP`` mode); the
+    workloads never truncate, so this never happens during a run.
+    """
+
+    name = "gym-async"
+
+    def __init__(
+        self, payload: str = "small", *, timeout: float = 30.0, server_env: Mapping[str, str] | None = None
+    ) -> None:
+        workload = get_workload(payload)
+        self.payload = payload
+        self.timeout = float(timeout)
+        self._closed = True
+        try:
+            from gymnasium.vector import AsyncVectorEnv
+        except ImportError as exc:
+            raise ImportError(f"gym-async needs gymnasium: {exc}") from exc
+        factory = _EnvFactory(workload, tuple(sorted((server_env or {}).items())))
+        self._env = AsyncVectorEnv([factory], shared_memory=True, context="spawn", daemon=True)
+        self._closed = False
+
+    def _wait(self, result: Callable[[float], Any]) -> Any:
+        import multiprocessing
+
+        try:
+            return result(self.timeout)
+        except multiprocessing.TimeoutError:
+            raise FastEnvTimeout(f"{self.name}: no reply within {self.timeout:.0f}s") from None
+
+    def reset(self, seed: int | None = None) -> Any:
+        """``reset(seed=seed)`` of the vector env: ``(batched observation, infos)``."""
+        self._env.reset_async(seed=seed)
+        return self._wait(lambda timeout: self._env.reset_wait(timeout=timeout))
+
+    def step(self, action: Any) -> Any:
+        """One vector step with the batch ``action[None]``; Gymnasium's batched 5-tuple."""
+        self._env.step_async(np.asarray(action)[None])
+        return self._wait(lambda timeout: self._env.step_wait(timeout=timeout))
+
+    @staticmethod
+    def comparable(result: Any, expected: Any) -> tuple[Any, Any]:
+        """``(observation of env 0, the local env's observation)`` from a reset or step result."""
+        return _unbatch(result[0], expected[0]), expected[0]
+
+    def close(self) -> None:
+        """Stop the worker (terminated if it does not exit within the timeout); safe twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self._env.close(timeout=self.timeout)
+
+    def __enter__(self) -> GymAsync:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):
+            warnings.warn(f"unclosed baseline {self!r}", ResourceWarning, stacklevel=2, source=self)
+            self.close()
+
+    def __repr__(self) -> str:
+        return f"<GymAsync payload={self.payload!r}>"
 
 
 if __name__ == "__main__":

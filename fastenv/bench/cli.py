@@ -11,6 +11,16 @@ rotated order) and the table reports medians across repeats. The last column
 is each row's p50 divided by the fastest fastenv row's p50 (or the fastest
 row's, when no fastenv row ran). A transport that cannot start is listed as
 unavailable; one that returns a wrong observation fails the run (exit code 1).
+
+Rows: ``fastenv-shm`` / ``fastenv-shm-py`` / ``fastenv-tcp`` (see
+:mod:`fastenv.bench.runner`), ``gym-async`` (Gymnasium's ``AsyncVectorEnv``,
+its own shared memory + pipes), the socket and pipe baselines
+(:mod:`fastenv.bench.baselines`) and the shared-memory ping-pong floors
+(:mod:`fastenv.bench.floors`). Under the table: the in-process ``np.copyto``
+reference time for the payload, then the issue's targets
+(:mod:`fastenv.bench.targets`) computed from this run, each PASS, MISS or n/a.
+Every server process runs with the same allocator setting (``--malloc``, see
+:mod:`fastenv.bench.malloc`).
 """
 
 from __future__ import annotations
@@ -29,14 +39,24 @@ from typing import Any
 import numpy as np
 import zmq
 
-from fastenv.bench.runner import FASTENV_TRANSPORTS, TRANSPORTS, RunResult, TransportMismatch, run_transport
+from fastenv.bench import malloc
+from fastenv.bench.floors import MemcpyReference, memcpy_reference
+from fastenv.bench.runner import (
+    FASTENV_TRANSPORTS,
+    FLOOR_TRANSPORTS,
+    TRANSPORTS,
+    RunResult,
+    TransportMismatch,
+    run_transport,
+)
 from fastenv.bench.stats import Spread, median_summary
+from fastenv.bench.targets import Target, evaluate, format_targets
 from fastenv.bench.workloads import PAYLOADS
 from fastenv.errors import FastEnvError
 
-__all__ = ["Row", "format_table", "machine_info", "main", "parse_args"]
+__all__ = ["Row", "format_table", "machine_info", "main", "parse_args", "row_targets"]
 
-SCHEMA = "fastenv-bench/1"
+SCHEMA = "fastenv-bench/2"
 
 
 def _transport_list(text: str) -> list[str]:
@@ -98,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--timeout", type=_positive_float, default=30.0, help="server start and request timeout in s (default: 30)"
+    )
+    parser.add_argument(
+        "--malloc",
+        choices=malloc.MODES,
+        default="steady",
+        help="allocator setting of every process (default: steady; see fastenv.bench.malloc)",
     )
     parser.add_argument("--json", metavar="PATH", help="also write results and machine info as JSON")
     return parser
@@ -211,7 +237,39 @@ def format_table(rows: Sequence[Row]) -> str:
             f"ref = {reference.transport} ({kind}); n = timed steps per run; "
             "±% = half the p50 range across repeats"
         )
+    names = {row.transport for row in rows}
+    if "gym-async" in names:
+        text.append("gym-async = Gymnasium AsyncVectorEnv(shared_memory=True), 1 env: its own shm + pipes")
+    if names & set(FLOOR_TRANSPORTS):
+        text.append(
+            "shm-pingpong-* = floors: env step + np.copyto into shared memory, client reads views "
+            "(action in, observation out, nothing else)"
+        )
     return "\n".join(text)
+
+
+def format_memcpy(reference: MemcpyReference) -> str:
+    """The memcpy reference line."""
+    return (
+        f"memcpy ({reference.payload} observation, {reference.nbytes:,} B, in-process np.copyto, "
+        f"n={reference.cached.count}): cached re-copy p50 {_fmt(reference.cached.p50_us)} µs, "
+        f"fresh source p50 {_fmt(reference.fresh.p50_us)} µs"
+    )
+
+
+def row_targets(payload: str, rows: Sequence[Row], reference: MemcpyReference | None) -> list[Target]:
+    """The issue's targets for ``payload`` from the rows' medians and the memcpy reference."""
+    p50: dict[str, float] = {}
+    p99: dict[str, float] = {}
+    for row in rows:
+        medians = row.medians
+        if row.status == "ok" and medians is not None:
+            p50[row.transport] = medians["p50_us"].median
+            p99[row.transport] = medians["p99_us"].median
+    memcpy_us = None
+    if reference is not None:
+        memcpy_us = {"cached": reference.cached.p50_us, "fresh": reference.fresh.p50_us}
+    return evaluate(payload, p50, p99, memcpy_us)
 
 
 def _clean(value: Any) -> Any:
@@ -225,8 +283,13 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def build_report(args: argparse.Namespace, rows: Sequence[Row]) -> dict[str, Any]:
-    """The JSON document: schema tag, machine, config, reference and one entry per transport."""
+def build_report(
+    args: argparse.Namespace,
+    rows: Sequence[Row],
+    memcpy: MemcpyReference | None = None,
+    targets: Sequence[Target] = (),
+) -> dict[str, Any]:
+    """The JSON document: schema tag, machine, config, reference, one entry per transport, memcpy, targets."""
     reference = _reference(rows)
     results = []
     for row in rows:
@@ -257,9 +320,13 @@ def build_report(args: argparse.Namespace, rows: Sequence[Row]) -> dict[str, Any
                 "warmup": args.warmup,
                 "repeat": args.repeat,
                 "max_seconds": args.max_seconds,
+                "malloc": args.malloc,
+                "server_env": malloc.environment(args.malloc),
             },
             "reference": reference.transport if reference is not None else None,
             "results": results,
+            "memcpy": memcpy.as_dict() if memcpy is not None else None,
+            "targets": [target.as_dict() for target in targets],
         }
     )
 
@@ -277,6 +344,8 @@ def _one_line(exc: BaseException) -> str:
 
 def run(args: argparse.Namespace) -> list[Row]:
     """Run every transport ``args.repeat`` times, interleaved, rotating the order each repeat."""
+    server_env = malloc.environment(args.malloc)
+    malloc.apply(server_env)  # the measuring process too
     rows = {name: Row(name) for name in args.transports}
     order = list(args.transports)
     for repeat in range(args.repeat):
@@ -294,6 +363,7 @@ def run(args: argparse.Namespace) -> list[Row]:
                         args.warmup,
                         max_seconds=args.max_seconds,
                         timeout=args.timeout,
+                        server_env=server_env,
                     )
                 )
             except TransportMismatch as exc:
@@ -309,14 +379,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     print(
         f"payload={args.payload} steps={args.steps} warmup={args.warmup} repeat={args.repeat} "
-        f"cpus={os.cpu_count()}",
+        f"cpus={os.cpu_count()} malloc={args.malloc}",
         flush=True,
     )
     rows = run(args)
+    memcpy = memcpy_reference(args.payload, copies=args.steps)
+    targets = row_targets(args.payload, rows, memcpy)
     print(format_table(rows))
+    print(format_memcpy(memcpy))
+    print(format_targets(targets))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(build_report(args, rows), handle, indent=2, allow_nan=False)
+            json.dump(build_report(args, rows, memcpy, targets), handle, indent=2, allow_nan=False)
             handle.write("\n")
     return 1 if any(row.status == "mismatch" for row in rows) else 0
 

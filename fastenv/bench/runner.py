@@ -1,9 +1,23 @@
 """Time ``step`` round trips over one transport, and check what it delivers.
 
 :func:`run_transport` starts the server for a transport (a baseline from
-:mod:`fastenv.bench.baselines`, or fastenv itself through
-:class:`fastenv.server_process.ServerProcess`), resets it with a fixed seed,
-runs ``warmup`` untimed steps, then ``steps`` timed ones, and stops it.
+:mod:`fastenv.bench.baselines`, a floor from :mod:`fastenv.bench.floors`, or
+fastenv itself through :class:`fastenv.server_process.ServerProcess`), resets
+it with a fixed seed, runs ``warmup`` untimed steps, then ``steps`` timed ones,
+and stops it. :func:`measure` is the one client loop, whichever the transport.
+
+fastenv rows:
+
+- ``fastenv-shm``: ``FastRemoteEnv(transport="shm")`` with the default
+  ``copy=False`` (read-only views into the arena), native doorbell.
+- ``fastenv-shm-py``: the same with the pure-Python doorbell on both sides:
+  the server is started with ``FASTENV_NATIVE=0``, and since the client's
+  backend is fixed when :mod:`fastenv.shm.futex` is imported, the client loop
+  (:func:`measure`) runs in a subprocess started with ``FASTENV_NATIVE=0``
+  (``python -m fastenv.bench.runner --connect ADDRESS ...``), which prints its
+  samples as JSON. A process already running the pure-Python backend measures
+  it in-process.
+- ``fastenv-tcp``: ``FastRemoteEnv(transport="tcp")``.
 
 Timing: each step is bracketed by :func:`time.perf_counter_ns` (round trip)
 and :func:`time.process_time_ns` (client CPU: every thread of this process,
@@ -14,36 +28,51 @@ Correctness: the reset observation and every warmup step are compared with a
 local instance of the same env fed the same seed and actions; after the timed
 loop the local env is advanced by the same number of steps (untimed) and one
 more step is compared, so a transport that corrupts data during the timed
-phase is caught as well. A mismatch raises :class:`TransportMismatch`.
+phase is caught as well. A mismatch raises :class:`TransportMismatch`. What is
+compared is a :func:`~fastenv.bench.workloads.snapshot` (zero-copy views are
+reused after a few calls); a client with a ``comparable(result, expected)``
+method (Gymnasium's batched results, the floors) says what to compare.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import json
+import os
+import subprocess
+import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from fastenv.bench.baselines import BASELINES
+from fastenv.bench.baselines import BASELINES, GymAsync
+from fastenv.bench.floors import FLOORS
 from fastenv.bench.stats import Summary, summarize
-from fastenv.bench.workloads import get_workload, observations_equal
-from fastenv.errors import FastEnvError
+from fastenv.bench.workloads import get_workload, observations_equal, snapshot
+from fastenv.errors import FastEnvError, FastEnvTimeout
 
 __all__ = [
     "FASTENV_TRANSPORTS",
+    "FLOOR_TRANSPORTS",
     "TRANSPORTS",
     "RunResult",
     "TransportMismatch",
     "TransportUnavailable",
+    "check_result",
+    "measure",
     "open_transport",
     "run_transport",
 ]
 
-FASTENV_TRANSPORTS: tuple[str, ...] = ("fastenv-tcp",)
-TRANSPORTS: tuple[str, ...] = (*BASELINES, *FASTENV_TRANSPORTS)
+FASTENV_TRANSPORTS: tuple[str, ...] = ("fastenv-shm", "fastenv-shm-py", "fastenv-tcp")
+FLOOR_TRANSPORTS: tuple[str, ...] = tuple(FLOORS)
+TRANSPORTS: tuple[str, ...] = (*FASTENV_TRANSPORTS, GymAsync.name, *BASELINES, *FLOOR_TRANSPORTS)
+
+_PY_BACKEND = {"FASTENV_NATIVE": "0"}
 
 
 class TransportMismatch(FastEnvError):
@@ -91,29 +120,65 @@ class RunResult:
         }
 
 
-class _FastEnvClient:
-    """fastenv's own client behind the same ``reset`` / ``step`` / ``close`` shape as a baseline."""
+def _client_backend() -> str:
+    """The doorbell backend of this process's fastenv client (fixed at import)."""
+    from fastenv.shm import futex
 
-    def __init__(self, payload: str, transport: str, timeout: float) -> None:
+    return futex.BACKEND
+
+
+def _start_server(name: str, payload: str, timeout: float, server_env: Mapping[str, str] | None) -> Any:
+    """A started ``fastenv serve`` for fastenv row ``name`` (pure-Python doorbell for ``-py``)."""
+    from fastenv.server_process import ServerProcess
+
+    workload = get_workload(payload)
+    server = ServerProcess(
+        workload.target,
+        env_kwargs=workload.env_kwargs or None,
+        ready_timeout=timeout,
+        extra_env={**(server_env or {}), **(_PY_BACKEND if name == "fastenv-shm-py" else {})},
+    )
+    server.start()
+    return server
+
+
+class _FastEnvClient:
+    """fastenv's own client behind the same ``reset`` / ``step`` / ``close`` shape as a baseline.
+
+    Starts its own server unless ``address`` is given (then it only connects).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        payload: str,
+        timeout: float,
+        address: str | None = None,
+        server_env: Mapping[str, str] | None = None,
+    ) -> None:
         try:
             import fastenv
-            from fastenv.server_process import ServerProcess
 
             remote_env_cls = fastenv.FastRemoteEnv
         except (ImportError, AttributeError) as exc:
             raise TransportUnavailable(f"fastenv core is not importable: {exc}") from exc
-        workload = get_workload(payload)
-        self._server = ServerProcess(
-            workload.target, env_kwargs=workload.env_kwargs or None, ready_timeout=timeout
-        )
-        self._server.start()
+        transport = "shm" if name.startswith("fastenv-shm") else "tcp"
+        if name == "fastenv-shm-py" and _client_backend() != "python":
+            raise TransportUnavailable(
+                "fastenv-shm-py needs the pure-Python doorbell in this process (FASTENV_NATIVE=0 "
+                "before import); run_transport() runs its client in such a subprocess"
+            )
+        self._server = _start_server(name, payload, timeout, server_env) if address is None else None
         try:
-            try:
-                self._env = remote_env_cls(self._server.address, transport=transport)
-            except TypeError:  # an early core without the transport= keyword
-                self._env = remote_env_cls(self._server.address)
+            address = self._server.address if self._server is not None else address
+            self._env = remote_env_cls(address, transport=transport, copy=False, timeout=timeout,
+                                       connect_timeout=timeout)
+            if self._env.transport != transport:
+                self._env.close()
+                raise TransportUnavailable(f"{name}: got transport {self._env.transport!r}")
         except BaseException:
-            self._server.stop()
+            if self._server is not None:
+                self._server.stop()
             raise
 
     def reset(self, seed: int | None = None) -> Any:
@@ -126,32 +191,61 @@ class _FastEnvClient:
         try:
             self._env.close()
         finally:
-            self._server.stop()
+            if self._server is not None:
+                self._server.stop()
+
+
+def _client(name: str, payload: str, timeout: float, server_env: Mapping[str, str] | None) -> Any:
+    if name in BASELINES:
+        return BASELINES[name](payload, timeout=timeout, server_env=server_env)
+    if name in FLOORS:
+        return FLOORS[name](payload, timeout=timeout, server_env=server_env)
+    if name == GymAsync.name:
+        return GymAsync(payload, timeout=timeout, server_env=server_env)
+    if name in FASTENV_TRANSPORTS:
+        return _FastEnvClient(name, payload, timeout, server_env=server_env)
+    raise KeyError(f"unknown transport {name!r}; choose from {', '.join(TRANSPORTS)}")
 
 
 @contextlib.contextmanager
-def open_transport(name: str, payload: str, *, timeout: float = 30.0) -> Iterator[Any]:
+def open_transport(
+    name: str, payload: str, *, timeout: float = 30.0, server_env: Mapping[str, str] | None = None
+) -> Iterator[Any]:
     """Start the server for transport ``name`` and yield a client with ``reset``/``step``/``close``.
+
+    ``server_env`` is added to the environment of the server process (or
+    Gymnasium's worker, see :class:`~fastenv.bench.baselines.GymAsync`).
+
+    ``fastenv-shm-py`` works in-process only where the pure-Python doorbell
+    is already active (``FASTENV_NATIVE=0``); elsewhere it is unavailable here
+    and :func:`run_transport` runs it in a subprocess.
 
     Raises:
         KeyError: unknown transport or payload.
         TransportUnavailable: the transport cannot run here.
     """
     get_workload(payload)
-    if name in BASELINES:
-        client: Any = BASELINES[name](payload, timeout=timeout)
-    elif name in FASTENV_TRANSPORTS:
-        client = _FastEnvClient(payload, name.removeprefix("fastenv-"), timeout)
-    else:
-        raise KeyError(f"unknown transport {name!r}; choose from {', '.join(TRANSPORTS)}")
+    client = _client(name, payload, timeout, server_env)
     try:
         yield client
     finally:
         client.close()
 
 
-def _check(where: str, got: Any, expected: Any, transport: str) -> None:
-    if not observations_equal(got, expected):
+def check_result(client: Any, got: Any, expected: Any) -> bool:
+    """Whether a transport's reset/step result ``got`` matches the local env's ``expected``.
+
+    Compares whole results, or what the client's ``comparable(got, expected)``
+    picks (the observation, for transports that carry only that).
+    """
+    comparable = getattr(client, "comparable", None)
+    if comparable is not None:
+        got, expected = comparable(got, expected)
+    return observations_equal(snapshot(got), expected)
+
+
+def _check(client: Any, where: str, got: Any, expected: Any, transport: str) -> None:
+    if not check_result(client, got, expected):
         raise TransportMismatch(f"{transport}: {where} differs from the local env")
 
 
@@ -173,9 +267,10 @@ def measure(
     action = workload.make_action()
     seed = workload.seed
 
-    _check("reset observation", client.reset(seed=seed)[0], local.reset(seed=seed)[0], transport)
+    got, expected = client.reset(seed=seed), local.reset(seed=seed)
+    _check(client, "reset observation", (got[0],), (expected[0],), transport)
     for i in range(warmup):
-        _check(f"warmup step {i} result", client.step(action), local.step(action), transport)
+        _check(client, f"warmup step {i} result", client.step(action), local.step(action), transport)
 
     rtt = np.zeros(steps, dtype=np.int64)
     cpu = np.zeros(steps, dtype=np.int64)
@@ -198,8 +293,14 @@ def measure(
 
     for _ in range(done):
         local.step(action)
-    _check("step result after the timed loop", client.step(action), local.step(action), transport)
+    _check(client, "step result after the timed loop", client.step(action), local.step(action), transport)
     local.close()
+    return _result(transport, payload, steps, warmup, rtt, cpu, wall_s)
+
+
+def _result(
+    transport: str, payload: str, steps: int, warmup: int, rtt: np.ndarray, cpu: np.ndarray, wall_s: float
+) -> RunResult:
     return RunResult(
         transport=transport,
         payload=payload,
@@ -221,6 +322,7 @@ def run_transport(
     *,
     max_seconds: float | None = None,
     timeout: float = 30.0,
+    server_env: Mapping[str, str] | None = None,
 ) -> RunResult:
     """Start transport ``name`` serving ``payload``, time ``steps`` step round trips, stop it.
 
@@ -232,6 +334,112 @@ def run_transport(
         max_seconds: stop the timed loop after this much wall time (for
             slow transports such as ``seed-pickle``); ``None`` for no limit.
         timeout: server start-up and per-request timeout, in seconds.
+        server_env: environment variables for the server process (and for
+            ``fastenv-shm-py``'s client subprocess).
     """
-    with open_transport(name, payload, timeout=timeout) as client:
+    get_workload(payload)
+    if name == "fastenv-shm-py" and _client_backend() != "python":
+        return _run_in_subprocess(
+            name, payload, steps, warmup, max_seconds=max_seconds, timeout=timeout, server_env=server_env
+        )
+    with open_transport(name, payload, timeout=timeout, server_env=server_env) as client:
         return measure(client, name, payload, steps, warmup, max_seconds=max_seconds)
+
+
+# --------------------------------------------------------------------------
+# fastenv-shm-py: the client loop in a subprocess with FASTENV_NATIVE=0.
+# --------------------------------------------------------------------------
+
+
+def _run_in_subprocess(
+    name: str,
+    payload: str,
+    steps: int,
+    warmup: int,
+    *,
+    max_seconds: float | None,
+    timeout: float,
+    server_env: Mapping[str, str] | None,
+) -> RunResult:
+    """Serve with the pure-Python doorbell and run :func:`measure` in a ``FASTENV_NATIVE=0`` child."""
+    server = _start_server(name, payload, timeout, server_env)
+    try:
+        command = [
+            sys.executable, "-m", "fastenv.bench.runner", "--connect", server.address, "--transport", name,
+            "--payload", payload, "--steps", str(steps), "--warmup", str(warmup), "--timeout", str(timeout),
+        ]  # fmt: skip
+        if max_seconds is not None:
+            command += ["--max-seconds", str(max_seconds)]
+        # start-up and every call are bounded by ``timeout``; the timed loop by max_seconds
+        limit = 4 * timeout + (max_seconds if max_seconds is not None else steps * timeout)
+        try:
+            done = subprocess.run(
+                command,
+                check=False,
+                capture_output=True,
+                text=True,
+                timeout=limit,
+                env={**os.environ, **(server_env or {}), **_PY_BACKEND},
+            )
+        except subprocess.TimeoutExpired:
+            raise FastEnvTimeout(f"{name}: the client subprocess did not finish within {limit:.0f}s") from None
+    finally:
+        server.stop()
+    lines = done.stdout.strip().splitlines()
+    try:
+        report = json.loads(lines[-1])
+    except (IndexError, ValueError):
+        raise TransportUnavailable(
+            f"{name}: the client subprocess exited with code {done.returncode}:\n{done.stderr.strip()}"
+        ) from None
+    if report.get("error") == "mismatch":
+        raise TransportMismatch(report["message"])
+    if report.get("error"):
+        raise TransportUnavailable(f"{name}: {report['message']}")
+    if report["backend"] != "python":
+        raise TransportUnavailable(f"{name}: the client subprocess used the {report['backend']} doorbell")
+    rtt = np.asarray(report["rtt_ns"], dtype=np.int64)
+    cpu = np.asarray(report["cpu_ns"], dtype=np.int64)
+    return _result(name, payload, steps, warmup, rtt, cpu, float(report["wall_s"]))
+
+
+def _client_main(argv: Sequence[str] | None = None) -> int:
+    """``python -m fastenv.bench.runner --connect ADDRESS ...``: run :func:`measure`, print JSON.
+
+    The last stdout line is ``{"backend", "rtt_ns", "cpu_ns", "wall_s"}``, or
+    ``{"error": "mismatch" | "unavailable", "message"}``.
+    """
+    parser = argparse.ArgumentParser(prog="python -m fastenv.bench.runner")
+    parser.add_argument("--connect", required=True, metavar="ADDRESS", help="a running fastenv server")
+    parser.add_argument("--transport", choices=FASTENV_TRANSPORTS, required=True)
+    parser.add_argument("--payload", required=True)
+    parser.add_argument("--steps", type=int, required=True)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--max-seconds", type=float, default=None)
+    parser.add_argument("--timeout", type=float, default=30.0)
+    args = parser.parse_args(argv)
+    report: dict[str, Any]
+    try:
+        client = _FastEnvClient(args.transport, args.payload, args.timeout, address=args.connect)
+        try:
+            result = measure(client, args.transport, args.payload, args.steps, args.warmup,
+                             max_seconds=args.max_seconds)
+        finally:
+            client.close()
+    except TransportMismatch as exc:
+        report = {"error": "mismatch", "message": str(exc)}
+    except (FastEnvError, OSError) as exc:
+        report = {"error": "unavailable", "message": f"{type(exc).__name__}: {exc}"}
+    else:
+        report = {
+            "backend": _client_backend(),
+            "rtt_ns": result.rtt_ns.tolist(),
+            "cpu_ns": result.cpu_ns.tolist(),
+            "wall_s": result.wall_s,
+        }
+    print(json.dumps(report), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_client_main())

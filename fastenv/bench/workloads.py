@@ -4,6 +4,10 @@
 - ``camera``: :class:`fastenv.examples.CameraEnv` with its defaults (two
   480×640×3 uint8 frames and 20 float32 per step, about 1.8 MB).
 
+Both are built with ``max_steps`` = :data:`NEVER_TRUNCATE`, so no episode ends
+during a run: transports that auto-reset (Gymnasium's vector envs) and those
+that do not then step the very same trajectory as the local reference env.
+
 Every transport serves the same env built from the same :class:`Workload`, so
 rows of one table are comparable, and a local instance gives the reference
 observations used to check what each transport delivers.
@@ -17,7 +21,19 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["PAYLOADS", "Workload", "build", "get_workload", "observations_equal"]
+__all__ = [
+    "NEVER_TRUNCATE",
+    "PAYLOADS",
+    "Workload",
+    "build",
+    "get_workload",
+    "observation_arrays",
+    "observations_equal",
+    "snapshot",
+]
+
+#: ``max_steps`` of every workload env: far more steps than any benchmark runs.
+NEVER_TRUNCATE = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -42,8 +58,8 @@ class Workload:
 
 
 PAYLOADS: dict[str, Workload] = {
-    "small": Workload("small", "fastenv.examples:VectorEnv", {}, action_dim=4),
-    "camera": Workload("camera", "fastenv.examples:CameraEnv", {}, action_dim=20),
+    "small": Workload("small", "fastenv.examples:VectorEnv", {"max_steps": NEVER_TRUNCATE}, action_dim=4),
+    "camera": Workload("camera", "fastenv.examples:CameraEnv", {"max_steps": NEVER_TRUNCATE}, action_dim=20),
 }
 
 
@@ -88,3 +104,32 @@ def observations_equal(a: Any, b: Any) -> bool:
             and all(observations_equal(x, y) for x, y in zip(a, b))
         )
     return type(a) is type(b) and bool(a == b)
+
+
+def snapshot(value: Any) -> Any:
+    """A deep copy in which every array is owned and writable.
+
+    fastenv's shared-memory client returns read-only views that are reused
+    after a few calls (``FastRemoteEnv.views_valid_for``); anything a check
+    keeps past the next call must be a snapshot.
+    """
+    if isinstance(value, np.ndarray):
+        return value.copy()
+    if isinstance(value, dict):
+        return {k: snapshot(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(snapshot(v) for v in value)
+    return value
+
+
+def observation_arrays(observation: Any) -> list[tuple[str | None, np.ndarray]]:
+    """``(key, array)`` for each array of an observation: one array, or a flat dict of arrays.
+
+    Raises:
+        TypeError: for any other structure (the floors only lay out these two).
+    """
+    if isinstance(observation, np.ndarray):
+        return [(None, observation)]
+    if isinstance(observation, dict) and all(isinstance(v, np.ndarray) for v in observation.values()):
+        return [(str(k), v) for k, v in observation.items()]
+    raise TypeError(f"expected an array or a dict of arrays, got {type(observation).__name__}")
