@@ -21,7 +21,8 @@ Hierarchy::
     ├── UnknownMethodError        (also AttributeError)
     ├── ClientClosedError
     ├── ServerConfigError
-    └── TargetError
+    ├── TargetError
+    └── MissingDependency         (also ImportError)
 """
 
 from __future__ import annotations
@@ -129,6 +130,10 @@ class ServerConfigError(FastEnvError, ValueError):
 
 class TargetError(FastEnvError, ValueError):
     """A ``fastenv serve`` target could not be resolved to an env or factory."""
+
+
+class MissingDependency(FastEnvError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""
 
 
 _REMOTE_ERROR_CLASSES: dict[str, type[RemoteEnvError]] = {}

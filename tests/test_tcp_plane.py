@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import psutil
 import pytest
+from assertions import assert_same
 
 from fastenv import codec
 from fastenv.errors import (
@@ -43,12 +44,10 @@ from fastenv.tcp import (
     TcpDataListener,
     TcpServerWorker,
     connect_data_stream,
+    framing,
 )
-from fastenv.tcp import framing
 from fastenv.tcp.framing import CALL, ENTRY, ERROR, HEADER, MAGIC, RESULT
-from fastenv.tcp.plane import ACK, HELLO
-
-from assertions import assert_same
+from fastenv.tcp.plane import HELLO
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -824,9 +823,8 @@ def test_small_message_is_one_send_and_large_one_is_chunked(monkeypatch: pytest.
 
 def test_chunk_size_below_minimum_is_refused() -> None:
     a, b = socket.socketpair()
-    with a, b:
-        with pytest.raises(ValueError):
-            MessageStream(a, chunk_size=100)
+    with a, b, pytest.raises(ValueError):
+        MessageStream(a, chunk_size=100)
 
 
 # --------------------------------------------------------------------------- memory

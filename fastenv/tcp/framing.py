@@ -74,8 +74,10 @@ frames.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import struct
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -86,9 +88,9 @@ import numpy as np
 from fastenv.errors import (
     ConnectionLost,
     DecodeError,
-    FastEnvError,
     FastEnvTimeout,
     FrameTooLarge,
+    MissingDependency,
     ProtocolError,
 )
 
@@ -123,6 +125,9 @@ SAMPLE_BYTES = 64 * 1024
 MAX_SAMPLE_RATIO = 0.9
 WAIT_SLICE_S = 0.05  # blocking waits are cut into slices to notice a dead peer or a stop
 IOV_BATCH = 512  # stay under IOV_MAX (1024 on Linux)
+_WAITALL = getattr(socket, "MSG_WAITALL", 0)
+# Kernel send/receive timeouts (Linux): elsewhere, Python socket timeouts (poll + call).
+_OS_TIMEOUTS = sys.platform.startswith("linux") and os.environ.get("FASTENV_TCP_POLL", "") != "1"
 
 
 _HEAD_STRUCTS: dict[int, struct.Struct] = {}
@@ -136,10 +141,6 @@ def _head_struct(count: int) -> struct.Struct:
         if len(_HEAD_STRUCTS) < 256:
             _HEAD_STRUCTS[count] = found
     return found
-
-
-class MissingDependency(FastEnvError, ImportError):
-    """An optional dependency is not installed; the message names the extra to install."""
 
 
 class MessageRejected(ProtocolError):
@@ -298,6 +299,8 @@ class MessageStream:
         self._started = False
         self._alive: Callable[[], None] | None = None
         self.last_seq = 0
+        if _OS_TIMEOUTS:
+            sock.settimeout(None)  # blocking; waits are bounded by SO_RCVTIMEO / SO_SNDTIMEO
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
@@ -330,9 +333,20 @@ class MessageStream:
 
     # ------------------------------------------------------------------ one bounded system call
 
-    def _io(self, op: Callable[[Any], int], arg: Any) -> int:
+    def _set_wait(self, wait: float) -> None:
+        if _OS_TIMEOUTS:
+            # Blocking socket + kernel timeouts: one system call per operation, and a
+            # large send or MSG_WAITALL receive completes inside the kernel.
+            micros = max(1000, int(wait * 1e6))  # a zero timeval would mean "forever"
+            timeval = struct.pack("ll", micros // 1_000_000, micros % 1_000_000)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+        else:
+            self.sock.settimeout(wait)
+        self._timeout = wait
+
+    def _io(self, op: Callable[..., int], *args: Any) -> int:
         """Run one socket operation, waiting in slices until the deadline; returns its count."""
-        sock = self.sock
         while True:
             wait = WAIT_SLICE_S
             deadline = self._deadline
@@ -346,14 +360,12 @@ class MessageStream:
                     if self._started and deadline != self._deadline:
                         raise FastEnvTimeout(f"{self._label}: the peer stopped exchanging data for {self._stall:g} s")
                     raise FastEnvTimeout(f"{self._label} did not complete within the timeout (tcp)")
-                if remaining < wait:
-                    wait = remaining
+                wait = min(wait, remaining)
             if wait != self._timeout:
-                sock.settimeout(wait)
-                self._timeout = wait
+                self._set_wait(wait)
             try:
-                count = op(arg)
-            except TimeoutError:  # socket.timeout: one slice passed with no progress
+                count = op(*args)
+            except (TimeoutError, BlockingIOError):  # one slice passed with no progress
                 if self._alive is not None:
                     self._alive()
                 continue
@@ -505,7 +517,8 @@ class MessageStream:
         chunk = self.chunk_size
         recv_into = self.sock.recv_into
         while done < n:
-            got = self._io(recv_into, dest[done : done + chunk])
+            part = dest[done : done + chunk]
+            got = self._io(recv_into, part, part.nbytes, _WAITALL)
             if got == 0:
                 raise ConnectionLost(f"{self._label}: the peer closed the data stream in the middle of a message")
             done += got
@@ -623,14 +636,14 @@ __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "DEFAULT_CODEC",
     "DEFAULT_MAX_MESSAGE_BYTES",
+    "ENTRY",
     "ERROR",
     "HEADER",
-    "ENTRY",
     "MAGIC",
+    "RESULT",
     "Message",
     "MessageRejected",
     "MessageStream",
     "MissingDependency",
-    "RESULT",
     "resolve_compression",
 ]

@@ -162,7 +162,7 @@ class TcpClientPlane:
     def __enter__(self) -> TcpClientPlane:
         return self
 
-    def __exit__(self, *exc_info: Any) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def __del__(self) -> None:
@@ -281,7 +281,7 @@ class TcpServerWorker:
             if self._on_exit is not None:
                 try:
                     self._on_exit(reason)
-                except Exception:  # noqa: BLE001
+                except Exception:
                     log.exception("on_exit callback of a TCP worker failed")
 
     def _handle(self, kind: int, skeleton: Any, buffers: list) -> tuple[int, Any]:
@@ -299,7 +299,7 @@ class TcpServerWorker:
         del body, skeleton, buffers
         try:
             ok, value = self._execute(name, args, kwargs)
-        except Exception as exc:  # noqa: BLE001 - the executor should not raise; if it does, say so
+        except Exception as exc:  # the executor should not raise; if it does, say so
             log.exception("TCP data plane executor failed")
             return ERROR, _error_body("internal", exc, traceback.format_exc())
         return (RESULT if ok else ERROR), value
@@ -401,7 +401,7 @@ class TcpDataListener:
     def __enter__(self) -> TcpDataListener:
         return self
 
-    def __exit__(self, *exc_info: Any) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def __del__(self) -> None:
@@ -417,7 +417,7 @@ class TcpDataListener:
                     timeout = max(0.0, min(d for d, _ in self._pending.values()) - time.monotonic())
                 try:
                     events = self._selector.select(timeout)
-                except OSError:  # noqa: PERF203 - interrupted; loop again
+                except OSError:  # interrupted: loop again
                     continue
                 for key, _ in events:
                     if key.fileobj is self._sock:
@@ -427,7 +427,7 @@ class TcpDataListener:
                     else:
                         self._read_preamble(key.fileobj)  # type: ignore[arg-type]
                 self._expire()
-        except Exception:  # noqa: BLE001 - a bug here must not take the server down
+        except Exception:  # a bug here must not take the server down
             log.exception("TCP data listener failed")
         finally:
             for sock in list(self._pending):
@@ -487,7 +487,7 @@ class TcpDataListener:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             adopted = bool(self._on_connection(token, sock))
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("on_connection failed for a data stream")
             adopted = False
         if not adopted:
