@@ -199,3 +199,40 @@ def test_client_memory_stays_flat(serve) -> None:
             env.step(action)
         growth = process.memory_info().rss - before
     assert growth < 8 * 1024 * 1024, f"client RSS grew by {growth / 1e6:.1f} MB over 2000 camera steps"
+
+
+def test_client_reads_a_reply_only_after_the_doorbell() -> None:
+    """A slot whose header already matches (a torn or slow write) is not read before the ring."""
+    import threading
+
+    from fastenv import codec
+    from fastenv.shm.arena import ENVELOPE, REPLY_BELL, REQUEST_BELL, RESULT, Arena
+    from fastenv.shm.doorbell import Doorbell
+    from fastenv.shm.plane import DEFAULT_SHAPE, WAIT_SLICE_S, ShmClientPlane
+
+    server_arena = Arena.create(DEFAULT_SHAPE)
+    client = ShmClientPlane(Arena.attach(server_arena.name), alive=lambda: None)
+    server_arena.unlink()
+    reply = (np.arange(20_000, dtype=np.float64), 1.5, False, False, {})  # fits a default slot
+
+    def slow_server() -> None:
+        Doorbell(server_arena.buf, REQUEST_BELL).wait(0, 10)
+        seq = 1
+        slot = server_arena.shape.slot_offset(seq % server_arena.shape.slots)
+        skeleton, buffers = codec.encode(reply)
+        # The matching header lands first; the body only after several wait slices.
+        ENVELOPE.pack_into(server_arena.buf, slot, RESULT, 0, len(buffers), len(skeleton), seq)
+        time.sleep(4 * WAIT_SLICE_S)
+        server_arena.write_envelope(slot, server_arena.shape.slot_capacity, RESULT, seq, skeleton, buffers)
+        Doorbell(server_arena.buf, REPLY_BELL).ring()
+
+    thread = threading.Thread(target=slow_server)
+    thread.start()
+    try:
+        ok, value = client.call(("step", (0,), {}), 10, "step()")
+    finally:
+        thread.join(10)
+        client.close()
+        server_arena.close()
+    assert ok
+    assert np.array_equal(value[0], reply[0]) and value[1:] == reply[1:]

@@ -104,15 +104,6 @@ class ClientChannel:
         if self._lost:
             raise ConnectionLost(f"connection to {self.endpoint} was lost")
 
-    def send_nowait(self, kind: Kind, value: Any) -> None:
-        """Fire-and-forget (used for BYE on close); never blocks."""
-        if self._closed:
-            return
-        try:
-            self._socket.send_multipart(protocol.pack(kind, next(self._ids), value), zmq.NOBLOCK)
-        except zmq.ZMQError:
-            pass
-
     @property
     def closed(self) -> bool:
         """Whether :meth:`close` was called."""

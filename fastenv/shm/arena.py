@@ -202,7 +202,6 @@ class Arena:
         if envelope_size(len(skeleton), sizes) > capacity:
             raise FrameTooLarge(f"message of {envelope_size(len(skeleton), sizes)} bytes exceeds {capacity}")
         buf = self.buf
-        ENVELOPE.pack_into(buf, offset, kind, flags, len(views), len(skeleton), seq)
         table = offset + ENVELOPE.size
         position = table + BUFFER_ENTRY.size * len(views)
         buf[position : position + len(skeleton)] = skeleton
@@ -211,6 +210,10 @@ class Arena:
             BUFFER_ENTRY.pack_into(buf, table + index * BUFFER_ENTRY.size, position - offset, view.nbytes)
             buf[position : position + view.nbytes] = view
             position += _round_up(view.nbytes, ALIGN)
+        # The header (with its sequence number) goes last, so a reader that looks
+        # early never matches a half-written envelope. Readers still wait for the
+        # doorbell, whose release ordering is what publishes the whole write.
+        ENVELOPE.pack_into(buf, offset, kind, flags, len(views), len(skeleton), seq)
 
     def read_header(self, offset: int) -> tuple[int, int, int, int, int]:
         """``(kind, flags, buffer count, skeleton length, seq)`` of the envelope at ``offset``."""

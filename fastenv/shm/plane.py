@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 import threading
 import time
 from collections.abc import Callable
@@ -163,19 +164,31 @@ def _check_call(body: Any) -> tuple[str, tuple, dict]:
     return name, args, kwargs
 
 
-def _write_general(
-    arena: Arena, offset: int, capacity: int, kind: int, seq: int, value: Any, sender: LayoutSender, key: str
-) -> None:
-    """Write ``value`` through the general codec, announcing a layout for ``key`` when one fits it."""
+@dataclass
+class _Encoded:
+    """A message encoded by the general codec, ready to be written into any region."""
+
+    kind: int
+    skeleton: bytes
+    buffers: list[Any]
+    flags: int
+
+    @property
+    def size(self) -> int:
+        """Bytes the envelope needs."""
+        return envelope_size(len(self.skeleton), [memoryview(b).nbytes for b in self.buffers])
+
+    def write(self, arena: Arena, offset: int, capacity: int, seq: int) -> None:
+        """Write the envelope with sequence number ``seq``."""
+        arena.write_envelope(offset, capacity, self.kind, seq, self.skeleton, self.buffers, self.flags)
+
+
+def _encode_general(kind: int, value: Any, sender: LayoutSender, key: str) -> _Encoded:
+    """Encode ``value`` with the general codec, announcing a layout for ``key`` when one fits it."""
     definition = sender.define(key, value) if kind in (CALL, RESULT) else None
     payload = value if definition is None else (definition[0], definition[1], value)
     skeleton, buffers = codec.encode(payload)
-    arena.write_envelope(offset, capacity, kind, seq, skeleton, buffers, WITH_LAYOUT if definition else 0)
-
-
-def _general_size(value: Any) -> int:
-    skeleton, buffers = codec.encode(value)
-    return envelope_size(len(skeleton), [memoryview(b).nbytes for b in buffers])
+    return _Encoded(kind, skeleton, buffers, WITH_LAYOUT if definition else 0)
 
 
 class ShmServerWorker:
@@ -291,17 +304,15 @@ class ShmServerWorker:
             self._reply_bell(arena).ring()
             return arena
         try:
-            needed = _general_size(value)
+            encoded = _encode_general(kind, value, self._sender, key)
         except EncodeError as exc:
-            kind, key = ERROR, ""
-            value = {"kind": "encode", "type": "EncodeError", "message": str(exc), "traceback": ""}
-            needed = _general_size(value)
+            error = {"kind": "encode", "type": "EncodeError", "message": str(exc), "traceback": ""}
+            encoded = _encode_general(ERROR, error, self._sender, "")
         target = arena
-        if needed + 4096 > shape.slot_capacity:  # headroom for a layout definition
-            grown = ArenaShape(shape.request_capacity, _grown(shape.slot_capacity, needed + 4096), shape.slots)
+        if encoded.size > shape.slot_capacity:
+            grown = ArenaShape(shape.request_capacity, _grown(shape.slot_capacity, encoded.size), shape.slots)
             target = self._new_generation(arena, grown)
-        slot_offset = target.shape.slot_offset(seq % target.shape.slots)
-        _write_general(target, slot_offset, target.shape.slot_capacity, kind, seq, value, self._sender, key)
+        encoded.write(target, target.shape.slot_offset(seq % target.shape.slots), target.shape.slot_capacity, seq)
         if target is not arena:
             self._reply_bell(target).ring()
             self._announce(arena, target, seq)
@@ -386,9 +397,9 @@ class ShmClientPlane:
         seq = self._seq + 1
         write: Callable[[int], None] | None = None
         if not self._sender.write_fast(arena, offset, capacity, key, CALL, seq, body):
-            needed = _general_size(body) + 4096  # headroom for a layout definition
-            if needed > capacity:
-                grow, _ = codec.encode(needed)
+            encoded = _encode_general(CALL, body, self._sender, key)
+            if encoded.size > capacity:
+                grow, _ = codec.encode(encoded.size)
                 kind, value = self._exchange(
                     GROW, lambda seq: arena.write_envelope(offset, capacity, GROW, seq, grow, []), deadline, what
                 )
@@ -400,7 +411,7 @@ class ShmClientPlane:
                 offset, capacity = arena.request_offset(), arena.shape.request_capacity
 
             def write_general(seq: int) -> None:
-                _write_general(arena, offset, capacity, CALL, seq, body, self._sender, key)
+                encoded.write(arena, offset, capacity, seq)
 
             write = write_general
         kind, value = self._exchange(CALL, write, deadline, what)
@@ -418,12 +429,16 @@ class ShmClientPlane:
             write(seq)
         self._fresh = False
         self._request_bell.ring()
+        slot = arena.shape.slot_offset(seq % arena.shape.slots)
         while True:
-            slot = arena.shape.slot_offset(seq % arena.shape.slots)
+            # Read the slot only after a ring: the ring publishes a complete reply.
+            current = self._wait(self._reply_bell, seen, deadline, what)
+            if current == seen:
+                continue  # a wait slice passed: the peer is alive, keep waiting
+            seen = current
             reply_kind, flags, _, skeleton_len, reply_seq = arena.read_header(slot)
             if reply_seq == seq:
                 break
-            seen = self._wait(self._reply_bell, seen, deadline, what)
         if reply_kind == REMAP:
             _, _, skeleton, _ = arena.read_envelope(slot, arena.shape.slot_capacity)
             target = codec.decode(bytes(skeleton))
