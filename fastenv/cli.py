@@ -33,7 +33,13 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     )
     serve.add_argument("target", help="module:callable, path/to/file.py:callable, or a Gymnasium id (CartPole-v1)")
     serve.add_argument("--bind", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=0, help="TCP port (default: 0, a free port)")
+    serve.add_argument("--port", type=int, default=0, help="TCP port of the control channel (default: 0, a free port)")
+    serve.add_argument(
+        "--data-port",
+        type=int,
+        default=0,
+        help="TCP port of the data stream for clients without shared memory (default: 0, a free port)",
+    )
     serve.add_argument(
         "--mode",
         choices=("shared", "per-client"),
@@ -89,11 +95,17 @@ def _serve(args: argparse.Namespace) -> int:
         shm=not args.no_shm,
         shm_slots=args.shm_slots,
         shm_spin_us=args.spin_us,
+        data_port=args.data_port,
     )
     signal.signal(signal.SIGTERM, lambda *_: server.stop(timeout=0))
     try:
         address = server.address  # binds; in shared mode this also builds the env
-        print(f"fastenv: serving {args.target} ({args.mode}) on {address}", file=sys.stderr, flush=True)
+        _, data_port = server.data_address or ("", 0)
+        print(
+            f"fastenv: serving {args.target} ({args.mode}) on {address}, data stream on port {data_port}",
+            file=sys.stderr,
+            flush=True,
+        )
         print(READY_LINE.format(address=address), flush=True)
         server.serve_forever()
     except KeyboardInterrupt:

@@ -94,6 +94,8 @@ class FastRemoteEnv:
             if self.transport == "tcp":
                 self.transport_reason += "; " + self._open_data_stream(welcome.get("tcp"), compression, connect_timeout)
         except BaseException:
+            if self._plane is not None:
+                self._plane.close()
             self._channel.close()
             raise
         self.session_id: str = welcome["session"]
@@ -164,7 +166,7 @@ class FastRemoteEnv:
         host = self.address.removeprefix("tcp://").rsplit(":", 1)[0].strip("[]")
         try:
             sock = connect_data_stream(host, int(offer["port"]), offer["token"], timeout)
-        except (TransportError, OSError) as exc:
+        except (FastEnvError, OSError) as exc:  # refused, unreachable or filtered: stay on the control connection
             return f"calls travel as frames on the ZeroMQ connection (data stream unreachable: {exc})"
         self._plane = TcpClientPlane(sock, self._channel.check_alive, compression=compression)
         return f"arrays stream in chunks on a dedicated connection to port {offer['port']}"

@@ -74,6 +74,8 @@ class EnvServer:
             for ``shm_slots - 1`` further calls).
         shm_spin_us: how long a shared-memory worker spins for the next request
             before sleeping (default :data:`fastenv.shm.plane.SERVER_SPIN_US`).
+        data_port: TCP port of the data stream that carries calls for clients
+            without shared memory (0: a free port; clients learn it in the handshake).
 
     Example::
 
@@ -97,6 +99,7 @@ class EnvServer:
         shm: bool = True,
         shm_slots: int = DEFAULT_SHAPE.slots,
         shm_spin_us: int | None = None,
+        data_port: int = 0,
     ) -> None:
         if (env is None) == (factory is None):
             raise ServerConfigError("give EnvServer exactly one of env= or factory=")
@@ -121,6 +124,7 @@ class EnvServer:
             raise ServerConfigError("shm_slots must be at least 2")
         self._arena_shape = dataclasses.replace(DEFAULT_SHAPE, slots=shm_slots)
         self.shm_spin_us = SERVER_SPIN_US if shm_spin_us is None else shm_spin_us
+        self.data_port = data_port
         self._socket: ServerSocket | None = None
         self._data_listener: TcpDataListener | None = None
         self._sessions: dict[bytes, Session] = {}
@@ -139,6 +143,12 @@ class EnvServer:
         """The endpoint clients connect to (binds the socket if needed)."""
         return self._bind().address
 
+    @property
+    def data_address(self) -> tuple[str, int] | None:
+        """``(host, port)`` of the TCP data stream listener (binds if needed)."""
+        self._bind()
+        return self._data_listener.address if self._data_listener else None
+
     def _bind(self) -> ServerSocket:
         if self._socket is None:
             if self._closed:
@@ -151,7 +161,9 @@ class EnvServer:
                     log.warning("removed stale shared-memory segment %s (its owner is dead)", name)
             self._socket = ServerSocket(self.bind_host, self.port, max_message_bytes=self.max_message_bytes)
             try:
-                self._data_listener = TcpDataListener(self.bind_host, 0, on_connection=self._adopt_data_stream)
+                self._data_listener = TcpDataListener(
+                    self.bind_host, self.data_port, on_connection=self._adopt_data_stream
+                )
             except FastEnvError:
                 self._socket.close()
                 self._socket = None

@@ -91,3 +91,16 @@ def test_demo_runs_and_reports_speed() -> None:
     result = run_cli("demo", "--steps", "300")
     assert result.returncode == 0, result.stderr
     assert "steps/s" in result.stdout and "p50" in result.stdout
+
+
+def test_data_port_can_be_pinned(serve) -> None:
+    import socket
+
+    with socket.socket() as probe:  # find a free port, then let the server take it
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = serve("fastenv.examples:VectorEnv", "--data-port", str(port))
+    assert f"data stream on port {port}" in server.output()
+    with fastenv.FastRemoteEnv(server.address, transport="tcp") as env:
+        assert f"port {port}" in env.transport_reason
+        env.reset(seed=0)
