@@ -56,6 +56,21 @@ WAIT_SLICE_S = 0.05  # long waits are cut into slices to notice a dead peer or a
 # spins for about the time the other side usually takes to answer.
 SERVER_SPIN_US = int(os.environ.get("FASTENV_SERVER_SPIN_US", "200"))
 CLIENT_SPIN_US = int(os.environ.get("FASTENV_CLIENT_SPIN_US", "200"))
+# Doorbell backend of this process's planes: None for the process default
+# (``FASTENV_NATIVE``), or "native" / "python". Tests set it to run the same
+# suite on both.
+DOORBELL_BACKEND: str | None = None
+
+
+def _bell(buf: Any, offset: int, spin_us: int | None = None) -> Doorbell:
+    return Doorbell(buf, offset, backend=DOORBELL_BACKEND, spin_us=spin_us)
+
+
+def _words() -> Any:
+    """The futex backend for plain word loads and stores."""
+    return futex.get_backend(DOORBELL_BACKEND)
+
+
 DEFAULT_SHAPE = ArenaShape(request_capacity=64 * 1024, slot_capacity=256 * 1024, slots=4)
 
 # Executes one call; returns (True, value) or (False, error body).
@@ -230,7 +245,7 @@ class ShmServerWorker:
 
     def _run(self) -> None:
         arena = self.arena
-        bell = Doorbell(arena.buf, REQUEST_BELL, spin_us=self._spin_us)
+        bell = _bell(arena.buf, REQUEST_BELL, self._spin_us)
         seen = bell.value()
         while not self._stop.is_set():
             try:
@@ -240,13 +255,13 @@ class ShmServerWorker:
             arena = self._serve_one(arena)
             if arena is not self.arena:  # remapped: wait on the new arena's doorbell
                 self.arena = arena
-                bell = Doorbell(arena.buf, REQUEST_BELL, spin_us=self._spin_us)
+                bell = _bell(arena.buf, REQUEST_BELL, self._spin_us)
                 # A new arena's counter starts at 0; the client may already have rung it
                 # (it can attach as soon as the REMAP is visible), so never re-read it here.
                 seen = 0
 
     def _consumed(self, arena: Arena, seq: int) -> None:
-        futex.store(arena.buf, CONSUMED_WORD, seq & 0xFFFFFFFF)
+        _words().store(arena.buf, CONSUMED_WORD, seq & 0xFFFFFFFF)
         if arena.linked:
             arena.unlink()  # the client wrote here, so it has mapped it: the name is no longer needed
 
@@ -323,7 +338,7 @@ class ShmServerWorker:
     def _reply_bell(self, arena: Arena) -> Doorbell:
         bell = self._reply_bells.get(id(arena))
         if bell is None:
-            bell = self._reply_bells[id(arena)] = Doorbell(arena.buf, REPLY_BELL)
+            bell = self._reply_bells[id(arena)] = _bell(arena.buf, REPLY_BELL)
         return bell
 
     def _new_generation(self, arena: Arena, shape: ArenaShape) -> Arena:
@@ -344,7 +359,7 @@ class ShmServerWorker:
         skeleton, _ = codec.encode({"name": new.name})
         slot = seq % old.shape.slots
         old.write_envelope(old.shape.slot_offset(slot), old.shape.slot_capacity, REMAP, seq, skeleton, [])
-        Doorbell(old.buf, REPLY_BELL).ring()
+        _bell(old.buf, REPLY_BELL).ring()
 
 
 class ShmClientPlane:
@@ -369,8 +384,8 @@ class ShmClientPlane:
     def _use(self, arena: Arena) -> None:
         self.arena = arena
         self._arenas.append(arena)
-        self._request_bell = Doorbell(arena.buf, REQUEST_BELL, spin_us=self._spin_us)
-        self._reply_bell = Doorbell(arena.buf, REPLY_BELL, spin_us=self._spin_us)
+        self._request_bell = _bell(arena.buf, REQUEST_BELL, self._spin_us)
+        self._reply_bell = _bell(arena.buf, REPLY_BELL, self._spin_us)
         self._sender.forget_arena()
         self._receiver.forget_arena()
         self._fresh = True  # nothing sent to this generation yet
@@ -469,7 +484,7 @@ class ShmClientPlane:
         if self._fresh:
             return
         last = self._seq & 0xFFFFFFFF
-        while futex.load(self.arena.buf, CONSUMED_WORD) != last:
+        while _words().load(self.arena.buf, CONSUMED_WORD) != last:
             self._wait(None, 0, deadline, what)
 
     def _wait(self, bell: Doorbell | None, seen: int, deadline: float | None, what: str) -> int:
