@@ -260,7 +260,11 @@ class EnvServer:
             self.stats["protocol_errors"] += 1
             self._reply_error(identity, message.request_id, "protocol", ProtocolError(f"unexpected {message.kind.name}"))
             return
-        handler(self, identity, message)
+        try:
+            handler(self, identity, message)
+        except Exception as exc:  # a bug in one request must not take the server down
+            log.exception("internal error handling %s", message.kind.name)
+            self._reply_error(identity, message.request_id, "internal", exc, traceback.format_exc())
 
     def _on_ping(self, identity: bytes, message: Message) -> None:
         self._reply(identity, Kind.PONG, message.request_id, None)
@@ -270,6 +274,8 @@ class EnvServer:
             peer = message.body(self.limits)
             if not isinstance(peer, dict):
                 raise ProtocolError("HELLO body must be a dict")
+            if peer.get("compression") not in (None, "lz4", "zstd"):
+                raise ProtocolError(f"unknown compression {peer.get('compression')!r}: use 'lz4', 'zstd' or None")
         except FastEnvError as exc:
             self.stats["protocol_errors"] += 1
             self._reply_error(identity, message.request_id, "protocol", exc)

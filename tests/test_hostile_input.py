@@ -174,3 +174,10 @@ def test_zmtp_frame_declaring_a_huge_size(server) -> None:
         except ConnectionResetError:
             pass
     _still_serves(server)
+
+
+def test_unknown_compression_is_refused_at_hello(server, dealer) -> None:
+    dealer.send_multipart(protocol.pack(Kind.HELLO, 1, {"fastenv": "test", "compression": "rot13"}))
+    reply = _reply(dealer)
+    assert reply.kind is Kind.ERROR and "unknown compression" in reply.body()["message"]
+    _still_serves(server)
