@@ -229,7 +229,27 @@ def main(argv: list[str] | None = None) -> int:
 # --------------------------------------------------------------------------
 
 
-class Baseline:
+class _ClosedOnExit:
+    """``with`` support shared by the bench clients: ``close()`` on exit, ResourceWarning if leaked."""
+
+    _closed = True  # until a subclass has something to close
+
+    def close(self) -> None:  # pragma: no cover - every subclass defines it
+        raise NotImplementedError
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):
+            warnings.warn(f"unclosed baseline {self!r}", ResourceWarning, stacklevel=2, source=self)
+            self.close()
+
+
+class Baseline(_ClosedOnExit):
     """Base class: starts the server process, waits for its port, and stops it on :meth:`close`.
 
     Args:
@@ -301,17 +321,6 @@ class Baseline:
             self._disconnect()
         finally:
             self._stop_server()
-
-    def __enter__(self) -> Baseline:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        if not getattr(self, "_closed", True):
-            warnings.warn(f"unclosed baseline {self!r}", ResourceWarning, stacklevel=2, source=self)
-            self.close()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} payload={self.payload!r}>"
@@ -527,7 +536,7 @@ class _EnvFactory:
         return self.workload.make_env()
 
 
-class GymAsync:
+class GymAsync(_ClosedOnExit):
     """``gymnasium.vector.AsyncVectorEnv([make_env], shared_memory=True)`` with one env.
 
     Gymnasium's own process transport: one worker process (``spawn`` context,
@@ -593,17 +602,6 @@ class GymAsync:
             return
         self._closed = True
         self._env.close(timeout=self.timeout)
-
-    def __enter__(self) -> GymAsync:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        if not getattr(self, "_closed", True):
-            warnings.warn(f"unclosed baseline {self!r}", ResourceWarning, stacklevel=2, source=self)
-            self.close()
 
     def __repr__(self) -> str:
         return f"<GymAsync payload={self.payload!r}>"
