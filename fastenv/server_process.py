@@ -66,6 +66,7 @@ class ServerProcess:
         self._output: collections.deque[str] = collections.deque(maxlen=200)
         self._drainers: list[threading.Thread] = []
         self._settled = threading.Event()
+        self._new_output = threading.Condition()
 
     @property
     def pid(self) -> int:
@@ -76,6 +77,15 @@ class ServerProcess:
     def output(self) -> str:
         """The last lines the server printed (stdout and stderr interleaved)."""
         return "".join(self._output)
+
+    def wait_for_output(self, text: str, timeout: float = 10.0) -> bool:
+        """Wait until ``text`` appears in the output; False after ``timeout`` seconds.
+
+        stdout and stderr are separate pipes: a line printed on stderr before the
+        ready line may still be on its way when :meth:`start` returns.
+        """
+        with self._new_output:
+            return self._new_output.wait_for(lambda: text in self.output(), timeout)
 
     def start(self) -> str:
         """Start the process and return its address once it prints the ready line."""
@@ -114,7 +124,9 @@ class ServerProcess:
         """Collect output; on stdout, record the ready line (or EOF) and wake :meth:`start`."""
         try:
             for line in stream:
-                self._output.append(line)
+                with self._new_output:
+                    self._output.append(line)
+                    self._new_output.notify_all()
                 if watch_ready and not self.address and line.startswith(READY_PREFIX):
                     self.address = line[len(READY_PREFIX) :].strip()
                     self._settled.set()

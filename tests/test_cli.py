@@ -69,7 +69,7 @@ def test_non_loopback_bind_needs_insecure() -> None:
 
 def test_insecure_bind_warns_and_serves(serve) -> None:
     server = serve("fastenv.examples:VectorEnv", "--bind", "0.0.0.0", "--insecure")
-    assert "without authentication" in server.output()
+    assert server.wait_for_output("without authentication"), server.output()
     port = server.address.rsplit(":", 1)[1]
     with fastenv.connect(f"127.0.0.1:{port}") as env:
         env.reset(seed=0)
@@ -100,7 +100,7 @@ def test_data_port_can_be_pinned(serve) -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     server = serve("fastenv.examples:VectorEnv", "--data-port", str(port))
-    assert f"data stream on port {port}" in server.output()
+    assert server.wait_for_output(f"data stream on port {port}"), server.output()
     with fastenv.FastRemoteEnv(server.address, transport="tcp") as env:
         assert f"port {port}" in env.transport_reason
         env.reset(seed=0)
