@@ -51,6 +51,7 @@ the word, so ``wake`` is a no-op returning 0.
 from __future__ import annotations
 
 import ctypes
+import importlib
 import math
 import operator
 import os
@@ -241,7 +242,9 @@ python_backend = types.SimpleNamespace(
 native_backend: types.ModuleType | None
 _native_error: BaseException | None
 try:
-    from fastenv import _native as native_backend
+    # By name: ``from fastenv import _native`` would report a "circular import"
+    # while the package is still initialising, hiding the real reason.
+    native_backend = importlib.import_module("fastenv._native")
 except ImportError as exc:  # not built, or built for another interpreter
     native_backend = None
     _native_error = exc
