@@ -1,9 +1,10 @@
 """Value <-> (skeleton, buffers): how fastenv moves Python values without pickling them whole.
 
 :func:`encode` turns a value into a small *skeleton* (bytes) plus a list of raw
-array buffers; :func:`decode` turns them back. The data planes move the
-buffers without copying them (ZeroMQ frames today, shared memory or a chunked
-TCP stream later); only the skeleton is serialised.
+array buffers; :func:`decode` turns them back. The data planes (ZeroMQ
+frames, the shared-memory arena, the chunked TCP stream) move the buffers
+without pickling them; only the skeleton is serialised. Calls whose structure
+repeats skip even that on shared memory (:mod:`fastenv.layout`).
 
 The skeleton is a tree of plain values serialised with pickle protocol 5, and
 read back with an unpickler that **refuses every global**: it can only build

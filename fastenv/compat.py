@@ -13,7 +13,8 @@ Differences, all on the safe side:
 - Failures raise :class:`CompatError`, which is both a ``RuntimeError`` (what
   the seed raised) and a :class:`fastenv.FastEnvError`; the original fastenv
   error is its ``__cause__``.
-- Nothing is unpickled: values travel through fastenv's data-only codec.
+- Nothing a peer sends can run code: values travel through fastenv's
+  data-only codec instead of the seed's plain pickle.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """EnvServer: owns the env(s), accepts sessions and dispatches calls.
 
-One thread runs the loop: requests are applied one at a time, in arrival
-order, which is what makes *shared* mode (every client drives the same env)
-well defined. In *per-client* mode each session gets its own env from the
-factory, closed when the session ends.
+One thread runs the ZeroMQ control loop (handshakes, ATTACH, BYE, and calls
+of clients without a data plane); each session on shared memory or the TCP
+stream has a worker thread for its calls. Every call takes its env's lock, so
+calls on one env are applied one at a time, which is what makes *shared* mode
+(every client drives the same env) well defined. In *per-client* mode each
+session gets its own env from the factory, closed when the session ends.
 """
 
 from __future__ import annotations

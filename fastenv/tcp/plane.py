@@ -80,6 +80,17 @@ def _error_body(kind: str, exc: BaseException, traceback_text: str = "") -> dict
     return {"kind": kind, "type": type(exc).__name__, "message": str(exc), "traceback": traceback_text}
 
 
+def _open_stream(
+    sock: socket.socket, chunk_size: int, compression: str | bool | None, max_message_bytes: int
+) -> MessageStream:
+    """Wrap ``sock`` in a :class:`MessageStream`, closing the socket if that fails (the caller owns it)."""
+    try:
+        return MessageStream(sock, chunk_size=chunk_size, compression=compression, max_message_bytes=max_message_bytes)
+    except BaseException:
+        sock.close()
+        raise
+
+
 class TcpClientPlane:
     """The client's end of a session's TCP data stream.
 
@@ -103,13 +114,7 @@ class TcpClientPlane:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         limits: codec.Limits = codec.DEFAULT_LIMITS,
     ) -> None:
-        try:
-            self._stream = MessageStream(
-                sock, chunk_size=chunk_size, compression=compression, max_message_bytes=max_message_bytes
-            )
-        except BaseException:
-            sock.close()
-            raise
+        self._stream = _open_stream(sock, chunk_size, compression, max_message_bytes)
         self._alive = alive
         self._limits = limits
         self._seq = 0
@@ -201,13 +206,7 @@ class TcpServerWorker:
         io_timeout: float = DEFAULT_IO_TIMEOUT_S,
         on_exit: Callable[[BaseException | None], None] | None = None,
     ) -> None:
-        try:
-            self._stream = MessageStream(
-                sock, chunk_size=chunk_size, compression=compression, max_message_bytes=max_message_bytes
-            )
-        except BaseException:
-            sock.close()
-            raise
+        self._stream = _open_stream(sock, chunk_size, compression, max_message_bytes)
         self._sock = sock
         self._execute = execute
         self._limits = limits
