@@ -15,7 +15,18 @@ from fastenv import codec
 from fastenv.errors import EncodeError, UnknownMethodError
 
 # Attributes copied into the description when the env has them.
-DESCRIBED_ATTRIBUTES = ("observation_space", "action_space", "metadata", "spec", "render_mode", "reward_range")
+DESCRIBED_ATTRIBUTES = (
+    "observation_space",
+    "action_space",
+    "metadata",
+    "spec",
+    "render_mode",
+    "reward_range",
+    # vector envs (``fastenv serve --num-envs N``)
+    "num_envs",
+    "single_observation_space",
+    "single_action_space",
+)
 
 # Methods the client has dedicated calls for, or that would end the session's env.
 RESERVED_METHODS = frozenset({"close"})

@@ -11,6 +11,7 @@ Hierarchy::
     ├── FastEnvTimeout            (also TimeoutError)
     ├── TransportError            (also ConnectionError)
     │   ├── ConnectionLost
+    │   │   └── SessionLost
     │   └── AddressInUse
     ├── ProtocolError
     │   ├── ProtocolVersionError
@@ -20,9 +21,18 @@ Hierarchy::
     ├── RemoteEnvError            (carries the remote type, message, traceback)
     ├── UnknownMethodError        (also AttributeError)
     ├── ClientClosedError
+    ├── ControlDenied
+    │   └── LeaseHeld
+    ├── AlreadyPendingError       (step_async while a call is still pending)
+    ├── NoPendingCallError        (step_wait without step_async)
+    ├── IncompatibleEnvsError     (also ValueError; servers of one FastVectorEnv differ)
     ├── ServerConfigError
     ├── TargetError
-    └── MissingDependency         (also ImportError)
+    ├── MissingDependency         (also ImportError)
+    └── LaunchError               (starting a server over SSH failed)
+        ├── SSHConnectError       (also ConnectionError)
+        │   └── HostKeyError
+        └── LaunchTimeout         (also FastEnvTimeout)
 """
 
 from __future__ import annotations
@@ -49,6 +59,22 @@ class TransportError(FastEnvError, ConnectionError):
 
 class ConnectionLost(TransportError):
     """The peer went away (process killed, network gone) while a call was pending."""
+
+
+class SessionLost(ConnectionLost):
+    """The server no longer holds this client's session (it restarted, or reaped the session).
+
+    Attributes:
+        recreated: True when the client was asked to re-create lost sessions
+            (``on_session_lost="recreate"``) and did: the client works again,
+            on a fresh session whose env was reset.
+        reset_result: what that reset returned (None when not recreated).
+    """
+
+    def __init__(self, message: str, *, recreated: bool = False, reset_result: object = None) -> None:
+        super().__init__(message)
+        self.recreated = recreated
+        self.reset_result = reset_result
 
 
 class AddressInUse(TransportError):
@@ -124,6 +150,14 @@ class ClientClosedError(FastEnvError):
     """The client was used after ``close()``."""
 
 
+class ControlDenied(FastEnvError):
+    """This client may not change the env: it is an observer, or another client holds the control lease."""
+
+
+class LeaseHeld(ControlDenied):
+    """Another client holds the control lease of the shared env."""
+
+
 class ServerConfigError(FastEnvError, ValueError):
     """The server was configured in a way it refuses (for example an unsafe bind)."""
 
@@ -134,6 +168,45 @@ class TargetError(FastEnvError, ValueError):
 
 class MissingDependency(FastEnvError, ImportError):
     """An optional dependency is not installed; the message names the extra to install."""
+
+
+class LaunchError(FastEnvError):
+    """Starting a server on another host over SSH failed (``fastenv.launch``).
+
+    Attributes:
+        output: the last lines the remote side printed (stdout and stderr), also
+            at the end of the message.
+        exit_status: the remote command's exit status, when it exited.
+    """
+
+    def __init__(self, message: str, *, output: str = "", exit_status: int | None = None) -> None:
+        super().__init__(message)
+        self.output = output
+        self.exit_status = exit_status
+
+
+class SSHConnectError(LaunchError, ConnectionError):
+    """The SSH connection could not be opened or authenticated."""
+
+
+class HostKeyError(SSHConnectError):
+    """The SSH host is not in known_hosts (and was not accepted), or its key changed."""
+
+
+class LaunchTimeout(LaunchError, FastEnvTimeout):
+    """Connecting over SSH, or the remote server getting ready, took longer than allowed."""
+
+
+class AlreadyPendingError(FastEnvError):
+    """An asynchronous call (``step_async``) is still waiting for its ``step_wait``."""
+
+
+class NoPendingCallError(FastEnvError):
+    """``step_wait`` was called without a pending ``step_async``."""
+
+
+class IncompatibleEnvsError(FastEnvError, ValueError):
+    """Servers combined into one vector env do not serve compatible envs (different spaces)."""
 
 
 _REMOTE_ERROR_CLASSES: dict[str, type[RemoteEnvError]] = {}

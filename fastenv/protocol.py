@@ -28,6 +28,8 @@ MAGIC = b"FE"
 HEADER = struct.Struct("<2sBBQ")
 HEADER_SIZE = HEADER.size
 GETATTR = "__getattr__"  # the pseudo-method name of an attribute read in a CALL
+BATCH_STEP = "__batch_step__"  # pseudo-method: K steps of one env in one round trip
+LEASE = "__lease__"  # pseudo-method: ("acquire" | "release" | "holder",) on the control lease
 
 
 class Kind(enum.IntEnum):
@@ -43,6 +45,8 @@ class Kind(enum.IntEnum):
     PONG = 8
     VERSION_MISMATCH = 9  # server -> client: body is ASCII text
     ATTACH = 10  # client -> server: the data plane chosen after the shared-memory probe
+    RESUME = 11  # client -> server: take up a session again after a dropped connection
+    TRANSITION = 12  # server -> observers (publish socket): one call that changed the env
 
 
 _KINDS = {int(k): k for k in Kind}
@@ -123,7 +127,9 @@ __all__ = [
     "MAGIC",
     "Message",
     "PROTOCOL_VERSION",
+    "BATCH_STEP",
     "GETATTR",
+    "LEASE",
     "error_body",
     "pack",
     "pack_text",

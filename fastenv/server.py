@@ -1,33 +1,63 @@
 """EnvServer: owns the env(s), accepts sessions and dispatches calls.
 
-One thread runs the ZeroMQ control loop (handshakes, ATTACH, BYE, and calls
-of clients without a data plane); each session on shared memory or the TCP
-stream has a worker thread for its calls. Every call takes its env's lock, so
-calls on one env are applied one at a time, which is what makes *shared* mode
-(every client drives the same env) well defined. In *per-client* mode each
-session gets its own env from the factory, closed when the session ends.
+One thread runs the ZeroMQ control loop (handshakes, ATTACH, RESUME, BYE,
+liveness checks, and calls of clients without a data plane); each session on
+shared memory or the TCP stream has a worker thread for its calls. Every call
+takes its env's lock, so calls on one env are applied one at a time, which is
+what makes *shared* mode (every client drives the same env) well defined. In
+*per-client* mode each session gets its own env from the factory, closed when
+the session ends.
+
+Sessions in shared mode: any client may drive the env, unless one holds the
+control lease (``role="controller"``); observers (``role="observer"``) only
+read, and receive every call that changed the env through the
+:class:`~fastenv.observe.TransitionPublisher`.
+
+Liveness: a session whose client vanished is ended (its env closed in
+per-client mode, its lease released, its segments unlinked) within two
+heartbeat intervals: on shared memory when the client's process is gone; on
+the TCP stream when the stream dropped and was not resumed within one
+interval; otherwise when the client's control connection is gone for one
+interval (ZMTP heartbeats drop a silent peer). A client whose connection
+dropped can RESUME its session in that window; calls re-sent after a drop are
+answered from the session's record, never applied twice (see
+:mod:`fastenv.replay`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hmac
 import logging
 import os
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import psutil
 import zmq
 
 from fastenv import codec, envinfo, protocol
 from fastenv._version import __version__
 from fastenv.codec import Limits
 from fastenv.control.address import check_bind_allowed, host_identity
+from fastenv.control.dealer import HEARTBEAT_INTERVAL_S
 from fastenv.control.router import ServerSocket
-from fastenv.errors import EncodeError, FastEnvError, ProtocolError, ServerConfigError, UnknownMethodError
-from fastenv.protocol import GETATTR, Kind, Message
+from fastenv.errors import (
+    ControlDenied,
+    EncodeError,
+    FastEnvError,
+    LeaseHeld,
+    ProtocolError,
+    ServerConfigError,
+    UnknownMethodError,
+)
+from fastenv.observe import TransitionPublisher
+from fastenv.protocol import BATCH_STEP, GETATTR, LEASE, Kind, Message
+from fastenv.replay import ReplyRecord, StaleRequest
 from fastenv.shm.arena import Arena, reclaim_stale
 from fastenv.shm.plane import DEFAULT_SHAPE, SERVER_SPIN_US, ShmServerWorker
 from fastenv.tcp.plane import TcpDataListener, TcpServerWorker
@@ -35,6 +65,23 @@ from fastenv.tcp.plane import TcpDataListener, TcpServerWorker
 log = logging.getLogger("fastenv.server")
 
 MODES = ("shared", "per-client")
+ROLES = ("shared", "controller", "observer")
+# Calls that leave the env as it was: allowed to observers and while another client holds
+# the lease, and not published as transitions. Everything else counts as changing the env.
+READ_ONLY_CALLS = frozenset({GETATTR, "get_state", "render"})
+ATTACH_GRACE_S = 10.0  # a session that never chose a data plane is ended after this long
+_NO_STATE = object()
+
+
+@dataclass
+class EnvHandle:
+    """One env as the server holds it (in shared mode, every session's)."""
+
+    env: Any
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    transitions: int = 0  # calls that changed it; observers see this as Transition.seq
+    lease: str | None = None  # session id of the client holding the control lease
+    cached_state: tuple[int, Any] | None = None  # (id of the env object asked, get_state() value)
 
 
 @dataclass
@@ -43,17 +90,28 @@ class Session:
 
     session_id: str
     identity: bytes
-    env: Any
-    owns_env: bool
-    env_lock: threading.Lock
+    handle: EnvHandle
+    env: Any  # what this session's calls run on: handle.env, or a vector view of it
+    owns_env: bool  # close handle.env when the session ends (per-client mode)
     peer: dict[str, Any] = field(default_factory=dict)
+    role: str = "shared"
     calls: int = 0
     transport: str = "tcp"
     methods: dict[str, Any] = field(default_factory=dict)  # resolved bound methods, by name
     offered_arena: Arena | None = None  # created at HELLO, until the client proves it can map it
-    data_token: bytes = b""  # presented by the client's TCP data stream
+    data_token: bytes = b""  # presented by the client's TCP data stream and by RESUME
     worker: ShmServerWorker | TcpServerWorker | None = None
     ended: bool = False
+    attached: bool = False  # the client chose its data plane (ATTACH)
+    created: float = field(default_factory=time.monotonic)
+    disconnected_since: float | None = None
+    call_record: ReplyRecord = field(default_factory=ReplyRecord)  # calls on the control connection
+    stream_record: ReplyRecord = field(default_factory=ReplyRecord)  # calls on the TCP stream
+
+    @property
+    def env_lock(self) -> threading.Lock:
+        """The lock every call on this session's env takes."""
+        return self.handle.lock
 
 
 class EnvServer:
@@ -78,6 +136,13 @@ class EnvServer:
             before sleeping (default :data:`fastenv.shm.plane.SERVER_SPIN_US`).
         data_port: TCP port of the data stream that carries calls for clients
             without shared memory (0: a free port; clients learn it in the handshake).
+        num_envs: host this many envs from ``factory`` behind one
+            :class:`~fastenv.vector.host.VectorHost` (batched ``reset``/``step``;
+            drive it with :class:`fastenv.FastVectorEnv`). In per-client mode each
+            client gets its own N envs.
+        heartbeat_interval: seconds between heartbeats; a vanished client's
+            session is reclaimed within two intervals.
+        observers: publish transitions to observer clients (shared mode only).
 
     Example::
 
@@ -102,9 +167,16 @@ class EnvServer:
         shm_slots: int = DEFAULT_SHAPE.slots,
         shm_spin_us: int | None = None,
         data_port: int = 0,
+        num_envs: int | None = None,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL_S,
+        observers: bool = True,
     ) -> None:
         if (env is None) == (factory is None):
             raise ServerConfigError("give EnvServer exactly one of env= or factory=")
+        if num_envs is not None and (num_envs < 1 or factory is None):
+            raise ServerConfigError("num_envs needs a factory and must be at least 1")
+        if heartbeat_interval <= 0:
+            raise ServerConfigError("heartbeat_interval must be positive")
         mode = mode or ("shared" if env is not None else "per-client")
         if mode not in MODES:
             raise ServerConfigError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -118,9 +190,14 @@ class EnvServer:
         self.limits = limits
         self.max_message_bytes = max_message_bytes
         self._factory = factory
+        self.num_envs = num_envs
         self._shared_env = env
+        self._shared: EnvHandle | None = None
         self._close_shared = close_env if close_env is not None else env is None
-        self._shared_lock = threading.Lock()
+        self.heartbeat_interval = heartbeat_interval
+        self._observers = observers and mode == "shared"
+        self._publisher: TransitionPublisher | None = None
+        self._next_liveness_check = 0.0
         self.shm = shm
         if shm_slots < 2:
             raise ServerConfigError("shm_slots must be at least 2")
@@ -130,13 +207,14 @@ class EnvServer:
         self._socket: ServerSocket | None = None
         self._data_listener: TcpDataListener | None = None
         self._sessions: dict[bytes, Session] = {}
+        self._by_id: dict[str, Session] = {}
         self._by_token: dict[bytes, Session] = {}
         self._token_lock = threading.Lock()  # the data listener adopts streams from its own thread
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
         self._identity = host_identity()
-        self.stats = {"requests": 0, "protocol_errors": 0, "env_errors": 0}
+        self.stats = {"requests": 0, "protocol_errors": 0, "env_errors": 0, "reaped": 0, "resumed": 0}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -156,38 +234,102 @@ class EnvServer:
             if self._closed:
                 raise ServerConfigError("this EnvServer is closed")
             if self.mode == "shared" and self._shared_env is None:
-                assert self._factory is not None
-                self._shared_env = self._factory()
+                self._shared_env = self._make_env()
+            if self.mode == "shared":
+                self._shared = EnvHandle(self._shared_env)
             if self.shm:
                 for name in reclaim_stale():
                     log.warning("removed stale shared-memory segment %s (its owner is dead)", name)
-            self._socket = ServerSocket(self.bind_host, self.port, max_message_bytes=self.max_message_bytes)
+            self._socket = ServerSocket(
+                self.bind_host,
+                self.port,
+                max_message_bytes=self.max_message_bytes,
+                heartbeat_interval=self.heartbeat_interval,
+            )
             try:
                 self._data_listener = TcpDataListener(
                     self.bind_host, self.data_port, on_connection=self._adopt_data_stream
                 )
+                if self._observers:
+                    self._publisher = TransitionPublisher(self.bind_host)
             except FastEnvError:
+                if self._data_listener is not None:
+                    self._data_listener.close()
+                    self._data_listener = None
                 self._socket.close()
                 self._socket = None
                 raise
         return self._socket
+
+    def _make_env(self) -> Any:
+        """A new env from the factory (``num_envs`` of them behind a VectorHost)."""
+        assert self._factory is not None
+        if self.num_envs is None:
+            return self._factory()
+        from fastenv.vector.host import VectorHost
+
+        envs: list[Any] = []
+        try:
+            for _ in range(self.num_envs):
+                envs.append(self._factory())
+            return VectorHost(envs)
+        except BaseException:
+            for made in envs:
+                _close_quietly(made)
+            raise
 
     def serve_forever(self, poll_interval: float = 0.25) -> None:
         """Serve until :meth:`stop` (or KeyboardInterrupt); then close sessions and sockets."""
         sock = self._bind()
         poller = zmq.Poller()
         poller.register(sock.socket, zmq.POLLIN)
+        tick_ms = int(min(poll_interval, self.heartbeat_interval / 4) * 1000)
         try:
             while not self._stopping.is_set():
-                if not poller.poll(int(poll_interval * 1000)):
-                    continue
-                while not self._stopping.is_set():
-                    frames = sock.recv()
-                    if frames is None:
-                        break
-                    self._handle(frames)
+                if poller.poll(tick_ms):
+                    while not self._stopping.is_set():
+                        frames = sock.recv()
+                        if frames is None:
+                            break
+                        self._handle(frames)
+                self._check_liveness()
         finally:
             self._shutdown()
+
+    @property
+    def sessions(self) -> int:
+        """How many sessions are open."""
+        return len(self._sessions)
+
+    def _check_liveness(self) -> None:
+        """End the sessions of clients that vanished (see the module docstring)."""
+        now = time.monotonic()
+        if now < self._next_liveness_check:
+            return
+        self._next_liveness_check = now + self.heartbeat_interval / 4
+        assert self._socket is not None
+        for session in list(self._sessions.values()):
+            reason = None
+            if session.transport == "shm" and session.worker is not None:
+                if not _process_alive(session.peer.get("host", {}).get("pid")):
+                    reason = "its process exited"
+            elif isinstance(session.worker, TcpServerWorker):
+                if session.disconnected_since is not None and now - session.disconnected_since >= self.heartbeat_interval:
+                    reason = "its data stream dropped and was not resumed"
+            elif not session.attached:
+                if now - session.created > ATTACH_GRACE_S:
+                    reason = "it never chose a data plane"
+            else:  # calls travel on the control connection: is it still there?
+                if self._socket.probe(session.identity):
+                    session.disconnected_since = None
+                elif session.disconnected_since is None:
+                    session.disconnected_since = now
+                elif now - session.disconnected_since >= self.heartbeat_interval:
+                    reason = "its connection dropped and was not resumed"
+            if reason is not None:
+                log.info("session %s reclaimed: %s", session.session_id, reason)
+                self.stats["reaped"] += 1
+                self._end_session(session)
 
     def start(self) -> str:
         """Serve in a background thread; returns the address."""
@@ -217,6 +359,8 @@ class EnvServer:
             self._end_session(session)
         if self._close_shared and self._shared_env is not None:
             _close_quietly(self._shared_env)
+        if self._publisher is not None:
+            self._publisher.close()
         if self._data_listener is not None:
             self._data_listener.close()
         if self._socket is not None:
@@ -278,6 +422,11 @@ class EnvServer:
                 raise ProtocolError("HELLO body must be a dict")
             if peer.get("compression") not in (None, "lz4", "zstd"):
                 raise ProtocolError(f"unknown compression {peer.get('compression')!r}: use 'lz4', 'zstd' or None")
+            role = peer.get("role", "shared")
+            if role not in ROLES:
+                raise ProtocolError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
+            if role == "observer" and self._publisher is None:
+                raise ProtocolError("this server has no observers: they need a server in shared mode")
         except FastEnvError as exc:
             self.stats["protocol_errors"] += 1
             self._reply_error(identity, message.request_id, "protocol", exc)
@@ -285,19 +434,27 @@ class EnvServer:
         old = self._sessions.pop(identity, None)
         if old is not None:
             self._end_session(old)
+        handle: EnvHandle | None = self._shared
         try:
             if self.mode == "per-client":
-                assert self._factory is not None
-                env, owns, lock = self._factory(), True, threading.Lock()
-            else:
-                env, owns, lock = self._shared_env, False, self._shared_lock
+                handle = EnvHandle(self._make_env())
+            assert handle is not None
+            env = handle.env
+            if peer.get("vector") and not _is_vector_host(env):
+                from fastenv.vector.host import VectorHost
+
+                env = VectorHost([env], close_envs=False)
             description = envinfo.describe(env)
         except Exception as exc:
             self.stats["env_errors"] += 1
+            if self.mode == "per-client" and handle is not None:
+                _close_quietly(handle.env)
             self._reply_error(identity, message.request_id, "remote", exc, traceback.format_exc())
             return
-        session = Session(os.urandom(8).hex(), identity, env, owns, lock, peer, data_token=os.urandom(16))
+        owns = self.mode == "per-client"
+        session = Session(os.urandom(8).hex(), identity, handle, env, owns, peer, role=role, data_token=os.urandom(16))
         self._sessions[identity] = session
+        self._by_id[session.session_id] = session
         with self._token_lock:
             self._by_token[session.data_token] = session
         offer = None
@@ -307,7 +464,7 @@ class EnvServer:
                 offer = {"name": session.offered_arena.name}
             except OSError as exc:
                 log.warning("cannot offer shared memory: %s", exc)
-        log.info("session %s opened by %s", session.session_id, peer.get("host"))
+        log.info("session %s opened by %s (%s)", session.session_id, peer.get("host"), role)
         welcome = {
             "session": session.session_id,
             "server": {
@@ -315,20 +472,27 @@ class EnvServer:
                 "protocol": protocol.PROTOCOL_VERSION,
                 "host": self._identity,
                 "mode": self.mode,
+                "heartbeat_interval": self.heartbeat_interval,
             },
             "env": description,
             "env_hash": envinfo.description_hash(description),
             "shm": offer,
             "tcp": {"port": self._data_listener.port, "token": session.data_token} if self._data_listener else None,
+            "observe": {"port": self._publisher.port} if self._publisher is not None else None,
         }
         self._reply(identity, Kind.WELCOME, message.request_id, welcome)
 
-    def _on_call(self, identity: bytes, message: Message) -> None:
+    def _session_for(self, identity: bytes, message: Message) -> Session | None:
         session = self._sessions.get(identity)
         if session is None:
             self._reply_error(
                 identity, message.request_id, "no_session", ProtocolError("no session: send HELLO first")
             )
+        return session
+
+    def _on_call(self, identity: bytes, message: Message) -> None:
+        session = self._session_for(identity, message)
+        if session is None:
             return
         try:
             name, args, kwargs = _parse_call(message.body(self.limits))
@@ -336,32 +500,105 @@ class EnvServer:
             self.stats["protocol_errors"] += 1
             self._reply_error(identity, message.request_id, "protocol", exc)
             return
-        kind, value = self._execute(session, name, args, kwargs)
+        try:
+            kind, value = session.call_record.run(
+                message.request_id, lambda: self._execute(session, name, args, kwargs)
+            )
+        except StaleRequest:
+            return  # a duplicate of a request the client has given up on: nobody waits for a reply
         self._reply(identity, kind, message.request_id, value)
 
     def _execute(self, session: Session, name: str, args: tuple, kwargs: dict) -> tuple[Kind, Any]:
         """Run one call on the session's env; ``(RESULT, value)`` or ``(ERROR, error body)``.
 
-        Used by the ZeroMQ path and by shared-memory workers; the env lock
-        applies calls one at a time.
+        Used by the ZeroMQ path and by the data-plane workers; the env lock
+        applies calls one at a time, checks the control lease, serves a
+        repeated ``get_state()`` from its cache, and publishes what changed
+        the env to observers.
         """
         session.calls += 1
+        handle = session.handle
         try:
-            with session.env_lock:
+            with handle.lock:
+                if name == LEASE:
+                    return Kind.RESULT, self._lease(session, args)
+                changes_env = name not in READ_ONLY_CALLS
+                if changes_env:
+                    self._check_control(session)
+                    handle.cached_state = None
+                elif name == "get_state" and not args and not kwargs:
+                    cached = handle.cached_state
+                    if cached is not None and cached[0] == id(session.env):
+                        return Kind.RESULT, cached[1]
+                if name == BATCH_STEP:
+                    return Kind.RESULT, self._batch_step(session, args, kwargs)
                 method = session.methods.get(name)
-                if method is not None:
-                    return Kind.RESULT, method(*args, **kwargs)
-                return Kind.RESULT, self._invoke(session, name, args, kwargs)
+                result = method(*args, **kwargs) if method is not None else self._invoke(session, name, args, kwargs)
+                if changes_env:
+                    self._publish(session, name, args, kwargs, result)
+                elif name == "get_state" and not args and not kwargs:
+                    handle.cached_state = (id(session.env), result)
+                return Kind.RESULT, result
+        except ControlDenied as exc:
+            return Kind.ERROR, protocol.error_body("control", _type_name(exc), str(exc))
         except UnknownMethodError as exc:
             return Kind.ERROR, protocol.error_body("unknown_method", _type_name(exc), str(exc))
         except Exception as exc:
             self.stats["env_errors"] += 1
             return Kind.ERROR, protocol.error_body("remote", _type_name(exc), str(exc), traceback.format_exc())
 
+    def _check_control(self, session: Session) -> None:
+        """Raise :class:`ControlDenied` if ``session`` may not change the env now (env lock held)."""
+        if session.role == "observer":
+            raise ControlDenied("this client is an observer: it cannot change the env (connect with role='shared')")
+        holder = session.handle.lease
+        if holder is not None and holder != session.session_id:
+            raise LeaseHeld(f"another client (session {holder}) holds the control lease of this env")
+
+    def _lease(self, session: Session, args: tuple) -> Any:
+        """``acquire`` / ``release`` / ``holder`` of the control lease (env lock held)."""
+        handle = session.handle
+        action = args[0] if len(args) == 1 else None
+        if action == "holder":
+            return handle.lease
+        if action == "acquire":
+            self._check_control(session)
+            handle.lease = session.session_id
+            return True
+        if action == "release":
+            if handle.lease == session.session_id:
+                handle.lease = None
+                return True
+            return False
+        raise UnknownMethodError("the lease takes one of 'acquire', 'release', 'holder'")
+
+    def _publish(self, session: Session, name: str, args: tuple, kwargs: dict, result: Any) -> None:
+        handle = session.handle
+        handle.transitions += 1
+        publisher = self._publisher
+        if publisher is not None and publisher.active and name != GETATTR:
+            publisher.publish(handle.transitions, name, args, kwargs, result, session.session_id)
+
+    def _batch_step(self, session: Session, args: tuple, kwargs: dict) -> list[Any]:
+        """Step once per action, stopping after a step that ends the episode (env lock held)."""
+        if len(args) != 1 or kwargs or not isinstance(args[0], (list, tuple)):
+            raise TypeError("batch_step takes one argument: a list of actions")
+        step = session.methods.get("step")
+        if step is None:
+            step = envinfo.resolve_member(session.env, "step")
+            session.methods["step"] = step
+        results = []
+        for action in args[0]:
+            result = step(action)
+            self._publish(session, "step", (action,), {}, result)
+            results.append(result)
+            if _episode_over(result):
+                break
+        return results
+
     def _on_attach(self, identity: bytes, message: Message) -> None:
-        session = self._sessions.get(identity)
+        session = self._session_for(identity, message)
         if session is None:
-            self._reply_error(identity, message.request_id, "no_session", ProtocolError("no session: send HELLO first"))
             return
         try:
             choice = message.body(self.limits)
@@ -399,7 +636,40 @@ class EnvServer:
             session.transport = "shm"
         elif arena is not None:
             arena.close()
+        session.attached = True
         self._reply(identity, Kind.RESULT, message.request_id, {"transport": session.transport})
+
+    def _on_resume(self, identity: bytes, message: Message) -> None:
+        """A client whose connection dropped takes its session up again."""
+        try:
+            body = message.body(self.limits)
+            if not isinstance(body, dict) or not isinstance(body.get("session"), str):
+                raise ProtocolError("RESUME body must be {'session': id, 'token': bytes}")
+            token = body.get("token")
+            if not isinstance(token, bytes):
+                raise ProtocolError("RESUME needs the session's token")
+        except FastEnvError as exc:
+            self._reply_error(identity, message.request_id, "protocol", exc)
+            return
+        session = self._by_id.get(body["session"])
+        if session is None or session.ended or not hmac.compare_digest(token, session.data_token):
+            error = ProtocolError(f"this server holds no session {body['session']} (it restarted or ended it)")
+            self._reply_error(identity, message.request_id, "session_lost", error)
+            return
+        if session.identity != identity:  # the client came back on a new connection identity
+            other = self._sessions.get(identity)
+            if other is not None and other is not session:
+                self._end_session(other)
+            self._sessions.pop(session.identity, None)
+            session.identity = identity
+            self._sessions[identity] = session
+        session.disconnected_since = None
+        if session.transport == "tcp":
+            with self._token_lock:
+                self._by_token[session.data_token] = session
+        self.stats["resumed"] += 1
+        log.info("session %s resumed", session.session_id)
+        self._reply(identity, Kind.RESULT, message.request_id, {"session": session.session_id})
 
     def _on_bye(self, identity: bytes, message: Message) -> None:
         session = self._sessions.pop(identity, None)
@@ -413,6 +683,7 @@ class EnvServer:
         Kind.CALL: _on_call,
         Kind.BYE: _on_bye,
         Kind.ATTACH: _on_attach,
+        Kind.RESUME: _on_resume,
     }
 
     @staticmethod
@@ -432,24 +703,44 @@ class EnvServer:
         return member(*args, **kwargs)
 
     def _adopt_data_stream(self, token: bytes, sock: Any) -> bool:
-        """Bind a client's TCP data stream to its session (called by the data listener's thread)."""
+        """Bind a client's TCP data stream to its session (called by the data listener's thread).
+
+        A session's stream may be replaced (the client reconnected after a
+        drop): the new worker shares the session's reply record, so a call
+        re-sent on it is answered once.
+        """
         with self._token_lock:
-            session = self._by_token.pop(token, None)
-            if session is None or session.ended or session.worker is not None:
+            session = self._by_token.get(token)
+            if session is None or session.ended or session.transport == "shm":
                 return False
-            session.worker = TcpServerWorker(
+            previous = session.worker
+            worker = TcpServerWorker(
                 sock,
                 lambda name, args, kwargs: _succeeded(self._execute(session, name, args, kwargs)),
                 limits=self.limits,
                 max_message_bytes=self.max_message_bytes,
                 compression=session.peer.get("compression"),
+                record=session.stream_record,
+                on_exit=lambda reason: self._stream_ended(session, worker, reason),
             )
+            session.worker = worker
             session.transport = "tcp"
-        session.worker.start()
+            session.attached = True
+            session.disconnected_since = None
+        if isinstance(previous, TcpServerWorker):
+            previous.stop(timeout=0)
+        worker.start()
         return True
 
+    def _stream_ended(self, session: Session, worker: TcpServerWorker, reason: BaseException | None) -> None:
+        """A TCP worker ended (worker thread): start the resume window unless it was replaced or stopped."""
+        if reason is not None and session.worker is worker and not session.ended:
+            session.disconnected_since = time.monotonic()
+
     def _end_session(self, session: Session) -> None:
-        self._sessions.pop(session.identity, None)
+        if self._sessions.get(session.identity) is session:
+            del self._sessions[session.identity]
+        self._by_id.pop(session.session_id, None)
         with self._token_lock:
             session.ended = True
             self._by_token.pop(session.data_token, None)
@@ -458,8 +749,13 @@ class EnvServer:
         if session.offered_arena is not None:
             session.offered_arena.unlink()
             session.offered_arena.close()
+        with session.handle.lock:
+            if session.handle.lease == session.session_id:
+                session.handle.lease = None
+        if session.env is not session.handle.env:
+            _close_quietly(session.env)  # a vector view made for this session (never closes the env itself)
         if session.owns_env:
-            _close_quietly(session.env)
+            _close_quietly(session.handle.env)
         log.info("session %s closed after %d calls", session.session_id, session.calls)
 
 
@@ -472,6 +768,33 @@ def _parse_call(body: Any) -> tuple[str, tuple, dict]:
     if not all(isinstance(key, str) for key in kwargs):
         raise ProtocolError("keyword argument names must be strings")
     return name, tuple(args), kwargs
+
+
+def _episode_over(result: Any) -> bool:
+    """Whether a step result ends the episode (Gymnasium 5-tuple or legacy 4-tuple)."""
+    if isinstance(result, tuple) and len(result) == 5:
+        return bool(result[2]) or bool(result[3])
+    if isinstance(result, tuple) and len(result) == 4:
+        return bool(result[2])
+    return False
+
+
+def _is_vector_host(env: Any) -> bool:
+    from fastenv.vector.host import VectorHost
+
+    return isinstance(env, VectorHost)
+
+
+def _process_alive(pid: Any) -> bool:
+    """Whether process ``pid`` (on this host) is running; unknown pids count as alive."""
+    if not isinstance(pid, int) or pid <= 0:
+        return True
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:
+        return True
 
 
 def _succeeded(outcome: tuple[Kind, Any]) -> tuple[bool, Any]:

@@ -15,8 +15,16 @@ from fastenv import protocol
 from fastenv.errors import ClientClosedError, ConnectionLost, FastEnvTimeout, translate_zmq_errors
 from fastenv.protocol import Kind, Message
 
-HEARTBEAT_INTERVAL_MS = 1000
-HEARTBEAT_TIMEOUT_MS = 3000
+# ZMTP heartbeats (sent by libzmq's own thread, so they run while the client is idle):
+# a peer that answers nothing for two intervals is dropped, and the drop is reported
+# as ConnectionLost by the next call (or check_alive) at once.
+HEARTBEAT_INTERVAL_S = 1.0
+
+
+def heartbeat_options(interval: float) -> dict[int, int]:
+    """Socket options for ZMTP heartbeats every ``interval`` seconds, timing out after two."""
+    interval_ms = max(1, int(interval * 1000))
+    return {zmq.HEARTBEAT_IVL: interval_ms, zmq.HEARTBEAT_TIMEOUT: 2 * interval_ms, zmq.HEARTBEAT_TTL: 2 * interval_ms}
 _MONITORED_EVENTS = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
 
 
@@ -29,7 +37,9 @@ class ClientChannel:
     raised at once.
     """
 
-    def __init__(self, endpoint: str, *, context: zmq.Context | None = None) -> None:
+    def __init__(
+        self, endpoint: str, *, heartbeat_interval: float = HEARTBEAT_INTERVAL_S, context: zmq.Context | None = None
+    ) -> None:
         self.endpoint = endpoint
         self._context = context or zmq.Context.instance()
         self._ids = itertools.count(1)
@@ -39,9 +49,10 @@ class ClientChannel:
             self._socket = self._context.socket(zmq.DEALER)
             self._socket.setsockopt(zmq.LINGER, 0)
             self._socket.setsockopt(zmq.ROUTING_ID, self.routing_id)
-            self._socket.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_INTERVAL_MS)
-            self._socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
-            self._socket.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TIMEOUT_MS)
+            self._socket.setsockopt(zmq.RECONNECT_IVL, 50)
+            self._socket.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+            for option, value in heartbeat_options(heartbeat_interval).items():
+                self._socket.setsockopt(option, value)
             self._monitor = self._socket.get_monitor_socket(_MONITORED_EVENTS)
             self._socket.connect(endpoint)
         self._poller = zmq.Poller()
@@ -50,12 +61,21 @@ class ClientChannel:
         self.connected = False
         self.refused = False
         self._lost = False
+        self.last_request_id = 0
 
-    def request(self, kind: Kind, value: Any, timeout: float | None, what: str = "request") -> Message:
-        """Send ``value`` as a ``kind`` message and return the matching reply."""
+    def request(
+        self, kind: Kind, value: Any, timeout: float | None, what: str = "request", *, request_id: int | None = None
+    ) -> Message:
+        """Send ``value`` as a ``kind`` message and return the matching reply.
+
+        ``request_id`` re-sends an earlier request under its own id (after a
+        dropped connection; the server answers a repeated call from its record).
+        """
         if self._closed:
             raise ClientClosedError(f"the connection to {self.endpoint} is closed")
-        request_id = next(self._ids)
+        if request_id is None:
+            request_id = next(self._ids)
+        self.last_request_id = request_id
         frames = protocol.pack(kind, request_id, value)
         self._lost = False
         with translate_zmq_errors(self.endpoint):

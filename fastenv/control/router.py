@@ -8,7 +8,8 @@ from typing import Any
 import psutil
 import zmq
 
-from fastenv.control.dealer import HEARTBEAT_INTERVAL_MS, HEARTBEAT_TIMEOUT_MS
+from fastenv import protocol
+from fastenv.control.dealer import HEARTBEAT_INTERVAL_S, heartbeat_options
 from fastenv.errors import AddressInUse, TransportError
 
 
@@ -31,17 +32,27 @@ class ServerSocket:
         host: interface to bind.
         port: TCP port; 0 picks a free one.
         max_message_bytes: ZeroMQ drops a peer that sends a larger frame.
+        heartbeat_interval: seconds between ZMTP heartbeats; a peer silent for
+            two intervals is disconnected (and then fails :meth:`probe`).
     """
 
-    def __init__(self, host: str, port: int, *, max_message_bytes: int, context: zmq.Context | None = None) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        max_message_bytes: int,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL_S,
+        context: zmq.Context | None = None,
+    ) -> None:
         self._context = context or zmq.Context.instance()
         self.socket = self._context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.socket.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
-        self.socket.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_INTERVAL_MS)
-        self.socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
-        self.socket.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TIMEOUT_MS)
+        self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)  # sending to a vanished peer fails: see probe()
+        for option, value in heartbeat_options(heartbeat_interval).items():
+            self.socket.setsockopt(option, value)
         if ":" in host and not host.startswith("["):
             self.socket.setsockopt(zmq.IPV6, 1)
             host = f"[{host}]"
@@ -66,12 +77,26 @@ class ServerSocket:
         except zmq.Again:
             return None
 
-    def send(self, identity: bytes, frames: list[Any]) -> None:
-        """Reply to ``identity``; a peer that went away is silently skipped."""
+    def send(self, identity: bytes, frames: list[Any]) -> bool:
+        """Reply to ``identity`` without blocking; False if the peer is gone or not reading."""
         try:
-            self.socket.send_multipart([identity, *frames], copy=False)
+            self.socket.send_multipart([identity, *frames], zmq.NOBLOCK, copy=False)
+            return True
         except zmq.ZMQError:
-            pass
+            return False
+
+    def probe(self, identity: bytes) -> bool:
+        """Whether ``identity`` is still connected (a full queue counts as connected).
+
+        Sends a PONG with request id 0, which clients ignore.
+        """
+        try:
+            self.socket.send_multipart([identity, *protocol.pack(protocol.Kind.PONG, 0, None)], zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            return True
+        except zmq.ZMQError as exc:
+            return exc.errno != errno.EHOSTUNREACH
 
     def close(self) -> None:
         """Close the socket (idempotent)."""

@@ -41,6 +41,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fastenv import codec
+from fastenv.replay import ReplyRecord, StaleRequest
 from fastenv.errors import (
     ConnectionLost,
     EncodeError,
@@ -102,6 +103,9 @@ class TcpClientPlane:
         compression: None (default), True (lz4), "lz4" or "zstd" for requests.
         max_message_bytes: largest reply accepted and request sent.
         limits: decoder limits applied to replies.
+        first_seq: the sequence number of the last call made on this session's
+            earlier streams: numbers keep counting across reconnections, so the
+            server recognises a call re-sent after a drop (see :mod:`fastenv.replay`).
     """
 
     def __init__(
@@ -113,11 +117,13 @@ class TcpClientPlane:
         compression: str | bool | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         limits: codec.Limits = codec.DEFAULT_LIMITS,
+        first_seq: int = 0,
     ) -> None:
         self._stream = _open_stream(sock, chunk_size, compression, max_message_bytes)
         self._alive = alive
         self._limits = limits
-        self._seq = 0
+        self._seq = first_seq
+        self.pending_seq: int | None = None  # the call sent and not yet answered, if any
         self._lock = threading.Lock()
         self._closed = False
 
@@ -133,7 +139,7 @@ class TcpClientPlane:
         stream = self._stream
         with self._lock:
             self._seq = (self._seq + 1) & 0xFFFFFFFFFFFFFFFF
-            seq = self._seq
+            seq = self.pending_seq = self._seq
             stream.send(CALL, seq, skeleton, buffers, deadline=deadline, alive=self._alive, label=what)
             del skeleton, buffers
             try:
@@ -150,6 +156,7 @@ class TcpClientPlane:
                 exc = ProtocolError(f"{what}: unexpected {KIND_NAMES[reply.kind]} message from the server")
                 stream._abort(exc)
                 raise exc
+            self.pending_seq = None
         value = codec.decode(reply.skeleton, reply.buffers, limits=self._limits)
         return reply.kind == RESULT, value
 
@@ -157,6 +164,11 @@ class TcpClientPlane:
     def broken(self) -> BaseException | None:
         """Why the stream is unusable, or None while it works."""
         return self._stream.broken
+
+    @property
+    def resume_seq(self) -> int:
+        """``first_seq`` for the stream that replaces this one: an unanswered call is sent again under its number."""
+        return self._seq - 1 if self.pending_seq is not None else self._seq
 
     def close(self) -> None:
         """Close the stream (arrays already returned stay valid). Safe to call twice."""
@@ -192,6 +204,9 @@ class TcpServerWorker:
             connection is aborted.
         on_exit: called from the worker thread when it ends, with the error
             that ended it (None after :meth:`stop` or a clean close).
+        record: the session's :class:`~fastenv.replay.ReplyRecord`, shared by
+            its successive streams: a call re-sent after a reconnection is
+            answered from it instead of running twice.
     """
 
     def __init__(
@@ -205,7 +220,9 @@ class TcpServerWorker:
         compression: str | bool | None = None,
         io_timeout: float = DEFAULT_IO_TIMEOUT_S,
         on_exit: Callable[[BaseException | None], None] | None = None,
+        record: ReplyRecord | None = None,
     ) -> None:
+        self._record = record
         self._stream = _open_stream(sock, chunk_size, compression, max_message_bytes)
         self._sock = sock
         self._execute = execute
@@ -260,7 +277,7 @@ class TcpServerWorker:
                     continue
                 self.calls += 1
                 seq = request.seq
-                kind, value = self._handle(request.kind, request.skeleton, request.buffers)
+                kind, value = self._run_once(request)
                 del request
                 self._send(kind, seq, value)
                 del value
@@ -282,6 +299,17 @@ class TcpServerWorker:
                     self._on_exit(reason)
                 except Exception:
                     log.exception("on_exit callback of a TCP worker failed")
+
+    def _run_once(self, request: Any) -> tuple[int, Any]:
+        def handle() -> tuple[int, Any]:
+            return self._handle(request.kind, request.skeleton, request.buffers)
+
+        if self._record is None:
+            return handle()
+        try:
+            return self._record.run(request.seq, handle, self._check_stop)
+        except StaleRequest as exc:
+            return ERROR, _error_body("protocol", exc)
 
     def _handle(self, kind: int, skeleton: Any, buffers: list) -> tuple[int, Any]:
         if kind != CALL:
