@@ -60,6 +60,18 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     )
     serve.add_argument("--no-shm", action="store_true", help="never offer the shared-memory data plane")
     serve.add_argument(
+        "--num-envs",
+        type=int,
+        default=None,
+        help="host N envs from TARGET behind one batched (vector) env; drive it with fastenv.FastVectorEnv",
+    )
+    serve.add_argument(
+        "--heartbeat-interval",
+        type=float,
+        default=1.0,
+        help="seconds between heartbeats; a vanished client's session is reclaimed within two (default: 1.0)",
+    )
+    serve.add_argument(
         "--shm-slots",
         type=int,
         default=4,
@@ -96,6 +108,8 @@ def _serve(args: argparse.Namespace) -> int:
         shm_slots=args.shm_slots,
         shm_spin_us=args.spin_us,
         data_port=args.data_port,
+        num_envs=args.num_envs,
+        heartbeat_interval=args.heartbeat_interval,
     )
     signal.signal(signal.SIGTERM, lambda *_: server.stop(timeout=0))
     try:

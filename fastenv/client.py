@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import functools
+import time
 import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
+
+import psutil
 
 from fastenv import gym_types  # noqa: F401  (registers Gymnasium spaces with the codec)
 from fastenv import protocol
@@ -12,23 +17,46 @@ from fastenv._version import __version__
 from fastenv.control.address import host_identity, normalize_address
 from fastenv.control.dealer import ClientChannel
 from fastenv.errors import (
+    AlreadyPendingError,
     ClientClosedError,
+    ConnectionLost,
+    ControlDenied,
     EncodeError,
     FastEnvError,
+    FastEnvTimeout,
     FrameTooLarge,
+    LeaseHeld,
+    NoPendingCallError,
     ProtocolError,
     ProtocolVersionError,
+    SessionLost,
     TransportError,
     UnknownMethodError,
     make_remote_env_error,
 )
-from fastenv.protocol import GETATTR, Kind, Message
+from fastenv.observe import Transition, TransitionSubscriber
+from fastenv.protocol import BATCH_STEP, GETATTR, LEASE, Kind, Message
 from fastenv.shm.arena import Arena
 from fastenv.shm.plane import ShmClientPlane
 from fastenv.tcp.plane import TcpClientPlane, connect_data_stream
 
 TRANSPORTS = ("auto", "shm", "tcp")
+ROLES = ("shared", "controller", "observer")
+SESSION_LOST_POLICIES = ("raise", "recreate")
+RECONNECT_BACKOFF_S = (0.02, 0.5)
+UNREACHABLE_AFTER_RETRIES = 3  # failed reconnections in a row (~0.35 s) that mean the server is not running  # first and longest pause between attempts to resume a session
 _MISSING = object()
+
+
+@dataclass
+class _Pending:
+    """A call sent and not yet answered."""
+
+    body: tuple[str, tuple, dict]
+    what: str
+    ticket: Any  # the data plane's ticket, or the control request id
+    deadline: float | None  # of the send; receive_result() sets its own
+    sent: bool = True  # False: the connection dropped before it could be sent
 
 
 class FastRemoteEnv:
@@ -60,6 +88,25 @@ class FastRemoteEnv:
         compression: over TCP, compress arrays (``"lz4"`` or ``"zstd"``) in both
             directions; for slow links only (off by default, needs
             ``pip install "fastenv[compress]"``).
+        role: on a shared env, ``"shared"`` (the default: drive it together with
+            other clients), ``"controller"`` (take the control lease: nobody else
+            may change the env until this client closes or calls
+            :meth:`release_control`), or ``"observer"`` (read only; receive every
+            call that changed the env with :meth:`next_transition`).
+        lease_timeout: how long a controller (or :meth:`acquire_control`) waits
+            for a lease another client holds before raising :class:`~fastenv.LeaseHeld`.
+        vector: ask for a vector view of the server's env(s): batched
+            ``reset``/``step`` (used by :class:`fastenv.FastVectorEnv`).
+        reconnect: after a dropped connection, reconnect and resume the session
+            (bounded by the call's timeout); a call that was in flight is sent
+            again and the server answers it from its record, so it is applied once.
+        on_session_lost: when the server no longer holds the session (it
+            restarted): ``"raise"`` :class:`~fastenv.SessionLost`, or
+            ``"recreate"`` a session, reset it with the last ``reset`` arguments,
+            and raise ``SessionLost`` with ``recreated=True`` and the reset's result
+            (an interrupted ``reset`` is simply run again).
+        heartbeat_interval: seconds between control-channel heartbeats; a dead
+            server is noticed within two intervals, even while the client is idle.
 
     Example::
 
@@ -78,32 +125,73 @@ class FastRemoteEnv:
         copy: bool = False,
         spin_us: int | None = None,
         compression: str | None = None,
+        role: str = "shared",
+        lease_timeout: float = 0.0,
+        vector: bool = False,
+        reconnect: bool = True,
+        on_session_lost: str = "raise",
+        heartbeat_interval: float | None = None,
     ) -> None:
         if transport not in TRANSPORTS:
             raise ValueError(f"unknown transport {transport!r}; choose one of {', '.join(TRANSPORTS)}")
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
+        if on_session_lost not in SESSION_LOST_POLICIES:
+            raise ValueError(f"on_session_lost must be one of {', '.join(SESSION_LOST_POLICIES)}")
         self._channel: ClientChannel | None = None
         self._plane: ShmClientPlane | TcpClientPlane | None = None
+        self._observer: TransitionSubscriber | None = None
+        self._pending: _Pending | None = None
+        self._lost_session: SessionLost | None = None
+        self._last_reset: tuple[tuple, dict] | None = None
         self.address = normalize_address(address)
         self.timeout = timeout
-        self._channel = ClientChannel(self.address)
+        self.role = role
+        self.reconnect = reconnect
+        self.on_session_lost = on_session_lost
+        self._options = {
+            "transport": transport,
+            "copy": copy,
+            "spin_us": spin_us,
+            "compression": compression,
+            "vector": vector,
+        }
+        channel_options = {} if heartbeat_interval is None else {"heartbeat_interval": heartbeat_interval}
+        self._channel = ClientChannel(self.address, **channel_options)
         try:
-            welcome = self._handshake(connect_timeout, transport, compression)
-            self.transport, self.transport_reason = self._choose_transport(
-                welcome, transport, copy, spin_us, connect_timeout
-            )
-            if self.transport == "tcp":
-                self.transport_reason += "; " + self._open_data_stream(welcome.get("tcp"), compression, connect_timeout)
+            self._open_session(connect_timeout)
+            if role == "controller":
+                self.acquire_control(lease_timeout)
+            elif role == "observer":
+                self._subscribe(connect_timeout)
         except BaseException:
-            if self._plane is not None:
-                self._plane.close()
+            self._close_planes()
             self._channel.close()
             raise
+
+    def _open_session(self, timeout: float) -> None:
+        """Handshake, shared-memory probe and data plane: a new session on the server."""
+        transport, compression = self._options["transport"], self._options["compression"]
+        welcome = self._handshake(timeout, transport, compression)
+        self._welcome = welcome
+        self.transport, self.transport_reason = self._choose_transport(
+            welcome, transport, self._options["copy"], self._options["spin_us"], timeout
+        )
+        if self.transport == "tcp":
+            self.transport_reason += "; " + self._open_data_stream(welcome.get("tcp"), compression, timeout)
         self.session_id: str = welcome["session"]
         self.server_info: dict[str, Any] = welcome["server"]
         self.env_info: dict[str, Any] = welcome["env"]
         self.env_hash: str = welcome["env_hash"]
         self._methods = frozenset(self.env_info.get("methods", ()))
         self._attributes: dict[str, Any] = dict(self.env_info.get("attributes", {}))
+
+    def _subscribe(self, timeout: float) -> None:
+        offer = self._welcome.get("observe")
+        if not offer:
+            raise ProtocolError("the server offers no transition stream")
+        host = self.address.removeprefix("tcp://").rsplit(":", 1)[0]
+        self._observer = TransitionSubscriber(f"tcp://{host}:{int(offer['port'])}", timeout=timeout)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -114,6 +202,8 @@ class FastRemoteEnv:
             "host": host_identity(),
             "transport": transport,
             "compression": compression,
+            "role": self.role,
+            "vector": self._options["vector"],
         }
         assert self._channel is not None
         reply = self._channel.request(Kind.HELLO, hello, timeout, what="the handshake")
@@ -152,13 +242,16 @@ class FastRemoteEnv:
         except BaseException:
             arena.close()
             raise
-        self._plane = ShmClientPlane(arena, self._channel.check_alive, copy=copy, spin_us=spin_us)
+        server_pid = welcome.get("server", {}).get("host", {}).get("pid")
+        self._plane = ShmClientPlane(arena, functools.partial(self._shm_alive, server_pid), copy=copy, spin_us=spin_us)
         return "shm", (
             f"{'auto: ' if wanted == 'auto' else ''}the client mapped the server's segment and echoed its nonce "
             "(same host, same /dev/shm)"
         )
 
-    def _open_data_stream(self, offer: dict[str, Any] | None, compression: str | None, timeout: float) -> str:
+    def _open_data_stream(
+        self, offer: dict[str, Any] | None, compression: str | None, timeout: float, first_seq: int = 0
+    ) -> str:
         """Connect the TCP data stream; returns how calls will travel."""
         assert self._channel is not None
         if not offer:
@@ -168,8 +261,21 @@ class FastRemoteEnv:
             sock = connect_data_stream(host, int(offer["port"]), offer["token"], timeout)
         except (FastEnvError, OSError) as exc:  # refused, unreachable or filtered: stay on the control connection
             return f"calls travel as frames on the ZeroMQ connection (data stream unreachable: {exc})"
-        self._plane = TcpClientPlane(sock, self._channel.check_alive, compression=compression)
+        self._plane = TcpClientPlane(sock, self._channel.check_alive, compression=compression, first_seq=first_seq)
         return f"arrays stream in chunks on a dedicated connection to port {offer['port']}"
+
+    def _shm_alive(self, server_pid: Any) -> None:
+        """Between shared-memory wait slices: raise only if the server process is gone.
+
+        The control connection may drop and come back (ZeroMQ reconnects by
+        itself) while the arena keeps working; the server's pid decides.
+        """
+        assert self._channel is not None
+        try:
+            self._channel.check_alive()
+        except ConnectionLost:
+            if not isinstance(server_pid, int) or not _process_alive(server_pid):
+                raise
 
     @property
     def views_valid_for(self) -> int | None:
@@ -189,23 +295,218 @@ class FastRemoteEnv:
 
     def invoke(self, name: str, args: tuple = (), kwargs: dict | None = None, *, timeout: Any = _MISSING) -> Any:
         """Call the env's method ``name`` with an explicit per-call ``timeout``."""
+        timeout = self.timeout if timeout is _MISSING else timeout
+        self.send_call(name, args, kwargs, timeout=timeout)
+        return self._collect(timeout, keep_on_timeout=False)
+
+    def send_call(self, name: str, args: tuple = (), kwargs: dict | None = None, *, timeout: Any = _MISSING) -> None:
+        """Send a call without waiting for its result (:meth:`receive_result` collects it).
+
+        One call may be outstanding per client; a second raises
+        :class:`~fastenv.AlreadyPendingError`.
+        """
         channel = self._channel
         if channel is None or channel.closed:
             raise ClientClosedError(f"FastRemoteEnv({self.address!r}) is closed")
+        if self._pending is not None:
+            raise AlreadyPendingError(f"{self._pending.what} is still pending: collect it with receive_result()")
+        if self._lost_session is not None:
+            raise SessionLost(str(self._lost_session))
+        timeout = self.timeout if timeout is _MISSING else timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        body = (name, tuple(args), kwargs or {})
+        what = f"{name}()" if name != GETATTR else f"reading .{args[0]}"
+        if name == "reset":
+            self._last_reset = (body[1], body[2])
+        pending = _Pending(body, what, None, deadline)
+        try:
+            pending.ticket = self._send(body, deadline, what)
+        except ConnectionLost:
+            if not self.reconnect:
+                raise
+            pending.sent = False  # sent again once the session is resumed
+        self._pending = pending
+
+    def receive_result(self, timeout: Any = _MISSING) -> Any:
+        """The result of the call sent by :meth:`send_call` (raises what the env raised).
+
+        Raises :class:`~fastenv.NoPendingCallError` when nothing was sent, and
+        :class:`~fastenv.FastEnvTimeout` when the result did not come within
+        ``timeout`` seconds; the call then stays pending (wait again to get it).
+        """
+        return self._collect(timeout, keep_on_timeout=True)
+
+    def _collect(self, timeout: Any, *, keep_on_timeout: bool) -> Any:
+        pending = self._pending
+        if pending is None:
+            if self.closed:
+                raise ClientClosedError(f"FastRemoteEnv({self.address!r}) is closed")
+            raise NoPendingCallError("no call is pending: send one first (send_call / step_async)")
+        timeout = self.timeout if timeout is _MISSING else timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            ok, value = self._receive(pending, deadline)
+        except FastEnvTimeout:
+            if not keep_on_timeout:
+                self._pending = None  # its late reply will be dropped
+            raise
+        except BaseException:
+            self._pending = None
+            raise
+        self._pending = None
+        if not ok:
+            raise _error_from(value)
+        return value
+
+    def _send(self, body: tuple[str, tuple, dict], deadline: float | None, what: str) -> Any:
         plane = self._plane
         if plane is not None:
-            what = f"{name}()" if name != GETATTR else f"reading .{args[0]}"
-            ok, value = plane.call((name, args, kwargs or {}), self.timeout if timeout is _MISSING else timeout, what)
-            if not ok:
-                raise _error_from(value)
-            return value
-        reply = channel.request(
-            Kind.CALL,
-            (name, args, kwargs or {}),
-            self.timeout if timeout is _MISSING else timeout,
-            what=f"{name}()" if name != GETATTR else f"reading .{args[0]}",
+            return plane.send(body, deadline, what)
+        assert self._channel is not None
+        return self._channel.send(Kind.CALL, body)
+
+    def _receive(self, pending: _Pending, deadline: float | None) -> tuple[bool, Any]:
+        """Wait for ``pending``'s reply, resuming the session after a dropped connection."""
+        while True:
+            try:
+                if not pending.sent:
+                    raise ConnectionLost(f"the connection dropped before {pending.what} was sent")
+                return self._receive_once(pending, deadline)
+            except ConnectionLost as exc:
+                if not self.reconnect or isinstance(exc, SessionLost):
+                    raise
+                self._resume(pending, deadline, exc)
+
+    def _receive_once(self, pending: _Pending, deadline: float | None) -> tuple[bool, Any]:
+        plane = self._plane
+        if plane is not None:
+            return plane.receive(pending.ticket, deadline, pending.what)
+        assert self._channel is not None
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        reply = self._channel.wait_reply(pending.ticket, timeout, pending.what)
+        if reply.kind is Kind.ERROR:
+            return False, self._unwrap_error_body(reply)
+        return True, self._unwrap(reply)
+
+    def _unwrap_error_body(self, reply: Message) -> Any:
+        if reply.version != protocol.PROTOCOL_VERSION:
+            raise ProtocolVersionError(protocol.PROTOCOL_VERSION, reply.version, protocol.text_of(reply))
+        return reply.body()
+
+    # ------------------------------------------------------------------ resume
+
+    def _resume(self, pending: _Pending, deadline: float | None, cause: ConnectionLost) -> None:
+        """Take the session up again after ``cause`` and re-send ``pending``; raises if that is impossible."""
+        try:
+            if isinstance(self._plane, ShmClientPlane):
+                # The arena does not drop: the client only gets here when the server process died.
+                raise SessionLost(f"{cause}; the server process is gone, and the session with it") from cause
+            self._resume_session(deadline, cause)
+        except SessionLost as lost:
+            self._session_lost(pending, deadline, lost)  # raises, or re-sent an interrupted reset
+            return
+        if isinstance(self._plane, TcpClientPlane):
+            self._reconnect_stream(deadline)
+        pending.sent = False
+        pending.ticket = self._resend(pending)
+        pending.sent = True
+
+    def _resume_session(self, deadline: float | None, cause: ConnectionLost) -> None:
+        """RESUME on the control channel, with backoff, until the call's deadline."""
+        assert self._channel is not None
+        channel = self._channel
+        pause, longest = RECONNECT_BACKOFF_S
+        try:
+            channel.check_alive()  # take in the connection events so far
+        except ConnectionLost:
+            pass
+        retries_before = channel.retries
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise ConnectionLost(f"{cause}; the session could not be resumed within the call's timeout") from cause
+            try:
+                attempt = 1.0 if remaining is None else min(1.0, max(remaining, 0.001))
+                token = (self._welcome.get("tcp") or {}).get("token", b"")
+                reply = channel.request(
+                    Kind.RESUME, {"session": self.session_id, "token": token}, attempt, what="resuming the session"
+                )
+            except (FastEnvTimeout, ConnectionLost):
+                if not channel.connected and channel.retries - retries_before >= UNREACHABLE_AFTER_RETRIES:
+                    raise ConnectionLost(f"{cause}; the server at {self.address} is not running") from cause
+                time.sleep(pause if remaining is None else min(pause, max(0.0, remaining)))
+                pause = min(pause * 2, longest)
+                continue
+            if reply.kind is Kind.ERROR:
+                body = self._unwrap_error_body(reply)
+                if isinstance(body, dict) and body.get("kind") == "session_lost":
+                    raise SessionLost(f"{cause}; {body.get('message')}") from cause
+                raise _error_from(body)
+            self._unwrap(reply)
+            return
+
+    def _reconnect_stream(self, deadline: float | None) -> None:
+        old = self._plane
+        assert isinstance(old, TcpClientPlane)
+        offer = self._welcome.get("tcp") or {}
+        host = self.address.removeprefix("tcp://").rsplit(":", 1)[0].strip("[]")
+        timeout = 10.0 if deadline is None else max(0.001, deadline - time.monotonic())
+        assert self._channel is not None
+        sock = connect_data_stream(host, int(offer["port"]), offer["token"], timeout)
+        old.close()
+        self._plane = TcpClientPlane(
+            sock, self._channel.check_alive, compression=self._options["compression"], first_seq=old.resume_seq
         )
-        return self._unwrap(reply)
+
+    def _resend(self, pending: _Pending) -> Any:
+        plane = self._plane
+        if plane is not None:
+            return plane.send(pending.body, pending.deadline, pending.what)
+        assert self._channel is not None
+        request_id = pending.ticket if isinstance(pending.ticket, int) else None
+        return self._channel.send(Kind.CALL, pending.body, request_id=request_id)
+
+    def _session_lost(self, pending: _Pending, deadline: float | None, lost: SessionLost) -> None:
+        """The server's session is gone: raise ``lost``, or re-create the session first when asked to."""
+        if self.on_session_lost != "recreate":
+            self._lost_session = lost  # every later call raises it too
+            raise lost
+        timeout = 10.0 if deadline is None else max(0.001, deadline - time.monotonic())
+        self._recreate(timeout)
+        if pending.body[0] == "reset":  # the interrupted call was a reset: just run it again
+            pending.ticket = self._send(pending.body, deadline, pending.what)
+            pending.sent = True
+            return
+        reset_result = self.reset(*self._last_reset[0], **self._last_reset[1]) if self._last_reset else None
+        raise SessionLost(
+            f"{lost}; a new session was created and reset", recreated=True, reset_result=reset_result
+        ) from lost
+
+    def _recreate(self, timeout: float) -> None:
+        self._close_planes()
+        self._lost_session = None
+        self._pending = None  # the interrupted call is answered (or re-sent) by the caller
+        deadline = time.monotonic() + timeout
+        pause, longest = RECONNECT_BACKOFF_S
+        while True:
+            try:
+                self._open_session(max(0.001, deadline - time.monotonic()))
+                break
+            except (FastEnvTimeout, ConnectionLost):
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(pause)
+                pause = min(pause * 2, longest)
+        if self.role == "controller":
+            self.acquire_control(max(0.0, deadline - time.monotonic()))
+
+    def _close_planes(self) -> None:
+        if self._plane is not None:
+            self._plane.close()
+            self._plane = None
+        if self._observer is not None:
+            self._observer.close()
+            self._observer = None
 
     # ------------------------------------------------------------------ env API
 
@@ -232,6 +533,83 @@ class FastRemoteEnv:
     def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Call any public method of the served env by name."""
         return self.invoke(name, args, kwargs)
+
+    def batch_step(self, actions: Iterable[Any]) -> list[Any]:
+        """Step once per action in ONE round trip; returns the list of step results.
+
+        Stops early, after the step that ends the episode (terminated or
+        truncated), so the list may be shorter than ``actions``.
+        """
+        return self.invoke(BATCH_STEP, (list(actions),))
+
+    def step_async(self, action: Any) -> None:
+        """Send ``step(action)`` and return at once; :meth:`step_wait` collects the result.
+
+        Raises :class:`~fastenv.AlreadyPendingError` if a call is still pending.
+        """
+        self.send_call("step", (action,))
+
+    def step_wait(self, timeout: Any = _MISSING) -> Any:
+        """The result of the step sent by :meth:`step_async` (waits up to ``timeout`` seconds).
+
+        Raises :class:`~fastenv.NoPendingCallError` if no step was sent.
+        """
+        return self.receive_result(timeout)
+
+    # ------------------------------------------------------------------ sharing
+
+    def acquire_control(self, timeout: float = 0.0) -> None:
+        """Take the control lease of a shared env, waiting up to ``timeout`` seconds for it.
+
+        While this client holds it, other clients cannot change the env (they
+        get :class:`~fastenv.LeaseHeld`). Released by :meth:`release_control`,
+        by closing, or when this client vanishes.
+        """
+        deadline = time.monotonic() + timeout
+        pause, longest = RECONNECT_BACKOFF_S
+        while True:
+            try:
+                self.invoke(LEASE, ("acquire",))
+                return
+            except LeaseHeld:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise
+                time.sleep(min(pause, remaining))
+                pause = min(pause * 2, longest)
+
+    def release_control(self) -> bool:
+        """Give the control lease back; False if this client did not hold it."""
+        return bool(self.invoke(LEASE, ("release",)))
+
+    @property
+    def lease_holder(self) -> str | None:
+        """Session id of the client holding the control lease (None: nobody)."""
+        return self.invoke(LEASE, ("holder",))
+
+    def next_transition(self, timeout: float | None = None) -> Transition:
+        """(Observers) the next call that changed the shared env, in order.
+
+        Raises :class:`~fastenv.FastEnvTimeout` if none comes within ``timeout``
+        seconds. A slow observer skips transitions instead of slowing the
+        controller; :attr:`skipped` counts them.
+        """
+        if self._observer is None:
+            raise ControlDenied("only observers receive transitions: connect with role='observer'")
+        return self._observer.next(timeout)
+
+    def transitions(self, timeout: float | None = None) -> Iterator[Transition]:
+        """(Observers) iterate over transitions until none comes for ``timeout`` seconds."""
+        while True:
+            try:
+                yield self.next_transition(timeout)
+            except FastEnvTimeout:
+                return
+
+    @property
+    def skipped(self) -> int:
+        """(Observers) how many transitions this observer missed because it fell behind."""
+        return self._observer.skipped if self._observer is not None else 0
 
     def ping(self, timeout: float = 5.0) -> None:
         """Round-trip a PING; raises if the server does not answer in ``timeout`` seconds."""
@@ -308,8 +686,8 @@ class FastRemoteEnv:
             pass  # the server is gone or slow: it reclaims the session itself
         finally:
             channel.close()
-            if self._plane is not None:
-                self._plane.close()
+            self._close_planes()
+            self._pending = None
 
     def __enter__(self) -> FastRemoteEnv:
         return self
@@ -342,11 +720,24 @@ def _error_from(body: Any) -> FastEnvError:
         return make_remote_env_error(type_name, message, str(body.get("traceback", "")))
     if kind == "unknown_method":
         return UnknownMethodError(message)
+    if kind == "control":
+        return LeaseHeld(message) if type_name.endswith("LeaseHeld") else ControlDenied(message)
+    if kind == "session_lost":
+        return SessionLost(message)
     if kind == "encode":
         return EncodeError(f"the server could not send the result: {message}")
     if type_name == "FrameTooLarge":
         return FrameTooLarge(f"server refused the request: {message}")
     return ProtocolError(f"server rejected the request ({kind}): {message}")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:
+        return True
 
 
 def connect(address: str, **kwargs: Any) -> FastRemoteEnv:

@@ -34,7 +34,10 @@ log = logging.getLogger("fastenv.observe")
 
 TRANSITIONS = b"T"  # topic of transition messages
 SYNC = b"S"  # prefix of an observer's own sync topic
-DEFAULT_QUEUE = 1000  # messages queued per observer before it starts skipping
+# Messages queued per observer (on each side of its connection) before it skips: small,
+# because a queued transition holds a copy of its observation.
+DEFAULT_QUEUE = 32
+HANDOFF_QUEUE = 128  # transitions waiting for the publisher thread (workers never wait for it)
 
 
 @dataclass(frozen=True)
@@ -85,10 +88,11 @@ class TransitionPublisher:
             self.port = int(self._xpub.getsockopt_string(zmq.LAST_ENDPOINT).rsplit(":", 1)[1])
             self._inbox = self._context.socket(zmq.PULL)
             self._inbox.setsockopt(zmq.LINGER, 0)
+            self._inbox.setsockopt(zmq.RCVHWM, HANDOFF_QUEUE)
             self._inbox.bind(self._inbox_endpoint)
             self._push = self._context.socket(zmq.PUSH)
             self._push.setsockopt(zmq.LINGER, 0)
-            self._push.setsockopt(zmq.SNDHWM, queue)
+            self._push.setsockopt(zmq.SNDHWM, HANDOFF_QUEUE)
             self._push.connect(self._inbox_endpoint)
         self._thread = threading.Thread(target=self._run, name="fastenv-publisher", daemon=True)
         self._thread.start()

@@ -60,6 +60,7 @@ class ClientChannel:
         self._poller.register(self._monitor, zmq.POLLIN)
         self.connected = False
         self.refused = False
+        self.retries = 0  # reconnection attempts since the last successful connection
         self._lost = False
         self.last_request_id = 0
 
@@ -71,6 +72,11 @@ class ClientChannel:
         ``request_id`` re-sends an earlier request under its own id (after a
         dropped connection; the server answers a repeated call from its record).
         """
+        request_id = self.send(kind, value, request_id=request_id)
+        return self._wait_reply(request_id, timeout, what)
+
+    def send(self, kind: Kind, value: Any, *, request_id: int | None = None) -> int:
+        """Send one request without waiting; returns its id (see :meth:`wait_reply`)."""
         if self._closed:
             raise ClientClosedError(f"the connection to {self.endpoint} is closed")
         if request_id is None:
@@ -80,6 +86,12 @@ class ClientChannel:
         self._lost = False
         with translate_zmq_errors(self.endpoint):
             self._socket.send_multipart(frames, copy=False)
+        return request_id
+
+    def wait_reply(self, request_id: int, timeout: float | None, what: str = "request") -> Message:
+        """Wait for the reply to request ``request_id`` (sent with :meth:`send`)."""
+        if self._closed:
+            raise ClientClosedError(f"the connection to {self.endpoint} is closed")
         return self._wait_reply(request_id, timeout, what)
 
     def _wait_reply(self, request_id: int, timeout: float | None, what: str) -> Message:
@@ -112,8 +124,10 @@ class ClientChannel:
             event = parse_monitor_message(raw)["event"]
             if event == zmq.EVENT_CONNECTED:
                 self.connected = True
-            elif event == zmq.EVENT_CONNECT_RETRIED:
+                self.retries = 0
+            elif event == zmq.EVENT_CONNECT_RETRIED:  # scheduled after every failed attempt or drop
                 self.refused = True
+                self.retries += 1
             elif event == zmq.EVENT_DISCONNECTED and self.connected:
                 self.connected = False
                 self._lost = True

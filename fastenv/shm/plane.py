@@ -206,6 +206,14 @@ def _encode_general(kind: int, value: Any, sender: LayoutSender, key: str) -> _E
     return _Encoded(kind, skeleton, buffers, WITH_LAYOUT if definition else 0)
 
 
+@dataclass
+class _Done:
+    """A ticket whose answer came before the call was posted (a refused GROW)."""
+
+    ok: bool
+    value: Any
+
+
 class ShmServerWorker:
     """Serves one session's arena in a thread."""
 
@@ -405,6 +413,10 @@ class ShmClientPlane:
     def call(self, body: Any, timeout: float | None, what: str) -> tuple[bool, Any]:
         """Send a CALL body; returns ``(True, result)`` or ``(False, error body)``."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        return self.receive(self.send(body, deadline, what), deadline, what)
+
+    def send(self, body: Any, deadline: float | None, what: str) -> Any:
+        """Put a CALL in the request region and ring; returns a ticket for :meth:`receive`."""
         key = body[0]
         self._wait_consumed(deadline, what)
         arena = self.arena
@@ -419,7 +431,7 @@ class ShmClientPlane:
                     GROW, lambda seq: arena.write_envelope(offset, capacity, GROW, seq, grow, []), deadline, what
                 )
                 if kind == ERROR:
-                    return False, value
+                    return _Done(False, value)
                 if kind != REMAP:
                     raise ProtocolError("server did not grow the request region")
                 arena = self.arena
@@ -429,14 +441,23 @@ class ShmClientPlane:
                 encoded.write(arena, offset, capacity, seq)
 
             write = write_general
-        kind, value = self._exchange(CALL, write, deadline, what)
+        return self._post(write)
+
+    def receive(self, ticket: Any, deadline: float | None, what: str) -> tuple[bool, Any]:
+        """Wait for the reply to the call behind ``ticket`` (from :meth:`send`)."""
+        if isinstance(ticket, _Done):
+            return ticket.ok, ticket.value
+        kind, value = self._collect(CALL, ticket, deadline, what)
         return kind != ERROR, value
 
     def _exchange(
         self, kind: int, write: Callable[[int], None] | None, deadline: float | None, what: str
     ) -> tuple[int, Any]:
         """Send the request (``write(seq)`` puts it in place; None: already written) and read the reply."""
-        arena = self.arena
+        return self._collect(kind, self._post(write), deadline, what)
+
+    def _post(self, write: Callable[[int], None] | None) -> tuple[int, int]:
+        """Write the next request (None: already written) and ring; returns ``(seq, reply bell value)``."""
         self._seq += 1
         seq = self._seq
         seen = self._reply_bell.value()
@@ -444,6 +465,12 @@ class ShmClientPlane:
             write(seq)
         self._fresh = False
         self._request_bell.ring()
+        return seq, seen
+
+    def _collect(self, kind: int, posted: tuple[int, int], deadline: float | None, what: str) -> tuple[int, Any]:
+        """Wait for and read the reply to the request ``posted`` by :meth:`_post`."""
+        seq, seen = posted
+        arena = self.arena
         slot = arena.shape.slot_offset(seq % arena.shape.slots)
         while True:
             # Read the slot only after a ring: the ring publishes a complete reply.

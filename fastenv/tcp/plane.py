@@ -134,19 +134,38 @@ class TcpClientPlane:
         seconds and :class:`ConnectionLost` when the stream broke (now or in
         an earlier call); after either, the stream is unusable.
         """
-        skeleton, buffers = codec.encode(body)
         deadline = None if timeout is None else time.monotonic() + timeout
-        stream = self._stream
+        seq = self.send(body, deadline, what)
+        return self.receive(seq, deadline, what)
+
+    def send(self, body: Any, deadline: float | None, what: str) -> int:
+        """Send a CALL body without waiting for its reply; returns its sequence number."""
+        skeleton, buffers = codec.encode(body)
         with self._lock:
+            if self.pending_seq is not None and self._stream.broken is None:
+                raise ProtocolError(f"{what}: call {self.pending_seq} is still waiting for its reply")
             self._seq = (self._seq + 1) & 0xFFFFFFFFFFFFFFFF
             seq = self.pending_seq = self._seq
-            stream.send(CALL, seq, skeleton, buffers, deadline=deadline, alive=self._alive, label=what)
-            del skeleton, buffers
+            try:
+                self._stream.send(CALL, seq, skeleton, buffers, deadline=deadline, alive=self._alive, label=what)
+            except ProtocolError:
+                if self._stream.broken is None:  # refused before anything was sent (too large)
+                    self.pending_seq = None
+                    self._seq = (seq - 1) & 0xFFFFFFFFFFFFFFFF
+                raise
+        return seq
+
+    def receive(self, seq: int, deadline: float | None, what: str) -> tuple[bool, Any]:
+        """Wait for the reply to call ``seq``; ``(True, result)`` or ``(False, error body)``."""
+        stream = self._stream
+        with self._lock:
             try:
                 reply = stream.recv(deadline=deadline, alive=self._alive, label=what)
             except MessageRejected as exc:
                 if exc.seq != seq:
                     stream._abort(exc)
+                else:
+                    self.pending_seq = None
                 raise
             if reply.seq != seq:
                 exc = ProtocolError(f"{what}: reply to call {reply.seq} received while waiting for call {seq}")

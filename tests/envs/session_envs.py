@@ -1,0 +1,54 @@
+"""Envs for the session tests: they count what was applied to them."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class Counter:
+    """Counts steps and state reads; ``step("slow")`` drops a marker file, then sleeps.
+
+    Episodes end after ``horizon`` steps (terminated). Observations are
+    ``obs_size`` float64 copies of the total step count, so every step's
+    observation is distinct.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, marker_dir: str | None = None, horizon: int = 1000, obs_size: int = 4) -> None:
+        self.marker_dir = Path(marker_dir) if marker_dir else None
+        self.horizon = horizon
+        self.obs_size = obs_size
+        self.steps = 0
+        self.total_steps = 0
+        self.state_reads = 0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        self.steps = 0
+        return np.zeros(self.obs_size), {"seed": seed}
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        if isinstance(action, str) and action.startswith("slow"):
+            if self.marker_dir is not None:
+                (self.marker_dir / "slow-started").write_text(str(os.getpid()))
+            time.sleep(float(action.partition(":")[2] or 0.5))
+        self.steps += 1
+        self.total_steps += 1
+        obs = np.full(self.obs_size, float(self.total_steps))
+        return obs, float(self.steps), self.steps >= self.horizon, False, {"steps": self.steps}
+
+    def get_state(self) -> dict[str, int]:
+        self.state_reads += 1
+        return {"steps": self.steps, "total": self.total_steps}
+
+    def set_state(self, state: dict[str, int]) -> None:
+        self.steps = int(state["steps"])
+
+    def close(self) -> None:
+        if self.marker_dir is not None:
+            (self.marker_dir / f"closed-{os.getpid()}-{id(self)}").write_text("closed")
