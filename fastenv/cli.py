@@ -1,4 +1,4 @@
-"""The ``fastenv`` command: ``serve``, ``demo``, ``doctor``, ``gc``."""
+"""The ``fastenv`` command: ``serve``, ``demo``, ``doctor``, ``gc``, ``bench`` (= ``fastenv-bench``)."""
 
 from __future__ import annotations
 
@@ -189,11 +189,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(commands)
     _add_doctor(commands)
     _add_gc(commands)
+    commands.add_parser("bench", add_help=False, help="compare transports side by side (fastenv-bench; see --help)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fastenv`` console script."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # every argument after it is fastenv-bench's
+        from fastenv.bench.cli import main as bench_main
+
+        return bench_main(argv[1:], prog="fastenv bench")
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args))

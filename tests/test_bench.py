@@ -1,22 +1,29 @@
-"""Fast checks of fastenv.bench: stats math, options, baselines' correctness, JSON output.
+"""Fast checks of fastenv.bench: stats math, options, baselines' correctness, JSON output,
+table formats, progress, plots and the scaling suite.
 
 No timing assertions here: performance lives in ``benchmarks/`` and ``fastenv-bench``.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import re
+import struct
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from fastenv.bench import cli, malloc, runner
+import fastenv.cli
+from fastenv.bench import cli, malloc, plot, progress, render, runner, scaling, tables
 from fastenv.bench.baselines import BASELINES, GymAsync, SeedPickle
 from fastenv.bench.floors import FLOORS, memcpy_reference
+from fastenv.bench.results import PayloadResults, ScalingRow
 from fastenv.bench.runner import (
     RunResult,
     TransportMismatch,
@@ -28,12 +35,14 @@ from fastenv.bench.stats import Spread, Summary, median_summary, spread, summari
 from fastenv.bench.targets import evaluate, format_targets
 from fastenv.bench.workloads import (
     PAYLOADS,
+    SWEEP_PAYLOADS,
     build,
     get_workload,
+    observation_nbytes,
     observations_equal,
     snapshot,
 )
-from fastenv.errors import RemoteEnvError
+from fastenv.errors import MissingDependency, RemoteEnvError
 from fastenv.shm import futex
 
 TIMEOUT = 20.0
@@ -450,3 +459,401 @@ def test_module_is_runnable() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "zmq-pickle" in done.stdout
+
+
+# ---------------------------------------------------------------- sized payloads and sweeps
+
+
+def test_sized_camera_payloads() -> None:
+    workload = get_workload("camera-8x16")
+    env = workload.make_env()
+    obs, _ = env.reset(seed=0)
+    assert obs["left"].shape == (8, 16, 3) and workload.action_dim == 20
+    assert observation_nbytes("camera-8x16") == 2 * 8 * 16 * 3 + 20 * 4
+    assert observation_nbytes("small") == 16
+    assert "camera-8x16" not in PAYLOADS  # built from the name, not listed
+    sizes = [observation_nbytes(name) for name in SWEEP_PAYLOADS]
+    assert sizes == sorted(sizes) and sizes[-1] == observation_nbytes("camera")
+    for bad in ("camera-0x16", "camera-8x", "camera-9000x10", "camera-8x16x2"):
+        with pytest.raises(KeyError, match="camera-<H>x<W>"):
+            get_workload(bad)
+
+
+def test_parse_args_sweep_and_payload_names() -> None:
+    assert cli.parse_args(["--sweep"]).sweep == list(SWEEP_PAYLOADS)
+    assert cli.parse_args(["--sweep", "small,camera-8x8,small"]).sweep == ["small", "camera-8x8"]
+    assert cli.parse_args([]).sweep is None
+    assert cli.parse_args(["--payload", "camera-24x32"]).payload == "camera-24x32"
+
+
+def _fake_run_transport(p50_us: float = 100.0) -> Any:
+    def fake(name: str, payload: str, steps: int, warmup: int, **kwargs: Any) -> RunResult:
+        return _fake_result(name, p50_us)
+
+    return fake
+
+
+def test_sweep_table_mb_per_s() -> None:
+    rows = [cli.Row("fastenv-shm", [_fake_result("fastenv-shm", 100.0)]),
+            cli.Row("zmq-pickle", status="unavailable", error="boom")]  # fmt: skip
+    sections = [PayloadResults("camera-8x8", 1_000_000, rows), PayloadResults("small", 16, rows)]
+    table = tables.sweep_table(sections)
+    assert [c.header for c in table.columns] == ["transport", "small", "camera-8x8"]  # ordered by size
+    assert table.rows[0] == ["fastenv-shm", "0.16", "10,000"]  # 16 B and 1 MB at 10,000 steps/s
+    assert table.rows[1] == ["zmq-pickle", "unavailable", "unavailable"]
+
+
+def test_main_sweep(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(cli, "run_transport", _fake_run_transport())
+    path = tmp_path / "sweep.json"
+    code = cli.main(["--sweep", "small,camera-8x8", "--transports", "fastenv-tcp,zmq-pickle", "--steps", "5",
+                     "--format", "plain", "--no-progress", "--json", str(path)])  # fmt: skip
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "payload small (16 B)" in out and "payload camera-8x8 (464 B)" in out
+    assert "MB/s by payload" in out
+    report = json.loads(path.read_text())
+    assert report["schema"] == "fastenv-bench-sweep/1"
+    assert report["config"]["payloads"] == ["small", "camera-8x8"]
+    assert [p["payload"] for p in report["payloads"]] == ["small", "camera-8x8"]
+    assert report["payloads"][1]["observation_nbytes"] == 464
+    assert report["payloads"][1]["results"][0]["mb_per_s"] == pytest.approx(464 * 1e4 / 1e6)
+
+
+# ---------------------------------------------------------------- table formats
+
+
+def _rows() -> list[cli.Row]:
+    return [
+        cli.Row("zmq-pickle", [_fake_result("zmq-pickle", 100.0)]),
+        cli.Row("fastenv-tcp", [_fake_result("fastenv-tcp", 50.0)]),
+        cli.Row("seed-pickle", status="unavailable", error="a | b"),
+    ]
+
+
+def test_format_table_columns_and_mb_per_s() -> None:
+    lines = cli.format_table(_rows(), nbytes=16).splitlines()
+    assert lines[0].split() == ["transport", "n", "p50", "µs", "p50", "±%", "p90", "µs", "p99", "µs", "max", "µs",
+                                "steps/s", "MB/s", "CPU", "µs/step", "p50", "/", "ref"]  # fmt: skip
+    zmq = next(line for line in lines if line.startswith("zmq-pickle")).split()
+    assert zmq[-4:] == ["10,000", "0.16", "1.0", "2.00x"]  # steps/s, MB/s, CPU µs/step, ratio
+    assert "MB/s" not in cli.format_table(_rows())  # without the observation size
+
+
+def test_format_table_markdown() -> None:
+    lines = cli.format_table(_rows(), "markdown", nbytes=16).splitlines()
+    assert lines[0].startswith("| transport | n | p50 µs |") and lines[0].endswith("| p50 / ref |")
+    assert lines[1] == "|:---|" + "---:|" * 10
+    assert lines[2].startswith("| zmq-pickle | 10 | 100.0 |") and lines[2].endswith("| 2.00x |")
+    assert lines[4] == "| seed-pickle | *unavailable: a \\| b* |" + "  |" * 9  # escaped pipe, padded row
+    assert all(line.count("|") - line.count("\\|") == 12 for line in lines[:5])
+    assert any(line.startswith("- ref = fastenv-tcp (fastest fastenv row);") for line in lines)
+
+
+def test_format_table_rich() -> None:
+    text = cli.format_table(_rows(), "rich", nbytes=16)
+    assert "\x1b[" not in text  # no colour codes outside a terminal
+    lines = text.splitlines()
+    assert lines[0].startswith("╭") and "transport" in lines[1] and "p50 / ref" in lines[1]
+    assert any(line.startswith("│ zmq-pickle") and "2.00x" in line for line in lines)
+    assert "seed-pickle: unavailable: a | b" in text and "ref = fastenv-tcp" in text
+    assert all(line == line.rstrip() for line in lines)
+
+
+def test_render_rejects_bad_tables() -> None:
+    table = render.Table([render.Column("a", "left"), render.Column("b")], [["x", "1"]])
+    with pytest.raises(ValueError, match="unknown table format"):
+        render.render(table, "html")
+    with pytest.raises(ValueError, match="2 cells for 1 columns"):
+        render.Table([render.Column("a")], [["x", "1"]])
+
+
+def test_default_format_follows_the_terminal() -> None:
+    assert render.default_format(io.StringIO()) == "plain"
+    assert render.default_format(_Terminal()) == "rich"
+
+
+@pytest.mark.parametrize("fmt", ["plain", "markdown", "rich"])
+def test_main_formats(
+    fmt: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(cli, "run_transport", _fake_run_transport())
+    assert cli.main(["--transports", "fastenv-shm,zmq-pickle", "--steps", "5", "--format", fmt]) == 0
+    out = capsys.readouterr().out
+    marker = {"plain": "\ntransport     n  p50 µs", "markdown": "| transport | n |", "rich": "│ transport"}[fmt]
+    assert marker in out
+    assert ("targets:" in out) == (fmt == "plain") and "fastenv-shm p50" in out
+
+
+def test_main_defaults_to_plain_off_a_terminal(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(cli, "run_transport", _fake_run_transport())
+    assert cli.main(["--transports", "zmq-pickle", "--steps", "5"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^zmq-pickle +10 +100\.0 ", out, re.MULTILINE) and "╭" not in out and "\x1b[" not in out
+
+
+# ---------------------------------------------------------------- progress
+
+
+class _Terminal(io.StringIO):
+    """A text stream that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_mode_follows_the_terminal() -> None:
+    assert progress.choose_mode(io.StringIO()) == "lines"
+    assert progress.choose_mode(_Terminal()) == "bar"
+    assert progress.choose_mode(_Terminal(), disabled=True) == "off"
+    with pytest.raises(ValueError):
+        progress.Progress(1, "spinner", io.StringIO())
+
+
+def test_progress_lines_off_and_bar(capsys: pytest.CaptureFixture[str]) -> None:
+    lines = io.StringIO()
+    with progress.open_progress(2, stream=lines) as report:
+        report.start("a")
+        report.finish("a", "ok")
+        report.finish("b", "unavailable")
+    assert lines.getvalue() == "  [1/2] a: ok\n  [2/2] b: unavailable\n"
+    quiet = _Terminal()
+    with progress.open_progress(2, disabled=True, stream=quiet) as report:
+        report.finish("a", "ok")
+    assert quiet.getvalue() == ""
+    terminal = _Terminal()
+    with progress.open_progress(2, stream=terminal) as report:
+        assert report.mode == "bar"
+        report.start("fastenv-shm small")
+        report.finish("fastenv-shm small", "ok")
+    assert "fastenv-shm small" in terminal.getvalue() and "1/2" in terminal.getvalue()
+    assert capsys.readouterr() == ("", "")  # nothing on the real stdout or stderr
+
+
+def test_main_progress_on_stderr_only(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(cli, "run_transport", _fake_run_transport())
+    assert cli.main(["--transports", "fastenv-tcp,zmq-pickle", "--steps", "5", "--repeat", "2"]) == 0
+    out, err = capsys.readouterr()
+    assert "  [1/4] fastenv-tcp small [1/2]: ok" in err and "  [4/4] fastenv-tcp small [2/2]: ok" in err
+    assert "[1/4]" not in out
+    assert cli.main(["--transports", "zmq-pickle", "--steps", "5", "--no-progress"]) == 0
+    assert "[1/1]" not in capsys.readouterr().err
+
+
+def test_main_json_to_stdout_is_clean(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(cli, "run_transport", _fake_run_transport())
+    assert cli.main(["--transports", "fastenv-tcp,zmq-pickle", "--steps", "5", "--json", "-"]) == 0
+    out, err = capsys.readouterr()
+    report = json.loads(out)  # nothing but the document
+    assert report["schema"] == cli.SCHEMA and report["observation_nbytes"] == 16
+    assert [r["transport"] for r in report["results"]] == ["fastenv-tcp", "zmq-pickle"]
+    assert report["results"][0]["mb_per_s"] == pytest.approx(0.16)
+    assert "transport" in err and "[2/2] zmq-pickle small: ok" in err  # the table and progress went to stderr
+
+
+# ---------------------------------------------------------------- plots
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_plot_comparison_png(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    latencies = {"small": {"fastenv-shm": rng.lognormal(3, 0.3, 500), "zmq-pickle": rng.lognormal(5, 0.5, 500),
+                           "seed-pickle": np.zeros(0)}}  # fmt: skip
+    path = tmp_path / "one.png"
+    plot.plot_comparison(latencies, path, nbytes={"small": 16})
+    assert path.stat().st_size > 1000 and _png_size(path) == (640, 420)
+    latencies["camera"] = {"fastenv-shm": rng.lognormal(6, 0.3, 200)}
+    throughput = {"fastenv-shm": {"small": 0.2, "camera": 2000.0}, "zmq-pickle": {"small": 0.05}}
+    plot.plot_comparison(latencies, path, nbytes={"small": 16, "camera": 1_843_280}, throughput=throughput,
+                         title="sweep")  # fmt: skip
+    assert _png_size(path) == (1280, 840)  # two latency panels and the throughput panel, 2 columns
+    with pytest.raises(ValueError, match="nothing|no latency"):
+        plot.plot_comparison({"small": {}}, path)
+
+
+def test_plot_scaling_png(tmp_path: Path) -> None:
+    path = tmp_path / "scaling.png"
+    plot.plot_scaling({"fastenv-shm": {1: 1000.0, 2: 1800.0, 4: 2500.0}, "fastenv-tcp": {1: 400.0, 2: math.nan}},
+                      path)  # fmt: skip
+    assert path.stat().st_size > 1000 and _png_size(path) == (640, 420)
+    with pytest.raises(ValueError):
+        plot.plot_scaling({"fastenv-shm": {}}, path)
+
+
+def _hide_matplotlib(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every ``import matplotlib...`` fail, as if it were not installed."""
+    for name in [name for name in sys.modules if name == "matplotlib" or name.startswith("matplotlib.")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    for name in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
+        monkeypatch.setitem(sys.modules, name, None)
+
+
+def test_plot_without_matplotlib(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    _hide_matplotlib(monkeypatch)
+    with pytest.raises(MissingDependency, match=r'pip install "fastenv\[plot\]"') as info:
+        plot.require_matplotlib()
+    assert isinstance(info.value, ImportError)
+    with pytest.raises(MissingDependency):
+        plot.plot_scaling({"fastenv-shm": {1: 1.0}}, tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_main_plot_without_matplotlib_fails_before_measuring(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def must_not_run(*args: Any, **kwargs: Any) -> RunResult:
+        raise AssertionError("measured although the plot cannot be drawn")
+
+    monkeypatch.setattr(cli, "run_transport", must_not_run)
+    _hide_matplotlib(monkeypatch)
+    assert cli.main(["--transports", "zmq-pickle", "--plot", str(tmp_path / "x.png")]) == 2
+    assert 'fastenv[plot]' in capsys.readouterr().err
+
+
+def test_main_plot(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(cli, "run_transport", _fake_run_transport())
+    path = tmp_path / "bench.png"
+    assert cli.main(["--transports", "fastenv-tcp,zmq-pickle", "--steps", "5", "--plot", str(path)]) == 0
+    assert _png_size(path) == (640, 420)
+    assert f"plot written to {path}" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- scaling
+
+
+def test_parse_args_scaling() -> None:
+    args = cli.parse_args(["--scaling", "clients"])
+    assert args.transports == ["fastenv-shm", "fastenv-tcp"] and args.counts == [1, 2, 4]
+    args = cli.parse_args(["--scaling", "clients", "--counts", "4,1,2,2", "--transports", "fastenv-shm-py"])
+    assert args.counts == [1, 2, 4] and args.transports == ["fastenv-shm-py"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--scaling", "clients", "--transports", "zmq-pickle"], ["--scaling", "clients", "--sweep"],
+     ["--scaling", "threads"], ["--counts", "0"], ["--counts", "a,b"], ["--sweep", "huge"],
+     ["--payload", "camera-0x1"], ["--format", "html"]],
+)  # fmt: skip
+def test_parse_args_rejects_new_options(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.parse_args(argv)
+    assert info.value.code == 2
+    capsys.readouterr()
+
+
+def test_scaling_axes() -> None:
+    axis = scaling.AXES["clients"]
+    assert (axis.name, axis.label) == ("clients", "clients")
+    assert axis.server_args(3) == ["--mode", "per-client"]
+    assert axis.client_processes(3) == 3 and axis.client_args(3) == [] and axis.env_steps_per_call(3) == 1
+
+
+def _point(count: int, rate_per_client: float, *, stagger_s: float = 0.0) -> scaling.ScalingPoint:
+    point = scaling.ScalingPoint("clients", count, "fastenv-shm", "small", 1)
+    for i in range(count):
+        rtt = np.full(1000, int(1e9 / rate_per_client), dtype=np.int64)
+        point.clients.append(scaling.ClientRun(int(i * stagger_s * 1e9), 1000 / rate_per_client, summarize(rtt)))
+    return point
+
+
+def test_scaling_point_aggregates() -> None:
+    point = _point(2, 1000.0)
+    assert point.steps == 2000 and point.span_s == pytest.approx(1.0)
+    assert point.steps_per_s == pytest.approx(2000.0) and point.per_client_steps_per_s == pytest.approx(1000.0)
+    assert point.p50_us == pytest.approx(1000.0)
+    staggered = _point(2, 1000.0, stagger_s=1.0)  # one after the other: no parallelism at all
+    assert staggered.span_s == pytest.approx(2.0) and staggered.steps_per_s == pytest.approx(1000.0)
+    assert set(point.as_dict()) >= {"count", "transport", "steps_per_s", "clients"}
+
+
+def test_scaling_table_speedup_and_efficiency() -> None:
+    rows = [ScalingRow("fastenv-shm", 1, [_point(1, 1000.0)]), ScalingRow("fastenv-shm", 2, [_point(2, 1000.0)]),
+            ScalingRow("fastenv-shm", 4, [_point(4, 250.0)]),
+            ScalingRow("fastenv-tcp", 1, status="unavailable", error="boom")]  # fmt: skip
+    table = tables.scaling_table(rows, label="clients", cpu_count=2)
+    assert [c.header for c in table.columns][:4] == ["transport", "clients", "steps", "steps/s"]
+    assert table.rows[0][1:4] == ["1", "1,000", "1,000"] and table.rows[0][-2:] == ["1.00x", "100%"]
+    assert table.rows[1][3] == "2,000" and table.rows[1][-2:] == ["2.00x", "100%"]
+    assert table.rows[2][3] == "1,000" and table.rows[2][-2:] == ["1.00x", "25%"]
+    assert isinstance(table.rows[3], render.Note) and "clients=1 unavailable: boom" in table.rows[3].text
+    assert "cpus = 2" in render.render(table, "plain")
+
+
+def test_run_point_clients_end_to_end() -> None:
+    point = scaling.run_point("clients", 2, "fastenv-tcp", "small", steps=20, warmup=2, timeout=TIMEOUT,
+                              max_seconds=10.0)  # fmt: skip
+    assert len(point.clients) == 2 and point.steps == 40
+    assert point.span_s > 0 and point.steps_per_s > 0 and point.p50_us > 0
+    starts = [c.start_ns for c in point.clients]
+    assert max(starts) - min(starts) < point.span_s * 1e9  # both ran in one window
+
+
+def test_run_point_rejects_other_transports() -> None:
+    with pytest.raises(KeyError, match="fastenv rows only"):
+        scaling.run_point("clients", 1, "zmq-pickle", "small", steps=1, warmup=0)
+    with pytest.raises(ValueError):
+        scaling.run_point("clients", 0, "fastenv-tcp", "small", steps=1, warmup=0)
+
+
+def test_scaling_client_reports_unavailable() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "fastenv.bench.scaling", "--connect", "tcp://127.0.0.1:1", "--transport",
+         "fastenv-tcp", "--payload", "small", "--steps", "2", "--timeout", "1"],
+        check=False, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1])["error"] == "unavailable"
+
+
+def test_main_scaling_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path, png = tmp_path / "scaling.json", tmp_path / "scaling.png"
+    code = cli.main(["--scaling", "clients", "--counts", "1,2", "--transports", "fastenv-shm", "--steps", "10",
+                     "--warmup", "1", "--timeout", str(TIMEOUT), "--format", "markdown", "--json", str(path),
+                     "--plot", str(png)])  # fmt: skip
+    assert code == 0
+    out, err = capsys.readouterr()
+    assert "| transport | clients | steps | steps/s |" in out
+    assert "| fastenv-shm | 1 | 10 |" in out and "| fastenv-shm | 2 | 20 |" in out
+    assert "[2/2] fastenv-shm clients=2: ok" in err
+    report = json.loads(path.read_text())
+    assert report["schema"] == "fastenv-bench-scaling/1"
+    assert report["config"]["axis"] == "clients" and report["config"]["counts"] == [1, 2]
+    assert [(r["transport"], r["count"], r["status"]) for r in report["results"]] == [
+        ("fastenv-shm", 1, "ok"), ("fastenv-shm", 2, "ok")]
+    assert report["results"][0]["speedup"] == pytest.approx(1.0)
+    assert len(report["results"][1]["runs"][0]["clients"]) == 2
+    assert _png_size(png) == (640, 420)
+
+
+def test_main_scaling_reports_unavailable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def unavailable(*args: Any, **kwargs: Any) -> scaling.ScalingPoint:
+        raise scaling.ScalingFailed("client died\nlast words")
+
+    monkeypatch.setattr(cli, "run_point", unavailable)
+    assert cli.main(["--scaling", "clients", "--counts", "1,2", "--transports", "fastenv-tcp"]) == 0
+    out = capsys.readouterr().out
+    assert "fastenv-tcp  clients=1 unavailable: ScalingFailed: client died ... last words" in out
+    assert "fastenv-tcp  clients=2 unavailable:" in out  # each count is tried on its own
+
+
+# ---------------------------------------------------------------- fastenv bench
+
+
+def test_fastenv_bench_alias(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(cli, "run_transport", _fake_run_transport())
+    assert fastenv.cli.main(["bench", "--transports", "zmq-pickle", "--steps", "5", "--format", "markdown"]) == 0
+    assert "| zmq-pickle | 10 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as info:
+        fastenv.cli.main(["bench", "--help"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: fastenv bench")
+    fastenv.cli.build_parser().parse_args(["bench"])  # listed among the commands

@@ -1,6 +1,7 @@
 """``fastenv.bench``: benchmark fastenv against baseline transports (``fastenv-bench``).
 
-- :mod:`fastenv.bench.workloads`: named payloads (``small``, ``camera``).
+- :mod:`fastenv.bench.workloads`: named payloads (``small``, ``camera``,
+  ``camera-<H>x<W>`` for size sweeps).
 - :mod:`fastenv.bench.baselines`: the seed pickle-over-TCP protocol (with and
   without Nagle), pyzmq + pickle and ``multiprocessing.Pipe``, each serving
   the same env from its own process, and Gymnasium's ``AsyncVectorEnv``.
@@ -10,6 +11,13 @@
   (fastenv over shm, shm with the pure-Python doorbell, and tcp, or any
   baseline) and checks the observations against a local env.
 - :mod:`fastenv.bench.stats`: percentiles, rates and spreads across repeats.
+- :mod:`fastenv.bench.scaling`: aggregate steps/s against concurrent clients
+  (``--scaling clients``), one axis class per scaling dimension.
+- :mod:`fastenv.bench.results`: results across repeats and the JSON documents.
+- :mod:`fastenv.bench.tables` / :mod:`fastenv.bench.render`: the tables, and
+  rendering them as plain text, Markdown or a rich terminal table.
+- :mod:`fastenv.bench.progress`: the progress bar (or lines) on stderr.
+- :mod:`fastenv.bench.plot`: PNG figures (optional matplotlib, ``fastenv[plot]``).
 - :mod:`fastenv.bench.targets`: the shared-memory issue's targets.
 - :mod:`fastenv.bench.malloc`: one allocator setting for every process.
 - :mod:`fastenv.bench.cli`: the ``fastenv-bench`` command.
@@ -33,6 +41,7 @@ from fastenv.bench.floors import (
     ShmPingPongSpin,
     memcpy_reference,
 )
+from fastenv.bench.render import Column, Note, Table
 from fastenv.bench.runner import (
     FASTENV_TRANSPORTS,
     FLOOR_TRANSPORTS,
@@ -45,6 +54,7 @@ from fastenv.bench.runner import (
     open_transport,
     run_transport,
 )
+from fastenv.bench.scaling import AXES, Axis, ScalingPoint, run_point
 from fastenv.bench.stats import Spread, Summary, median_summary, spread, summarize
 from fastenv.bench.targets import Target, evaluate
 from fastenv.bench.workloads import (
@@ -57,23 +67,29 @@ from fastenv.bench.workloads import (
 )
 
 __all__ = [
+    "AXES",
     "BASELINES",
     "FASTENV_TRANSPORTS",
     "FLOORS",
     "FLOOR_TRANSPORTS",
     "PAYLOADS",
     "TRANSPORTS",
+    "Axis",
     "Baseline",
+    "Column",
     "GymAsync",
     "MemcpyReference",
     "MpPipe",
+    "Note",
     "RunResult",
+    "ScalingPoint",
     "SeedPickle",
     "SeedPickleNoDelay",
     "ShmPingPongFutex",
     "ShmPingPongSpin",
     "Spread",
     "Summary",
+    "Table",
     "Target",
     "TransportMismatch",
     "TransportUnavailable",
@@ -88,6 +104,7 @@ __all__ = [
     "memcpy_reference",
     "observations_equal",
     "open_transport",
+    "run_point",
     "run_transport",
     "snapshot",
     "spread",

@@ -1,9 +1,11 @@
-"""``fastenv-bench``: step round-trip latency of fastenv against its baselines.
+"""``fastenv-bench`` (also ``fastenv bench``): step round trips of fastenv against its baselines.
 
 Example::
 
     fastenv-bench --payload small --steps 2000 --repeat 3
-    python -m fastenv.bench.cli --payload camera --steps 300 --json out.json
+    fastenv-bench --payload camera --steps 300 --json out.json --plot out.png
+    fastenv-bench --sweep --steps 300 --format markdown --plot sweep.png
+    fastenv-bench --scaling clients --counts 1,2,4 --steps 2000
 
 Every transport serves the same example env from its own server process on
 this machine; repeats are interleaved (each repeat runs every transport, in a
@@ -21,42 +23,88 @@ reference time for the payload, then the issue's targets
 (:mod:`fastenv.bench.targets`) computed from this run, each PASS, MISS or n/a.
 Every server process runs with the same allocator setting (``--malloc``, see
 :mod:`fastenv.bench.malloc`).
+
+Modes:
+
+- default: one payload (``--payload``), one table.
+- ``--sweep [P1,P2,...]``: the same for several payloads (default
+  :data:`~fastenv.bench.workloads.SWEEP_PAYLOADS`, 16 B to 1.8 MB), one table
+  each, then MB/s per transport and payload.
+- ``--scaling AXIS``: aggregate steps/s against ``--counts`` (see
+  :mod:`fastenv.bench.scaling`); fastenv rows only.
+
+Output: tables on stdout (``--format``: ``rich`` on a terminal, ``plain``
+otherwise, or ``markdown``; see :mod:`fastenv.bench.render`); progress on
+stderr (:mod:`fastenv.bench.progress`; ``--no-progress``); ``--json PATH``
+(``-``: stdout, and the tables go to stderr); ``--plot PATH``: a PNG
+(:mod:`fastenv.bench.plot`, needs ``fastenv[plot]``).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import math
 import os
-import platform
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, TextIO
 
-import numpy as np
-import zmq
-
-from fastenv.bench import malloc
+from fastenv.bench import malloc, plot
 from fastenv.bench.floors import MemcpyReference, memcpy_reference
+from fastenv.bench.progress import Progress, open_progress
+from fastenv.bench.render import FORMATS, default_format, emit
+from fastenv.bench.results import (
+    SCHEMA,
+    PayloadResults,
+    Row,
+    ScalingRow,
+    comparison_report,
+    machine_info,
+    scaling_report,
+    sweep_report,
+)
 from fastenv.bench.runner import (
     FASTENV_TRANSPORTS,
-    FLOOR_TRANSPORTS,
     TRANSPORTS,
-    RunResult,
     TransportMismatch,
     run_transport,
 )
-from fastenv.bench.stats import Spread, median_summary
+from fastenv.bench.scaling import AXES, run_point
+from fastenv.bench.tables import (
+    comparison_table,
+    format_memcpy,
+    format_table,
+    scaling_table,
+    sweep_table,
+    targets_table,
+)
 from fastenv.bench.targets import Target, evaluate, format_targets
-from fastenv.bench.workloads import PAYLOADS
+from fastenv.bench.workloads import (
+    PAYLOADS,
+    SWEEP_PAYLOADS,
+    get_workload,
+    observation_nbytes,
+)
 from fastenv.errors import FastEnvError
 
-__all__ = ["Row", "format_table", "machine_info", "main", "parse_args", "row_targets"]
+__all__ = [
+    "SCHEMA",
+    "Row",
+    "build_parser",
+    "build_report",
+    "format_table",
+    "machine_info",
+    "main",
+    "parse_args",
+    "row_targets",
+    "run",
+    "run_scaling",
+]
 
-SCHEMA = "fastenv-bench/2"
+#: Transports of ``--scaling`` when ``--transports`` is not given.
+SCALING_TRANSPORTS: tuple[str, ...] = ("fastenv-shm", "fastenv-tcp")
+#: Counts of ``--scaling`` when ``--counts`` is not given.
+SCALING_COUNTS: tuple[int, ...] = (1, 2, 4)
 
 
 def _transport_list(text: str) -> list[str]:
@@ -69,6 +117,31 @@ def _transport_list(text: str) -> list[str]:
             f"unknown transport(s) {', '.join(unknown)}; choose from {', '.join(TRANSPORTS)}"
         )
     return list(dict.fromkeys(names))
+
+
+def _payload(text: str) -> str:
+    try:
+        get_workload(text)
+    except KeyError as exc:
+        raise argparse.ArgumentTypeError(exc.args[0]) from None
+    return text
+
+
+def _payload_list(text: str) -> list[str]:
+    names = [_payload(name.strip()) for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("no payload given")
+    return list(dict.fromkeys(names))
+
+
+def _count_list(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"counts must be integers >= 1, got {text!r}")
+    return sorted(set(counts))
 
 
 def _positive_int(text: str) -> int:
@@ -92,19 +165,46 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "fastenv-bench") -> argparse.ArgumentParser:
     """The ``fastenv-bench`` argument parser."""
     parser = argparse.ArgumentParser(
-        prog="fastenv-bench",
+        prog=prog,
         description="Measure env step round trips over fastenv and baseline transports.",
     )
     parser.add_argument(
         "--transports",
         type=_transport_list,
-        default=list(TRANSPORTS),
-        help=f"comma-separated list (default: all): {','.join(TRANSPORTS)}",
+        default=None,
+        help=f"comma-separated list (default: all; with --scaling: {','.join(SCALING_TRANSPORTS)}): "
+        f"{','.join(TRANSPORTS)}",
     )
-    parser.add_argument("--payload", choices=list(PAYLOADS), default="small", help="workload (default: small)")
+    parser.add_argument(
+        "--payload",
+        type=_payload,
+        default="small",
+        help=f"workload: {', '.join(PAYLOADS)} or camera-<H>x<W> (default: small)",
+    )
+    parser.add_argument(
+        "--sweep",
+        type=_payload_list,
+        nargs="?",
+        const=list(SWEEP_PAYLOADS),
+        metavar="PAYLOADS",
+        help=f"run every payload of a comma-separated list (default: {','.join(SWEEP_PAYLOADS)}); "
+        "adds an MB/s table (and a throughput panel with --plot)",
+    )
+    parser.add_argument(
+        "--scaling",
+        choices=list(AXES),
+        help="instead of the comparison: aggregate steps/s against --counts on this axis "
+        "(clients: concurrent client processes, each with its own env on one per-client server)",
+    )
+    parser.add_argument(
+        "--counts",
+        type=_count_list,
+        default=list(SCALING_COUNTS),
+        help=f"--scaling counts, comma-separated (default: {','.join(map(str, SCALING_COUNTS))})",
+    )
     parser.add_argument("--steps", type=_positive_int, default=1000, help="timed steps per run (default: 1000)")
     parser.add_argument(
         "--warmup", type=_non_negative_int, default=10, help="untimed, verified steps per run (default: 10)"
@@ -125,136 +225,51 @@ def build_parser() -> argparse.ArgumentParser:
         default="steady",
         help="allocator setting of every process (default: steady; see fastenv.bench.malloc)",
     )
-    parser.add_argument("--json", metavar="PATH", help="also write results and machine info as JSON")
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default=None,
+        help="table format (default: rich when stdout is a terminal, plain otherwise)",
+    )
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress on stderr (default: a bar on a terminal, one line per run otherwise)",
+    )
+    parser.add_argument(
+        "--json", metavar="PATH", help="also write results and machine info as JSON ('-': to stdout, tables to stderr)"
+    )
+    parser.add_argument(
+        "--plot",
+        metavar="PATH",
+        help='also draw a PNG: latency distributions, MB/s against size with --sweep, steps/s with --scaling '
+        '(needs matplotlib: pip install "fastenv[plot]")',
+    )
     return parser
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None, prog: str = "fastenv-bench") -> argparse.Namespace:
     """Parse ``fastenv-bench`` arguments (exits with status 2 on a bad one)."""
-    return build_parser().parse_args(argv)
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    if args.scaling is not None:
+        if args.sweep is not None:
+            parser.error("--sweep and --scaling do not combine")
+        if args.transports is None:
+            args.transports = list(SCALING_TRANSPORTS)
+        others = [name for name in args.transports if name not in FASTENV_TRANSPORTS]
+        if others:
+            parser.error(
+                f"--scaling runs fastenv rows only ({', '.join(FASTENV_TRANSPORTS)}), not {', '.join(others)}"
+            )
+    elif args.transports is None:
+        args.transports = list(TRANSPORTS)
+    return args
 
 
-def machine_info() -> dict[str, Any]:
-    """What the numbers depend on: CPU count, OS, Python, numpy and pyzmq versions."""
-    try:
-        import psutil
-
-        physical = psutil.cpu_count(logical=False)
-    except ImportError:  # pragma: no cover - psutil is a dependency
-        physical = None
-    try:
-        from fastenv import __version__ as fastenv_version
-    except ImportError:  # pragma: no cover
-        fastenv_version = None
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpu_count_physical": physical,
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "processor": platform.processor(),
-        "python": platform.python_version(),
-        "python_implementation": platform.python_implementation(),
-        "numpy": np.__version__,
-        "pyzmq": zmq.__version__,
-        "libzmq": zmq.zmq_version(),
-        "fastenv": fastenv_version,
-    }
-
-
-@dataclass
-class Row:
-    """One transport's runs across repeats, or why it has none."""
-
-    transport: str
-    runs: list[RunResult] = field(default_factory=list)
-    status: str = "ok"  # "ok", "unavailable" or "mismatch"
-    error: str | None = None
-
-    @property
-    def medians(self) -> dict[str, Spread] | None:
-        """Per-metric spreads across repeats (``None`` without runs)."""
-        return dict(median_summary([run.summary for run in self.runs])) if self.runs else None
-
-    @property
-    def p50(self) -> float:
-        medians = self.medians
-        return medians["p50_us"].median if medians else math.nan
-
-
-def _reference(rows: Sequence[Row]) -> Row | None:
-    """The fastest fastenv row, else the fastest row; ``None`` when nothing ran."""
-    measured = [row for row in rows if row.status == "ok" and row.runs]
-    preferred = [row for row in measured if row.transport in FASTENV_TRANSPORTS] or measured
-    return min(preferred, key=lambda row: row.p50, default=None)
-
-
-def _fmt(value: float, digits: int = 1) -> str:
-    return "-" if value is None or math.isnan(value) else f"{value:,.{digits}f}"
-
-
-def format_table(rows: Sequence[Row]) -> str:
-    """A plain aligned text table of medians across repeats."""
-    reference = _reference(rows)
-    headers = ["transport", "n", "p50 µs", "p50 ±%", "p99 µs", "steps/s", "CPU µs/step", "p50 / ref"]
-    lines: list[list[str]] = []
-    for row in rows:
-        medians = row.medians
-        if row.status != "ok" or medians is None:
-            lines.append([row.transport, f"{row.status}: {row.error or ''}".strip()])
-            continue
-        p50 = medians["p50_us"]
-        ratio = p50.median / reference.p50 if reference is not None and reference.p50 > 0 else math.nan
-        lines.append(
-            [
-                row.transport,
-                f"{int(medians['count'].median)}",
-                _fmt(p50.median),
-                _fmt(50 * p50.relative, 0),
-                _fmt(medians["p99_us"].median),
-                _fmt(medians["steps_per_s"].median, 0),
-                _fmt(medians["cpu_us"].median),
-                f"{ratio:.2f}x" if not math.isnan(ratio) else "-",
-            ]
-        )
-    widths = [len(h) for h in headers]
-    for line in lines:
-        if len(line) == len(headers):
-            widths = [max(w, len(cell)) for w, cell in zip(widths, line)]
-
-    def render(cells: Sequence[str]) -> str:
-        if len(cells) != len(headers):  # an unavailable row: name, then the reason
-            return f"{cells[0]:<{widths[0]}}  {cells[1]}"
-        out = [f"{cells[0]:<{widths[0]}}"] + [f"{c:>{w}}" for c, w in zip(cells[1:], widths[1:])]
-        return "  ".join(out)
-
-    text = [render(headers), "  ".join("-" * w for w in widths)] + [render(line) for line in lines]
-    if reference is not None:
-        if reference.transport in FASTENV_TRANSPORTS:
-            kind = "fastest fastenv row"
-        else:
-            kind = "fastest row; no fastenv row ran"
-        text.append(
-            f"ref = {reference.transport} ({kind}); n = timed steps per run; "
-            "±% = half the p50 range across repeats"
-        )
-    names = {row.transport for row in rows}
-    if "gym-async" in names:
-        text.append("gym-async = Gymnasium AsyncVectorEnv(shared_memory=True), 1 env: its own shm + pipes")
-    if names & set(FLOOR_TRANSPORTS):
-        text.append(
-            "shm-pingpong-* = floors: env step + np.copyto into shared memory, client reads views "
-            "(action in, observation out, nothing else)"
-        )
-    return "\n".join(text)
-
-
-def format_memcpy(reference: MemcpyReference) -> str:
-    """The memcpy reference line."""
-    return (
-        f"memcpy ({reference.payload} observation, {reference.nbytes:,} B, in-process np.copyto, "
-        f"n={reference.cached.count}): cached re-copy p50 {_fmt(reference.cached.p50_us)} µs, "
-        f"fresh source p50 {_fmt(reference.fresh.p50_us)} µs"
-    )
+# --------------------------------------------------------------------------
+# Comparison (one payload, or a sweep)
+# --------------------------------------------------------------------------
 
 
 def row_targets(payload: str, rows: Sequence[Row], reference: MemcpyReference | None) -> list[Target]:
@@ -272,15 +287,23 @@ def row_targets(payload: str, rows: Sequence[Row], reference: MemcpyReference | 
     return evaluate(payload, p50, p99, memcpy_us)
 
 
-def _clean(value: Any) -> Any:
-    """Replace non-finite floats by ``None`` so the JSON is strict."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
+def _config(args: argparse.Namespace) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "transports": list(args.transports),
+        "payload": args.payload,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "repeat": args.repeat,
+        "max_seconds": args.max_seconds,
+        "malloc": args.malloc,
+        "server_env": malloc.environment(args.malloc),
+    }
+    if args.sweep is not None:
+        config["payloads"] = list(args.sweep)
+        del config["payload"]
+    if args.scaling is not None:
+        config.update(axis=args.scaling, counts=list(args.counts))
+    return config
 
 
 def build_report(
@@ -289,46 +312,9 @@ def build_report(
     memcpy: MemcpyReference | None = None,
     targets: Sequence[Target] = (),
 ) -> dict[str, Any]:
-    """The JSON document: schema tag, machine, config, reference, one entry per transport, memcpy, targets."""
-    reference = _reference(rows)
-    results = []
-    for row in rows:
-        medians = row.medians
-        ratio = None
-        if medians is not None and reference is not None and reference.p50 > 0:
-            ratio = medians["p50_us"].median / reference.p50
-        results.append(
-            {
-                "transport": row.transport,
-                "payload": args.payload,
-                "status": row.status,
-                "error": row.error,
-                "median": {k: s.as_dict() for k, s in medians.items()} if medians else None,
-                "p50_ratio_to_reference": ratio,
-                "runs": [run.as_dict() for run in row.runs],
-            }
-        )
-    return _clean(
-        {
-            "schema": SCHEMA,
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "machine": machine_info(),
-            "config": {
-                "transports": list(args.transports),
-                "payload": args.payload,
-                "steps": args.steps,
-                "warmup": args.warmup,
-                "repeat": args.repeat,
-                "max_seconds": args.max_seconds,
-                "malloc": args.malloc,
-                "server_env": malloc.environment(args.malloc),
-            },
-            "reference": reference.transport if reference is not None else None,
-            "results": results,
-            "memcpy": memcpy.as_dict() if memcpy is not None else None,
-            "targets": [target.as_dict() for target in targets],
-        }
-    )
+    """The JSON document of one payload: schema tag, machine, config, reference, results, memcpy, targets."""
+    nbytes = memcpy.nbytes if memcpy is not None else observation_nbytes(args.payload)
+    return comparison_report(_config(args), PayloadResults(args.payload, nbytes, list(rows), memcpy, list(targets)))
 
 
 def _one_line(exc: BaseException) -> str:
@@ -342,23 +328,33 @@ def _one_line(exc: BaseException) -> str:
     return text
 
 
-def run(args: argparse.Namespace) -> list[Row]:
-    """Run every transport ``args.repeat`` times, interleaved, rotating the order each repeat."""
+def _rotations(names: Sequence[str], repeats: int) -> Iterator[tuple[int, list[str]]]:
+    """``(repeat, names in that repeat's order)``: the order rotates by one each repeat."""
+    order = list(names)
+    for repeat in range(repeats):
+        shift = repeat % len(order)
+        yield repeat, order[shift:] + order[:shift]
+
+
+def run(args: argparse.Namespace, payload: str | None = None, progress: Progress | None = None) -> list[Row]:
+    """Run every transport ``args.repeat`` times on ``payload`` (default ``args.payload``), interleaved."""
+    payload = args.payload if payload is None else payload
     server_env = malloc.environment(args.malloc)
     malloc.apply(server_env)  # the measuring process too
     rows = {name: Row(name) for name in args.transports}
-    order = list(args.transports)
-    for repeat in range(args.repeat):
-        shift = repeat % len(order)
-        for name in order[shift:] + order[:shift]:
+    for repeat, order in _rotations(args.transports, args.repeat):
+        for name in order:
             row = rows[name]
             if row.status != "ok":
                 continue
+            label = f"{name} {payload}" + (f" [{repeat + 1}/{args.repeat}]" if args.repeat > 1 else "")
+            if progress is not None:
+                progress.start(label)
             try:
                 row.runs.append(
                     run_transport(
                         name,
-                        args.payload,
+                        payload,
                         args.steps,
                         args.warmup,
                         max_seconds=args.max_seconds,
@@ -370,29 +366,179 @@ def run(args: argparse.Namespace) -> list[Row]:
                 row.status, row.error = "mismatch", str(exc)
             except (FastEnvError, OSError, ImportError) as exc:
                 row.status, row.error = "unavailable", _one_line(exc)
-            print(f"  [{repeat + 1}/{args.repeat}] {name}: {row.status}", file=sys.stderr, flush=True)
+            if progress is not None:
+                progress.finish(label, row.status)
     return list(rows.values())
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``fastenv-bench``; returns the exit status."""
-    args = parse_args(argv)
-    print(
-        f"payload={args.payload} steps={args.steps} warmup={args.warmup} repeat={args.repeat} "
-        f"cpus={os.cpu_count()} malloc={args.malloc}",
-        flush=True,
+def _print_section(section: PayloadResults, fmt: str, out: TextIO, *, title: str | None = None) -> None:
+    emit(comparison_table(section.rows, nbytes=section.nbytes, title=title), fmt, out)
+    if section.memcpy is not None:
+        separator = "" if fmt == "plain" else "\n"  # a Markdown list would swallow the next line
+        out.write(separator + format_memcpy(section.memcpy) + "\n")
+    if fmt == "plain":
+        out.write(format_targets(section.targets) + "\n")
+    elif section.targets:
+        out.write("\n")
+        emit(targets_table(section.targets), fmt, out)
+    out.flush()
+
+
+def _compare(args: argparse.Namespace, fmt: str, out: TextIO) -> tuple[list[PayloadResults], dict[str, Any]]:
+    payloads = list(args.sweep) if args.sweep is not None else [args.payload]
+    sizes = {payload: observation_nbytes(payload) for payload in payloads}
+    what = ",".join(payloads) if args.sweep is not None else f"{args.payload} ({sizes[args.payload]:,} B)"
+    out.write(
+        f"{'payloads' if args.sweep is not None else 'payload'}={what} steps={args.steps} warmup={args.warmup} "
+        f"repeat={args.repeat} cpus={os.cpu_count()} malloc={args.malloc}\n"
     )
-    rows = run(args)
-    memcpy = memcpy_reference(args.payload, copies=args.steps)
-    targets = row_targets(args.payload, rows, memcpy)
-    print(format_table(rows))
-    print(format_memcpy(memcpy))
-    print(format_targets(targets))
+    out.flush()
+    sections: list[PayloadResults] = []
+    total = len(payloads) * args.repeat * len(args.transports)
+    with open_progress(total, disabled=args.no_progress) as progress:
+        for payload in payloads:
+            rows = run(args, payload, progress)
+            memcpy = memcpy_reference(payload, copies=args.steps)
+            sections.append(PayloadResults(payload, sizes[payload], rows, memcpy, row_targets(payload, rows, memcpy)))
+    for i, section in enumerate(sections):
+        if args.sweep is not None:
+            if i:
+                out.write("\n")
+            _print_section(section, fmt, out, title=f"payload {section.payload} ({section.nbytes:,} B)")
+        else:
+            _print_section(section, fmt, out)
+    if args.sweep is not None:
+        out.write("\n")
+        emit(sweep_table(sections), fmt, out)
+    config = _config(args)
+    report = sweep_report(config, sections) if args.sweep is not None else comparison_report(config, sections[0])
+    return sections, report
+
+
+def _plot_comparison(sections: Sequence[PayloadResults], path: str) -> None:
+    latencies = {s.payload: {row.transport: row.rtt_us() for row in s.rows if row.runs} for s in sections}
+    throughput: dict[str, dict[str, float]] = {}
+    for section in sections:
+        for row in section.rows:
+            if row.status == "ok" and row.runs:
+                throughput.setdefault(row.transport, {})[section.payload] = row.mb_per_s(section.nbytes)
+    plot.plot_comparison(
+        latencies,
+        path,
+        nbytes={s.payload: s.nbytes for s in sections},
+        throughput=throughput if len(sections) > 1 else None,
+        title=f"fastenv-bench, {os.cpu_count()} CPUs",
+    )
+
+
+# --------------------------------------------------------------------------
+# Scaling
+# --------------------------------------------------------------------------
+
+
+def run_scaling(args: argparse.Namespace, progress: Progress | None = None) -> list[ScalingRow]:
+    """Every (transport, count) point of ``args.scaling``, ``args.repeat`` times, transports interleaved."""
+    axis = AXES[args.scaling]
+    server_env = malloc.environment(args.malloc)
+    rows = {(name, count): ScalingRow(name, count) for name in args.transports for count in args.counts}
+    for repeat, order in _rotations(args.transports, args.repeat):
+        for name in order:
+            for count in args.counts:
+                row = rows[name, count]
+                if row.status != "ok":
+                    continue
+                label = f"{name} {axis.label}={count}" + (f" [{repeat + 1}/{args.repeat}]" if args.repeat > 1 else "")
+                if progress is not None:
+                    progress.start(label)
+                try:
+                    row.points.append(
+                        run_point(axis, count, name, args.payload, args.steps, args.warmup,
+                                  max_seconds=args.max_seconds, timeout=args.timeout, server_env=server_env)
+                    )  # fmt: skip
+                except TransportMismatch as exc:
+                    row.status, row.error = "mismatch", str(exc)
+                except (FastEnvError, OSError, ImportError) as exc:
+                    row.status, row.error = "unavailable", _one_line(exc)
+                if progress is not None:
+                    progress.finish(label, row.status)
+    return list(rows.values())
+
+
+def _scale(args: argparse.Namespace, fmt: str, out: TextIO) -> tuple[list[ScalingRow], dict[str, Any]]:
+    axis = AXES[args.scaling]
+    out.write(
+        f"scaling={axis.name} counts={','.join(map(str, args.counts))} payload={args.payload} steps={args.steps} "
+        f"warmup={args.warmup} repeat={args.repeat} cpus={os.cpu_count()} malloc={args.malloc}\n"
+    )
+    out.flush()
+    total = args.repeat * len(args.transports) * len(args.counts)
+    with open_progress(total, disabled=args.no_progress) as progress:
+        rows = run_scaling(args, progress)
+    emit(scaling_table(rows, label=axis.label, cpu_count=os.cpu_count()), fmt, out)
+    return rows, scaling_report(_config(args), rows)
+
+
+def _scaling_rates(rows: Sequence[ScalingRow]) -> Mapping[str, Mapping[int, float]]:
+    rates: dict[str, dict[int, float]] = {}
+    for row in rows:
+        if row.status == "ok" and row.points:
+            rates.setdefault(row.transport, {})[row.count] = row.steps_per_s
+    return rates
+
+
+# --------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------
+
+
+def _write_json(report: Mapping[str, Any], path: str) -> None:
+    if path == "-":
+        json.dump(report, sys.stdout, indent=2, allow_nan=False)
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        return
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(report, handle, indent=2, allow_nan=False)
+        handle.write("\n")
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "fastenv-bench") -> int:
+    """Entry point of ``fastenv-bench``; returns the exit status (1: a transport returned wrong data)."""
+    args = parse_args(argv, prog)
+    out = sys.stderr if args.json == "-" else sys.stdout
+    fmt = args.format or default_format(out)
+    try:
+        if args.plot:
+            plot.require_matplotlib()  # before minutes of measuring, not after
+    except FastEnvError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    statuses: list[str]
+    if args.scaling is not None:
+        scaling_rows, report = _scale(args, fmt, out)
+        statuses = [row.status for row in scaling_rows]
+    else:
+        sections, report = _compare(args, fmt, out)
+        statuses = [row.status for section in sections for row in section.rows]
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(build_report(args, rows, memcpy, targets), handle, indent=2, allow_nan=False)
-            handle.write("\n")
-    return 1 if any(row.status == "mismatch" for row in rows) else 0
+        _write_json(report, args.json)
+    code = 1 if "mismatch" in statuses else 0
+    if args.plot:
+        try:
+            if args.scaling is not None:
+                axis = AXES[args.scaling]
+                plot.plot_scaling(_scaling_rates(scaling_rows), args.plot, axis_label=axis.label,
+                                  title=f"fastenv-bench --scaling {axis.name}: {args.payload}, {os.cpu_count()} CPUs")  # fmt: skip
+            else:
+                _plot_comparison(sections, args.plot)
+        except ValueError as exc:
+            print(f"{prog}: no plot: {exc}", file=sys.stderr, flush=True)
+        except (OSError, FastEnvError) as exc:
+            print(f"{prog}: error: could not write the plot: {exc}", file=sys.stderr, flush=True)
+            return max(code, 2)
+        else:
+            print(f"plot written to {args.plot}", file=sys.stderr, flush=True)
+    return code
 
 
 if __name__ == "__main__":

@@ -63,9 +63,11 @@ __all__ = [
     "TransportMismatch",
     "TransportUnavailable",
     "check_result",
+    "connect_transport",
     "measure",
     "open_transport",
     "run_transport",
+    "start_fastenv_server",
 ]
 
 FASTENV_TRANSPORTS: tuple[str, ...] = ("fastenv-shm", "fastenv-shm-py", "fastenv-tcp")
@@ -127,19 +129,42 @@ def _client_backend() -> str:
     return futex.BACKEND
 
 
-def _start_server(name: str, payload: str, timeout: float, server_env: Mapping[str, str] | None) -> Any:
-    """A started ``fastenv serve`` for fastenv row ``name`` (pure-Python doorbell for ``-py``)."""
+def start_fastenv_server(
+    name: str,
+    payload: str,
+    *,
+    args: Sequence[str] = (),
+    timeout: float = 30.0,
+    server_env: Mapping[str, str] | None = None,
+) -> Any:
+    """A started ``fastenv serve`` (a :class:`~fastenv.server_process.ServerProcess`) for fastenv row ``name``.
+
+    Serves ``payload``'s env with the extra command-line ``args`` (for example
+    ``["--mode", "per-client"]``) and the pure-Python doorbell for
+    ``fastenv-shm-py``. The caller stops it.
+
+    Raises:
+        KeyError: ``name`` is not a fastenv row, or the payload is unknown.
+    """
     from fastenv.server_process import ServerProcess
 
+    if name not in FASTENV_TRANSPORTS:
+        raise KeyError(f"{name!r} is not a fastenv transport; choose from {', '.join(FASTENV_TRANSPORTS)}")
     workload = get_workload(payload)
     server = ServerProcess(
         workload.target,
+        args,
         env_kwargs=workload.env_kwargs or None,
         ready_timeout=timeout,
         extra_env={**(server_env or {}), **(_PY_BACKEND if name == "fastenv-shm-py" else {})},
     )
     server.start()
     return server
+
+
+def _start_server(name: str, payload: str, timeout: float, server_env: Mapping[str, str] | None) -> Any:
+    """A started ``fastenv serve`` for fastenv row ``name`` (pure-Python doorbell for ``-py``)."""
+    return start_fastenv_server(name, payload, timeout=timeout, server_env=server_env)
 
 
 class _FastEnvClient:
@@ -232,6 +257,27 @@ def open_transport(
         client.close()
 
 
+@contextlib.contextmanager
+def connect_transport(name: str, payload: str, address: str, *, timeout: float = 30.0) -> Iterator[Any]:
+    """A client of fastenv row ``name`` connected to the running server at ``address``; closed on exit.
+
+    ``fastenv-shm-py`` needs this process to run the pure-Python doorbell
+    (``FASTENV_NATIVE=0`` before fastenv is imported).
+
+    Raises:
+        KeyError: ``name`` is not a fastenv row, or the payload is unknown.
+        TransportUnavailable: the transport cannot run here.
+    """
+    if name not in FASTENV_TRANSPORTS:
+        raise KeyError(f"{name!r} is not a fastenv transport; choose from {', '.join(FASTENV_TRANSPORTS)}")
+    get_workload(payload)
+    client = _FastEnvClient(name, payload, timeout, address=address)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
 def check_result(client: Any, got: Any, expected: Any) -> bool:
     """Whether a transport's reset/step result ``got`` matches the local env's ``expected``.
 
@@ -258,8 +304,13 @@ def measure(
     *,
     max_seconds: float | None = None,
     clock: Callable[[], int] = time.perf_counter_ns,
+    before_timing: Callable[[], None] | None = None,
 ) -> RunResult:
-    """Reset ``client``, verify and warm it up, then time ``steps`` step round trips."""
+    """Reset ``client``, verify and warm it up, then time ``steps`` step round trips.
+
+    ``before_timing`` is called after the warmup, right before the timed loop
+    (the scaling suite waits there until every client is ready).
+    """
     if steps < 1 or warmup < 0:
         raise ValueError(f"need steps >= 1 and warmup >= 0, got steps={steps} warmup={warmup}")
     workload = get_workload(payload)
@@ -271,6 +322,8 @@ def measure(
     _check(client, "reset observation", (got[0],), (expected[0],), transport)
     for i in range(warmup):
         _check(client, f"warmup step {i} result", client.step(action), local.step(action), transport)
+    if before_timing is not None:
+        before_timing()
 
     rtt = np.zeros(steps, dtype=np.int64)
     cpu = np.zeros(steps, dtype=np.int64)

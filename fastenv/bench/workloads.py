@@ -3,6 +3,15 @@
 - ``small``: :class:`fastenv.examples.VectorEnv` (4 float32 in, 4 float32 out).
 - ``camera``: :class:`fastenv.examples.CameraEnv` with its defaults (two
   480×640×3 uint8 frames and 20 float32 per step, about 1.8 MB).
+- ``camera-<H>x<W>`` (any size, for example ``camera-120x160``, 115 kB):
+  the same env with two H×W×3 frames, for payload-size sweeps
+  (:data:`SWEEP_PAYLOADS`). Not listed in :data:`PAYLOADS`;
+  :func:`get_workload` builds them from the name.
+- ``mujoco`` and ``mujoco-<H>x<W>``: real rendered frames, the MuJoCo
+  stack-cube task (:class:`fastenv.examples.mujoco_stack.StackCubeEnv`:
+  physics plus two offscreen-rendered cameras, 240×320 for ``mujoco``), for
+  ``benchmarks/bench_mujoco.py``. Needs ``pip install "fastenv[sim]"``; not
+  listed in :data:`PAYLOADS` either.
 
 Both are built with ``max_steps`` = :data:`NEVER_TRUNCATE`, so no episode ends
 during a run: transports that auto-reset (Gymnasium's vector envs) and those
@@ -16,6 +25,7 @@ observations used to check what each transport delivers.
 from __future__ import annotations
 
 import importlib
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,10 +34,12 @@ import numpy as np
 __all__ = [
     "NEVER_TRUNCATE",
     "PAYLOADS",
+    "SWEEP_PAYLOADS",
     "Workload",
     "build",
     "get_workload",
     "observation_arrays",
+    "observation_nbytes",
     "observations_equal",
     "snapshot",
 ]
@@ -63,8 +75,16 @@ PAYLOADS: dict[str, Workload] = {
 }
 
 
+#: The default ``fastenv-bench --sweep``: 16 B, 18 kB, 115 kB, 461 kB and 1.8 MB observations.
+SWEEP_PAYLOADS: tuple[str, ...] = ("small", "camera-48x64", "camera-120x160", "camera-240x320", "camera")
+
+_SIZED_CAMERA = re.compile(r"camera-([1-9][0-9]{0,4})x([1-9][0-9]{0,4})")
+_SIZED_MUJOCO = re.compile(r"mujoco(?:-([1-9][0-9]{0,4})x([1-9][0-9]{0,4}))?")
+_MAX_SIDE = 8192
+
+
 def get_workload(name: str) -> Workload:
-    """The :class:`Workload` called ``name``.
+    """The :class:`Workload` called ``name``: one of :data:`PAYLOADS` or ``camera-<H>x<W>``.
 
     Raises:
         KeyError: for an unknown name (the message lists the known ones).
@@ -72,7 +92,34 @@ def get_workload(name: str) -> Workload:
     try:
         return PAYLOADS[name]
     except KeyError:
-        raise KeyError(f"unknown payload {name!r}; choose one of {', '.join(PAYLOADS)}") from None
+        pass
+    match = _SIZED_CAMERA.fullmatch(name)
+    if match is not None:
+        height, width = int(match[1]), int(match[2])
+        if height <= _MAX_SIDE and width <= _MAX_SIDE:
+            kwargs = {"max_steps": NEVER_TRUNCATE, "height": height, "width": width}
+            return Workload(name, "fastenv.examples:CameraEnv", kwargs, action_dim=20)
+    match = _SIZED_MUJOCO.fullmatch(name)
+    if match is not None:
+        height, width = (int(match[1]), int(match[2])) if match[1] else (240, 320)
+        if height <= _MAX_SIDE and width <= _MAX_SIDE:
+            kwargs = {"max_episode_steps": NEVER_TRUNCATE, "height": height, "width": width}
+            return Workload(name, "fastenv.examples.mujoco_stack:StackCubeEnv", kwargs, action_dim=4)
+    raise KeyError(
+        f"unknown payload {name!r}; choose one of {', '.join(PAYLOADS)}, "
+        f"camera-<H>x<W> or mujoco[-<H>x<W>] (sides 1..{_MAX_SIDE})"
+    ) from None
+
+
+def observation_nbytes(name: str) -> int:
+    """Bytes of the arrays in one observation of payload ``name`` (from a local reset)."""
+    workload = get_workload(name)
+    env = workload.make_env()
+    try:
+        observation = env.reset(seed=workload.seed)[0]
+    finally:
+        env.close()
+    return sum(array.nbytes for _, array in observation_arrays(observation))
 
 
 def build(name: str) -> tuple[Any, np.ndarray]:
