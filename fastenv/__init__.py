@@ -14,11 +14,13 @@ Quick start::
     >>> obs, info = env.reset(seed=0)
 """
 
+from fastenv import gym_envs as _gym_envs  # noqa: F401  (registers the fastenv/... Gymnasium ids, lazily)
 from fastenv._version import __version__
 from fastenv.client import FastRemoteEnv, connect
 from fastenv.codec import decode, encode, register_type
 from fastenv.errors import (
     AddressInUse,
+    AlreadyPendingError,
     ClientClosedError,
     ConnectionLost,
     DecodeError,
@@ -26,11 +28,17 @@ from fastenv.errors import (
     FastEnvError,
     FastEnvTimeout,
     FrameTooLarge,
+    IncompatibleEnvsError,
+    HostKeyError,
+    LaunchError,
+    LaunchTimeout,
     MissingDependency,
+    NoPendingCallError,
     ProtocolError,
     ProtocolVersionError,
     RemoteEnvError,
     ServerConfigError,
+    SSHConnectError,
     TargetError,
     TransportError,
     UnknownMethodError,
@@ -39,6 +47,7 @@ from fastenv.server import EnvServer
 
 __all__ = [
     "AddressInUse",
+    "AlreadyPendingError",
     "ClientClosedError",
     "ConnectionLost",
     "DecodeError",
@@ -48,10 +57,16 @@ __all__ = [
     "FastEnvTimeout",
     "FastRemoteEnv",
     "FrameTooLarge",
+    "IncompatibleEnvsError",
+    "HostKeyError",
+    "LaunchError",
+    "LaunchTimeout",
     "MissingDependency",
+    "NoPendingCallError",
     "ProtocolError",
     "ProtocolVersionError",
     "RemoteEnvError",
+    "SSHConnectError",
     "ServerConfigError",
     "TargetError",
     "TransportError",
@@ -62,3 +77,16 @@ __all__ = [
     "encode",
     "register_type",
 ]
+
+
+_LAZY = {"FastVectorEnv": "fastenv.vector", "VectorHost": "fastenv.vector"}
+
+
+def __getattr__(name: str) -> object:
+    """Import the Gymnasium-backed names on first use (``fastenv.FastVectorEnv``)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fastenv' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

@@ -14,6 +14,7 @@ import psutil
 from fastenv import gym_types  # noqa: F401  (registers Gymnasium spaces with the codec)
 from fastenv import protocol
 from fastenv._version import __version__
+from fastenv.batching import pack_column, unpack_results
 from fastenv.control.address import host_identity, normalize_address
 from fastenv.control.dealer import ClientChannel
 from fastenv.errors import (
@@ -540,7 +541,8 @@ class FastRemoteEnv:
         Stops early, after the step that ends the episode (terminated or
         truncated), so the list may be shorter than ``actions``.
         """
-        return self.invoke(BATCH_STEP, (list(actions),))
+        actions = list(actions)
+        return unpack_results(self.invoke(BATCH_STEP, (len(actions), pack_column(actions))))
 
     def step_async(self, action: Any) -> None:
         """Send ``step(action)`` and return at once; :meth:`step_wait` collects the result.

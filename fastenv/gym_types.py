@@ -123,6 +123,16 @@ def _register_spec() -> None:
     register_type(EnvSpec, "gymnasium.EnvSpec", _spec_to_data, _spec_from_data)
 
 
+def _register_autoreset_mode() -> None:
+    """Vector envs report ``metadata["autoreset_mode"]`` as an enum member; it travels as its value."""
+    import gymnasium.vector
+
+    mode = getattr(gymnasium.vector, "AutoresetMode", None)  # Gymnasium >= 1.1
+    if mode is not None:
+        register_type(mode, "gymnasium.AutoresetMode", lambda member: member.value, mode)
+
+
 if spaces is not None:
     _register_spaces()
     _register_spec()
+    _register_autoreset_mode()

@@ -8,6 +8,13 @@ stalled observer skips transitions and never slows the controller. Each
 transition carries the env's transition number, so an observer sees exactly
 which ones it missed (:attr:`TransitionSubscriber.skipped`).
 
+Skipping costs the controller almost nothing: the publisher socket refuses
+(rather than drops) a message that some observer has no room for, and from
+then on transitions are not even encoded, except one probe every
+:data:`PROBE_INTERVAL_S`, until a probe goes through. So while an observer is
+stalled, all observers skip (they share one queue position); a
+fast observer next to a stalled one sees the same gaps.
+
 Joining without losing anything: an observer subscribes to the transition
 topic and then to a topic of its own; the publisher answers the second
 subscription with a sync message. Subscriptions on one connection arrive in
@@ -37,7 +44,8 @@ SYNC = b"S"  # prefix of an observer's own sync topic
 # Messages queued per observer (on each side of its connection) before it skips: small,
 # because a queued transition holds a copy of its observation.
 DEFAULT_QUEUE = 32
-HANDOFF_QUEUE = 128  # transitions waiting for the publisher thread (workers never wait for it)
+HANDOFF_QUEUE = 16  # transitions waiting for the publisher thread (workers never wait for it)
+PROBE_INTERVAL_S = 0.02  # while observers are backlogged, how often a transition is tried anyway
 
 
 @dataclass(frozen=True)
@@ -77,11 +85,14 @@ class TransitionPublisher:
         self.active = False  # someone subscribed to transitions: workers publish only then
         self.published = 0
         self.dropped = 0
+        self.backlogged = False  # the last message was refused: observers are behind
+        self._last_try = 0.0
         host = f"[{bind}]" if ":" in bind and not bind.startswith("[") else bind
         with translate_zmq_errors(f"tcp://{host}"):
             self._xpub = self._context.socket(zmq.XPUB)
             self._xpub.setsockopt(zmq.LINGER, 0)
             self._xpub.setsockopt(zmq.SNDHWM, queue)
+            self._xpub.setsockopt(zmq.XPUB_NODROP, 1)  # refuse instead of dropping: see backlogged
             if ":" in bind:
                 self._xpub.setsockopt(zmq.IPV6, 1)
             self._xpub.bind(f"tcp://{host}:*")
@@ -99,6 +110,12 @@ class TransitionPublisher:
 
     def publish(self, seq: int, method: str, args: tuple, kwargs: dict, result: Any, session: str) -> None:
         """Hand one transition to the publisher thread; never blocks (a full queue drops it)."""
+        if self.backlogged:
+            now = time.monotonic()
+            if now - self._last_try < PROBE_INTERVAL_S:
+                self.dropped += 1
+                return
+            self._last_try = now
         body = {"seq": seq, "method": method, "args": args, "kwargs": kwargs, "result": result, "session": session}
         try:
             frames = protocol.pack(Kind.TRANSITION, seq, body)
@@ -154,8 +171,10 @@ class TransitionPublisher:
                 return
             try:
                 self._xpub.send_multipart(frames, zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                pass  # XPUB drops for slow subscribers by itself; Again only if none can take it
+                self.backlogged = False
+            except zmq.Again:  # an observer's queue is full: skip, and stop encoding for a while
+                self.dropped += 1
+                self.backlogged = True
 
     def close(self, timeout: float = 2.0) -> None:
         """Stop the thread and close the sockets (idempotent)."""

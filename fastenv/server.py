@@ -41,6 +41,7 @@ import psutil
 import zmq
 
 from fastenv import codec, envinfo, protocol
+from fastenv.batching import pack_results, unpack_column
 from fastenv._version import __version__
 from fastenv.codec import Limits
 from fastenv.control.address import check_bind_allowed, host_identity
@@ -579,22 +580,26 @@ class EnvServer:
         if publisher is not None and publisher.active and name != GETATTR:
             publisher.publish(handle.transitions, name, args, kwargs, result, session.session_id)
 
-    def _batch_step(self, session: Session, args: tuple, kwargs: dict) -> list[Any]:
-        """Step once per action, stopping after a step that ends the episode (env lock held)."""
-        if len(args) != 1 or kwargs or not isinstance(args[0], (list, tuple)):
-            raise TypeError("batch_step takes one argument: a list of actions")
+    def _batch_step(self, session: Session, args: tuple, kwargs: dict) -> dict[str, Any]:
+        """Step once per action, stopping after a step that ends the episode (env lock held).
+
+        Returns the results packed in columns (:mod:`fastenv.batching`).
+        """
+        if len(args) != 2 or kwargs or not isinstance(args[1], tuple) or len(args[1]) != 2:
+            raise TypeError("batch_step takes (count, packed column of actions)")
+        actions = unpack_column(str(args[1][0]), args[1][1], int(args[0]))
         step = session.methods.get("step")
         if step is None:
             step = envinfo.resolve_member(session.env, "step")
             session.methods["step"] = step
         results = []
-        for action in args[0]:
+        for action in actions:
             result = step(action)
             self._publish(session, "step", (action,), {}, result)
             results.append(result)
             if _episode_over(result):
                 break
-        return results
+        return pack_results(results)
 
     def _on_attach(self, identity: bytes, message: Message) -> None:
         session = self._session_for(identity, message)

@@ -1,0 +1,111 @@
+"""Slicing and joining batches of a Gymnasium space, recursively over Dict and Tuple.
+
+A *batch* is what ``gymnasium.vector.utils.batch_space(space, n)`` describes:
+an array with a leading axis of ``n`` for Box / Discrete / MultiDiscrete /
+MultiBinary, a dict of batches for Dict, a tuple of batches for Tuple, and a
+plain tuple of ``n`` items for every other space (Text, Sequence, Graph, ...).
+:func:`split` cuts rows ``start:stop`` out of a batch (a view where numpy
+allows it); :func:`join` writes batches of consecutive rows one after the
+other into an output batch made by :func:`empty`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import singledispatch
+from typing import Any
+
+import numpy as np
+from gymnasium import Space
+from gymnasium.spaces import Box, Dict, Discrete, MultiBinary, MultiDiscrete, Tuple
+from gymnasium.vector.utils import create_empty_array
+
+ARRAY_SPACES = (Box, Discrete, MultiDiscrete, MultiBinary)
+
+
+@singledispatch
+def split(space: Space, batch: Any, start: int, stop: int) -> Any:
+    """Rows ``start:stop`` of ``batch``, a batch of the single-env space ``space``.
+
+    Arrays and sequences are sliced (numpy slices are views); Dict and Tuple
+    batches are split entry by entry.
+    """
+    return batch[start:stop]
+
+
+@split.register(Dict)
+def _split_dict(space: Dict, batch: Any, start: int, stop: int) -> dict[str, Any]:
+    return {key: split(sub, batch[key], start, stop) for key, sub in space.spaces.items()}
+
+
+@split.register(Tuple)
+def _split_tuple(space: Tuple, batch: Any, start: int, stop: int) -> tuple[Any, ...]:
+    return tuple(split(sub, batch[i], start, stop) for i, sub in enumerate(space.spaces))
+
+
+def empty(space: Space, n: int, fn: Callable[..., np.ndarray] = np.empty) -> Any:
+    """An output batch of ``n`` rows for :func:`join` (``None`` leaves for non-array spaces)."""
+    return _empty(space, n, fn)
+
+
+@singledispatch
+def _empty(space: Space, n: int, fn: Callable[..., np.ndarray]) -> Any:
+    return None  # joined as a fresh tuple
+
+
+@_empty.register(Box)
+@_empty.register(Discrete)
+@_empty.register(MultiDiscrete)
+@_empty.register(MultiBinary)
+def _empty_array(space: Space, n: int, fn: Callable[..., np.ndarray]) -> np.ndarray:
+    return create_empty_array(space, n=n, fn=fn)
+
+
+@_empty.register(Dict)
+def _empty_dict(space: Dict, n: int, fn: Callable[..., np.ndarray]) -> dict[str, Any]:
+    return {key: _empty(sub, n, fn) for key, sub in space.spaces.items()}
+
+
+@_empty.register(Tuple)
+def _empty_tuple(space: Tuple, n: int, fn: Callable[..., np.ndarray]) -> tuple[Any, ...]:
+    return tuple(_empty(sub, n, fn) for sub in space.spaces)
+
+
+@singledispatch
+def join(space: Space, parts: Sequence[Any], out: Any) -> Any:
+    """Write the batches ``parts`` (consecutive rows) into ``out``; returns the joined batch.
+
+    Array leaves are copied into ``out`` (one copy per part, no intermediate);
+    non-array spaces are joined into a new tuple.
+    """
+    return tuple(item for part in parts for item in part)
+
+
+@join.register(Box)
+@join.register(Discrete)
+@join.register(MultiDiscrete)
+@join.register(MultiBinary)
+def _join_array(space: Space, parts: Sequence[Any], out: np.ndarray) -> np.ndarray:
+    return np.concatenate(parts, axis=0, out=out)
+
+
+@join.register(Dict)
+def _join_dict(space: Dict, parts: Sequence[Any], out: dict[str, Any]) -> dict[str, Any]:
+    return {key: join(sub, [part[key] for part in parts], out[key]) for key, sub in space.spaces.items()}
+
+
+@join.register(Tuple)
+def _join_tuple(space: Tuple, parts: Sequence[Any], out: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(join(sub, [part[i] for part in parts], out[i]) for i, sub in enumerate(space.spaces))
+
+
+def set_writeable(batch: Any, writeable: bool) -> None:
+    """Set the ``writeable`` flag of every array leaf of ``batch`` (arrays it owns)."""
+    if isinstance(batch, np.ndarray):
+        batch.flags.writeable = writeable
+    elif isinstance(batch, dict):
+        for value in batch.values():
+            set_writeable(value, writeable)
+    elif isinstance(batch, tuple):
+        for value in batch:
+            set_writeable(value, writeable)

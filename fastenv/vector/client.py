@@ -1,0 +1,319 @@
+"""FastVectorEnv: a Gymnasium ``VectorEnv`` over the envs of one or more fastenv servers."""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+from collections.abc import Sequence
+from enum import Enum
+from typing import Any
+
+import numpy as np
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from fastenv.client import FastRemoteEnv
+from fastenv.errors import (
+    AlreadyPendingError,
+    ClientClosedError,
+    FastEnvError,
+    IncompatibleEnvsError,
+    NoPendingCallError,
+)
+from fastenv.vector import batch, calls
+from fastenv.vector.host import check_reset_mask, per_env_seeds
+
+
+class _State(Enum):
+    DEFAULT = "default"
+    WAITING_STEP = "step"
+
+
+class FastVectorEnv(VectorEnv):
+    """Gymnasium's ``VectorEnv`` over the envs served by one or more fastenv servers.
+
+    Each address is a server started with ``fastenv serve TARGET --num-envs N``
+    (a server without ``--num-envs`` contributes its one env). The vector env's
+    envs are the servers' envs in the order given: with two servers of 4 envs,
+    envs 0-3 live on the first, 4-7 on the second. It behaves like
+    ``gymnasium.vector.SyncVectorEnv`` over the same envs: batched spaces,
+    next-step autoreset, ``reset(seed=s)`` seeding env ``i`` with ``s + i``,
+    infos merged into Gymnasium's ``{key: array, "_key": mask}`` form.
+
+    ``step`` sends the actions to every server before it waits for any, so the
+    servers step at the same time. With one server the batch comes back as the
+    server sent it: on shared memory the observations, rewards, terminations
+    and truncations are read-only views into the session's arena, valid for
+    :attr:`views_valid_for` further calls (pass ``copy=True`` for owned
+    arrays). With several servers each server's rows are written once into
+    one batch; that batch is owned when every server sends owned arrays, and
+    otherwise comes from a ring of read-only buffers valid for
+    :attr:`views_valid_for` further calls.
+
+    Args:
+        addresses: one server address, or a list of them (on any hosts).
+        **client_kwargs: passed to every :class:`~fastenv.FastRemoteEnv`
+            (``timeout``, ``transport``, ``copy``, ...).
+
+    Example::
+
+        with fastenv.FastVectorEnv(["10.0.0.5:5555", "10.0.0.6:5555"]) as envs:
+            obs, infos = envs.reset(seed=0)
+            obs, rewards, terminations, truncations, infos = envs.step(envs.action_space.sample())
+    """
+
+    def __init__(self, addresses: str | Sequence[str], **client_kwargs: Any) -> None:
+        addresses = [addresses] if isinstance(addresses, str) else list(addresses)
+        if not addresses:
+            raise ValueError("FastVectorEnv needs at least one server address")
+        self.closed = False
+        self._state = _State.DEFAULT
+        self._pending: list[calls.PendingCall] = []
+        self.remotes: tuple[FastRemoteEnv, ...] = ()
+        connected: list[FastRemoteEnv] = []
+        try:
+            for address in addresses:
+                connected.append(FastRemoteEnv(address, vector=True, **client_kwargs))
+            self.remotes = tuple(connected)
+            self._describe()
+        except BaseException:
+            self.closed = True
+            for remote in connected:
+                remote.close()
+            raise
+
+    def _describe(self) -> None:
+        """Read each server's env count and spaces; check the servers agree."""
+        counts = []
+        first = self.remotes[0]
+        for remote in self.remotes:
+            try:
+                counts.append(int(remote.num_envs))
+                spaces = (remote.single_observation_space, remote.single_action_space)
+            except AttributeError:
+                raise IncompatibleEnvsError(
+                    f"the server at {remote.address} does not serve a vector of envs "
+                    f"({remote.env_info.get('class')}); update it to a fastenv that supports --num-envs"
+                ) from None
+            if remote is first:
+                self.single_observation_space, self.single_action_space = spaces
+            elif spaces != (self.single_observation_space, self.single_action_space):
+                raise IncompatibleEnvsError(
+                    f"the server at {remote.address} serves spaces {spaces[0]} / {spaces[1]}, but the one at "
+                    f"{first.address} serves {self.single_observation_space} / {self.single_action_space}"
+                )
+        self.envs_per_server: tuple[int, ...] = tuple(counts)
+        self._bounds = list(itertools.pairwise(itertools.accumulate(counts, initial=0)))
+        self.num_envs = sum(counts)
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        self.metadata = dict(first.metadata or {})
+        self.metadata["autoreset_mode"] = AutoresetMode.NEXT_STEP
+        self.spec = first.spec
+        self.render_mode = first.render_mode
+        windows = [remote.views_valid_for for remote in self.remotes]
+        if len(self.remotes) == 1:
+            self.views_valid_for: int | None = windows[0]
+        elif any(window is not None for window in windows):
+            self.views_valid_for = min(window for window in windows if window is not None)
+        else:
+            self.views_valid_for = None
+        # Several servers whose arrays are views: join into a ring of buffers, each
+        # reused only after views_valid_for further calls (like an arena slot).
+        ring_size = self.views_valid_for + 1 if len(self.remotes) > 1 and self.views_valid_for is not None else 0
+        self._ring = [batch.empty(self.single_observation_space, self.num_envs) for _ in range(ring_size)]
+        self._ring_next = 0
+
+    # ------------------------------------------------------------------ info
+
+    @property
+    def transport(self) -> tuple[str, ...]:
+        """Each server's data plane (``"shm"`` or ``"tcp"``), in server order."""
+        return tuple(remote.transport for remote in self.remotes)
+
+    @property
+    def transport_reason(self) -> tuple[str, ...]:
+        """Why each server's data plane was chosen."""
+        return tuple(remote.transport_reason for remote in self.remotes)
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """The servers' addresses, in order."""
+        return tuple(remote.address for remote in self.remotes)
+
+    # ------------------------------------------------------------------ reset / step
+
+    def reset(
+        self, *, seed: int | Sequence[int | None] | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        """Reset every env; returns ``(observations, infos)`` like ``SyncVectorEnv.reset``.
+
+        Args:
+            seed: None, an int (env ``i`` gets ``seed + i``), or one seed per env.
+            options: passed to every env's ``reset``; ``options["reset_mask"]``
+                (bool array, one per env) resets only the marked envs.
+        """
+        self._check_idle("reset")
+        seeds = per_env_seeds(seed, self.num_envs)
+        mask = None
+        if options is not None and "reset_mask" in options:
+            mask = check_reset_mask(options["reset_mask"], self.num_envs)
+        pending = []
+        for remote, (start, stop) in zip(self.remotes, self._bounds):
+            server_options = options
+            if mask is not None:
+                server_options = {**options, "reset_mask": mask[start:stop]}  # type: ignore[dict-item]
+            pending.append(
+                calls.PendingCall(remote, "reset", (), {"seed": seeds[start:stop], "options": server_options})
+            )
+        calls.start(pending)
+        results = calls.gather(pending, None)
+        return self._join_observations([obs for obs, _ in results]), self._join_infos([infos for _, infos in results])
+
+    def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """Step every env with its row of ``actions``; next-step autoreset as in Gymnasium.
+
+        Returns:
+            ``(observations, rewards, terminations, truncations, infos)``.
+        """
+        self.step_async(actions)
+        return self.step_wait()
+
+    def step_async(self, actions: Any) -> None:
+        """Send each server its rows of ``actions`` (a batch of :attr:`action_space`).
+
+        Raises:
+            ClientClosedError: the vector env is closed.
+            AlreadyPendingError: a ``step_async`` is still waiting for its :meth:`step_wait`.
+        """
+        self._check_idle("step_async")
+        if len(self.remotes) == 1:
+            parts = [actions]
+        else:
+            parts = [batch.split(self.single_action_space, actions, start, stop) for start, stop in self._bounds]
+        pending = [calls.PendingCall(remote, "step", (part,), None) for remote, part in zip(self.remotes, parts)]
+        calls.start(pending)
+        self._pending = pending
+        self._state = _State.WAITING_STEP
+
+    def step_wait(self, timeout: float | None = None) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """Wait for the step sent by :meth:`step_async` and return the batched results.
+
+        Args:
+            timeout: seconds to wait for all servers; None waits as long as each
+                client's own ``timeout``.
+
+        Raises:
+            ClientClosedError: the vector env is closed.
+            NoPendingCallError: no :meth:`step_async` is pending.
+            FastEnvTimeout: the servers did not all answer in time (the step is
+                then abandoned: reset before stepping again).
+        """
+        self._check_open("step_wait")
+        if self._state is not _State.WAITING_STEP:
+            raise NoPendingCallError("step_wait() was called without a pending step_async()")
+        pending, self._pending = self._pending, []
+        self._state = _State.DEFAULT
+        results = calls.gather(pending, timeout)
+        if len(results) == 1:
+            observations, rewards, terminations, truncations, _ = results[0]
+        else:
+            observations = self._join_observations([result[0] for result in results])
+            rewards, terminations, truncations = (np.concatenate([result[k] for result in results]) for k in (1, 2, 3))
+        return observations, rewards, terminations, truncations, self._join_infos([result[4] for result in results])
+
+    # ------------------------------------------------------------------ other calls
+
+    def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
+        """Call the method ``name`` of every env (or read it, if it is not callable); one result per env."""
+        return tuple(
+            itertools.chain.from_iterable(self._broadcast("call", [(name, *args)] * len(self.remotes), kwargs))
+        )
+
+    def get_attr(self, name: str) -> tuple[Any, ...]:
+        """Every env's attribute ``name``, one per env."""
+        return tuple(itertools.chain.from_iterable(self._broadcast("get_attr", [(name,)] * len(self.remotes))))
+
+    def set_attr(self, name: str, values: Any) -> None:
+        """Set attribute ``name`` on every env: one value per env (list or tuple), or one for all."""
+        if not isinstance(values, (list, tuple)):
+            values = [values] * self.num_envs
+        if len(values) != self.num_envs:
+            raise ValueError(f"set_attr needs one value per env: got {len(values)} values for {self.num_envs} envs")
+        self._broadcast("set_attr", [(name, list(values[start:stop])) for start, stop in self._bounds])
+
+    def render(self) -> tuple[Any, ...]:
+        """Every env's ``render()`` result, one per env."""
+        return tuple(itertools.chain.from_iterable(self._broadcast("render", [()] * len(self.remotes))))
+
+    def _broadcast(self, method: str, args: list[tuple], kwargs: dict[str, Any] | None = None) -> list[Any]:
+        self._check_idle(method)
+        pending = [calls.PendingCall(remote, method, arg, kwargs) for remote, arg in zip(self.remotes, args)]
+        calls.start(pending)
+        return calls.gather(pending, None)
+
+    # ------------------------------------------------------------------ merging
+
+    def _join_observations(self, parts: list[Any]) -> Any:
+        if len(parts) == 1:
+            return parts[0]
+        if not self._ring:
+            return batch.join(
+                self.single_observation_space, parts, batch.empty(self.single_observation_space, self.num_envs)
+            )
+        out = self._ring[self._ring_next]
+        self._ring_next = (self._ring_next + 1) % len(self._ring)
+        batch.set_writeable(out, True)
+        joined = batch.join(self.single_observation_space, parts, out)
+        batch.set_writeable(out, False)
+        return joined
+
+    def _join_infos(self, per_server: list[list[dict[str, Any]]]) -> dict[str, Any]:
+        infos: dict[str, Any] = {}
+        for (start, _), server_infos in zip(self._bounds, per_server):
+            for offset, info in enumerate(server_infos):
+                if info:
+                    infos = self._add_info(infos, info, start + offset)
+        return infos
+
+    # ------------------------------------------------------------------ lifetime
+
+    def _check_open(self, what: str) -> None:
+        if self.closed:
+            raise ClientClosedError(f"{what}() on a closed FastVectorEnv")
+
+    def _check_idle(self, what: str) -> None:
+        self._check_open(what)
+        if self._state is not _State.DEFAULT:
+            raise AlreadyPendingError(f"{what}() while a step_async() is waiting for step_wait()")
+
+    def close_extras(self, timeout: float = 2.0, **kwargs: Any) -> None:
+        """Drop a pending step and close every server connection (``close()`` is idempotent)."""
+        pending, self._pending = self._pending, []
+        self._state = _State.DEFAULT
+        for call in pending:
+            call.discard(timeout)
+        for remote in self.remotes:
+            try:
+                remote.close(timeout)
+            except FastEnvError:
+                pass  # close the others; FastRemoteEnv.close does not raise for a server that is gone
+
+    def __enter__(self) -> FastVectorEnv:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not self.__dict__.get("closed", True) and self.__dict__.get("remotes"):
+            warnings.warn(
+                f"FastVectorEnv({list(self.addresses)}) was not closed; use `with` or call close()",
+                ResourceWarning,
+                stacklevel=2,
+            )
+            self.close(timeout=0.5)
+
+    def __repr__(self) -> str:
+        name = f"{self.spec.id}, " if getattr(self, "spec", None) is not None else ""
+        return f"FastVectorEnv({name}num_envs={self.num_envs}, servers={len(self.remotes)})"

@@ -1,0 +1,261 @@
+"""VectorHost: N env instances behind one object that a server serves like any env.
+
+``fastenv serve TARGET --num-envs N`` wraps N envs in a :class:`VectorHost`;
+a :class:`~fastenv.FastVectorEnv` drives one or several of them. Stepping
+follows ``gymnasium.vector.SyncVectorEnv`` with its default next-step
+autoreset, so a host over the same envs, seeds and actions produces the same
+observations, rewards, terminations and truncations. Two things differ, both
+for the data plane's sake:
+
+- ``reset`` and ``step`` return the per-env ``info`` dicts as a *list*; the
+  client merges them (``VectorEnv._add_info``) once it knows each env's index
+  across all servers;
+- the observation returned is the host's own batch buffer (each env's
+  observation is written into it once per call, and the data plane ships it
+  from there). It is overwritten by the next ``reset`` / ``step``: copy it to
+  keep it when you use a host in-process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from numbers import Integral
+from typing import Any
+
+import numpy as np
+from gymnasium.vector import AutoresetMode
+from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
+
+from fastenv import envinfo
+from fastenv.errors import ServerConfigError, UnknownMethodError
+
+
+class VectorHost:
+    """Hold ``envs`` (Gymnasium-style: spaces, ``reset`` / 5-tuple ``step``) and step them as one batch.
+
+    Args:
+        envs: the env instances; all must have equal observation and action spaces.
+        close_envs: :meth:`close` also closes the envs (turn off for envs owned elsewhere).
+
+    Attributes:
+        num_envs: how many envs.
+        single_observation_space, single_action_space: one env's spaces (env 0's).
+        observation_space, action_space: the batched spaces
+            (``gymnasium.vector.utils.batch_space``).
+        metadata: env 0's metadata with ``autoreset_mode`` set to
+            ``AutoresetMode.NEXT_STEP``, as Gymnasium's vector envs report it.
+        spec, render_mode: env 0's.
+
+    Example::
+
+        host = VectorHost([gymnasium.make("CartPole-v1") for _ in range(4)])
+        obs, infos = host.reset(seed=0)           # infos: a list of 4 dicts
+        obs, rewards, terminations, truncations, infos = host.step(np.zeros(4, np.int64))
+    """
+
+    def __init__(self, envs: Sequence[Any], *, close_envs: bool = True) -> None:
+        self.envs = list(envs)
+        if not self.envs:
+            raise ServerConfigError("VectorHost needs at least one env")
+        self.close_envs = close_envs
+        self.num_envs = len(self.envs)
+        first = self.envs[0]
+        try:
+            self.single_observation_space = first.observation_space
+            self.single_action_space = first.action_space
+        except AttributeError as exc:
+            raise ServerConfigError(
+                f"VectorHost needs envs with Gymnasium spaces; {type(first).__name__} has no {exc.name}"
+            ) from None
+        for index, env in enumerate(self.envs[1:], start=1):
+            for name, expected in (
+                ("observation_space", self.single_observation_space),
+                ("action_space", self.single_action_space),
+            ):
+                got = getattr(env, name, None)
+                if got != expected:
+                    raise ServerConfigError(f"env {index} has {name} {got}, but env 0 has {expected}")
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        self.metadata: dict[str, Any] = dict(getattr(first, "metadata", None) or {})
+        self.metadata["autoreset_mode"] = AutoresetMode.NEXT_STEP
+        self.spec = getattr(first, "spec", None)
+        self.render_mode = getattr(first, "render_mode", None)
+        self.closed = False
+
+        n = self.num_envs
+        self._env_obs: list[Any] = [None] * n
+        self._observations = create_empty_array(self.single_observation_space, n=n, fn=np.zeros)
+        self._rewards = np.zeros(n, dtype=np.float64)
+        self._terminations = np.zeros(n, dtype=np.bool_)
+        self._truncations = np.zeros(n, dtype=np.bool_)
+        self._autoreset = np.zeros(n, dtype=np.bool_)
+
+    # ------------------------------------------------------------------ env API
+
+    def reset(
+        self, *, seed: int | Sequence[int | None] | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, list[dict[str, Any]]]:
+        """Reset the envs; returns ``(batched observations, list of per-env infos)``.
+
+        Args:
+            seed: None (unseeded), an int (env ``i`` gets ``seed + i``), or one
+                seed (or None) per env.
+            options: passed to every env's ``reset``. An ``options["reset_mask"]``
+                (bool array of shape ``(num_envs,)``) resets only the envs it
+                marks, as in Gymnasium; unlike Gymnasium an all-False mask is
+                allowed (nothing is reset), so a client can drive a slice of a
+                larger vector env.
+        """
+        seeds = per_env_seeds(seed, self.num_envs)
+        mask = None
+        if options is not None and "reset_mask" in options:
+            options = dict(options)
+            mask = check_reset_mask(options.pop("reset_mask"), self.num_envs, allow_empty=True)
+        infos: list[dict[str, Any]] = []
+        if mask is None:
+            self._terminations[:] = False
+            self._truncations[:] = False
+            self._autoreset[:] = False
+        else:
+            self._terminations[mask] = False
+            self._truncations[mask] = False
+            self._autoreset[mask] = False
+        for index, (env, env_seed) in enumerate(zip(self.envs, seeds, strict=True)):
+            if mask is not None and not mask[index]:
+                infos.append({})
+                continue
+            self._env_obs[index], info = env.reset(seed=env_seed, options=options)
+            infos.append(info)
+        self._observations = concatenate(self.single_observation_space, self._env_obs, self._observations)
+        return self._observations, infos
+
+    def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]:
+        """Step every env with its row of ``actions`` (a batch of :attr:`action_space`).
+
+        An env that terminated or truncated on the previous step is reset
+        instead (its action is ignored; reward 0, terminated and truncated
+        False, its info from ``reset``), as Gymnasium's next-step autoreset does.
+
+        Returns:
+            ``(observations, rewards float64[n], terminations bool[n], truncations bool[n], infos)``
+            with ``infos`` a list of the per-env info dicts.
+        """
+        infos: list[dict[str, Any]] = []
+        for index, (action, env) in enumerate(zip(iterate(self.action_space, actions), self.envs, strict=True)):
+            if self._autoreset[index]:
+                self._env_obs[index], info = env.reset()
+                self._rewards[index] = 0.0
+                self._terminations[index] = False
+                self._truncations[index] = False
+            else:
+                result = env.step(action)
+                if not isinstance(result, tuple) or len(result) != 5:
+                    raise TypeError(
+                        f"{type(env).__name__}.step() must return Gymnasium's 5-tuple "
+                        "(obs, reward, terminated, truncated, info) to be vectorised"
+                    )
+                (
+                    self._env_obs[index],
+                    self._rewards[index],
+                    self._terminations[index],
+                    self._truncations[index],
+                    info,
+                ) = result
+            infos.append(info)
+        self._observations = concatenate(self.single_observation_space, self._env_obs, self._observations)
+        self._autoreset = np.logical_or(self._terminations, self._truncations)
+        return self._observations, self._rewards.copy(), self._terminations.copy(), self._truncations.copy(), infos
+
+    def render(self) -> tuple[Any, ...]:
+        """Every env's ``render()``."""
+        return tuple(env.render() for env in self.envs)
+
+    def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
+        """Call the public method ``name`` of every env (or read it, if it is not callable)."""
+        results = []
+        for env in self.envs:
+            member = _public_member(env, name)
+            results.append(member(*args, **kwargs) if callable(member) else member)
+        return tuple(results)
+
+    def get_attr(self, name: str) -> tuple[Any, ...]:
+        """Every env's attribute ``name`` (like Gymnasium's ``get_attr``, a method is called)."""
+        return self.call(name)
+
+    def set_attr(self, name: str, values: Any) -> None:
+        """Set attribute ``name`` on every env: one value per env (list or tuple), or one for all."""
+        if not isinstance(name, str) or not name or name.startswith("_"):
+            raise UnknownMethodError(f"{name!r} is not a public attribute name")
+        if not isinstance(values, (list, tuple)):
+            values = [values] * self.num_envs
+        if len(values) != self.num_envs:
+            raise ValueError(f"set_attr needs one value per env: got {len(values)} values for {self.num_envs} envs")
+        for env, value in zip(self.envs, values, strict=True):
+            setter = getattr(env, "set_wrapper_attr", None)
+            if setter is not None:
+                setter(name, value)
+            else:
+                setattr(env, name, value)
+
+    # ------------------------------------------------------------------ lifetime
+
+    def close(self) -> None:
+        """Close the envs (if ``close_envs``); idempotent. Every env is closed even if one fails."""
+        if self.closed:
+            return
+        self.closed = True
+        if not self.close_envs:
+            return
+        failure: BaseException | None = None
+        for env in self.envs:
+            close = getattr(env, "close", None)
+            if close is None:
+                continue
+            try:
+                close()
+            except Exception as exc:  # close the rest, then report the first failure
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+
+    def __enter__(self) -> VectorHost:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        name = self.spec.id if self.spec is not None else type(self.envs[0]).__name__
+        return f"VectorHost({name}, num_envs={self.num_envs})"
+
+
+def _public_member(env: Any, name: str) -> Any:
+    if name in envinfo.RESERVED_METHODS:
+        raise UnknownMethodError(f"{name!r} cannot be called on the envs: close the vector env instead")
+    return envinfo.resolve_member(env, name)
+
+
+def per_env_seeds(seed: int | Sequence[int | None] | None, num_envs: int) -> list[int | None]:
+    """Gymnasium's vector seeding: None for all, ``seed + i`` from an int, or one per env."""
+    if seed is None:
+        return [None] * num_envs
+    if isinstance(seed, Integral) and not isinstance(seed, bool):
+        return [int(seed) + index for index in range(num_envs)]
+    seeds = [None if item is None else int(item) for item in seed]
+    if len(seeds) != num_envs:
+        raise ValueError(f"a list of seeds needs one seed per env: got {len(seeds)} for {num_envs} envs")
+    return seeds
+
+
+def check_reset_mask(mask: Any, num_envs: int, *, allow_empty: bool = False) -> np.ndarray:
+    """Validate ``options["reset_mask"]`` as Gymnasium does (bool array, one entry per env)."""
+    if not isinstance(mask, np.ndarray):
+        raise TypeError(f"options['reset_mask'] must be a numpy array, got {type(mask).__name__}")
+    if mask.shape != (num_envs,):
+        raise ValueError(f"options['reset_mask'] must have shape ({num_envs},), got {mask.shape}")
+    if mask.dtype != np.bool_:
+        raise TypeError(f"options['reset_mask'] must have dtype bool, got {mask.dtype}")
+    if not allow_empty and not mask.any():
+        raise ValueError("options['reset_mask'] must mark at least one env to reset")
+    return mask
