@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from fastenv.errors import FastEnvError
+from fastenv.launch.cli import register as _add_launch
 
 READY_LINE = "fastenv: ready {address}"
 
@@ -189,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(commands)
     _add_doctor(commands)
     _add_gc(commands)
+    _add_launch(commands)
     commands.add_parser("bench", add_help=False, help="compare transports side by side (fastenv-bench; see --help)")
     return parser
 

@@ -15,16 +15,25 @@ Differences, all on the safe side:
   error is its ``__cause__``.
 - Nothing a peer sends can run code: values travel through fastenv's
   data-only codec instead of the seed's plain pickle.
+- ``RemoteEnv.auto_start_remote_server`` starts the server with
+  :func:`fastenv.launch.launch` (no ``ssh`` subprocess, no 10 s sleep: it
+  returns when the server is ready, or False at once with the remote error),
+  reaches it through an SSH tunnel, points ``host`` / ``port`` at it, and
+  ``close()`` stops it. See :func:`auto_start_remote_server`.
 """
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastenv.client import FastRemoteEnv
 from fastenv.errors import FastEnvError
 from fastenv.server import EnvServer
+
+if TYPE_CHECKING:
+    from fastenv.launch.handle import LaunchedServer
 
 
 class CompatError(FastEnvError, RuntimeError):
@@ -94,6 +103,7 @@ class RemoteEnv:
         self.connect_timeout = connect_timeout
         self.connected = False
         self._env: FastRemoteEnv | None = None
+        self.launched: LaunchedServer | None = None  # the server auto_start_remote_server started
 
     def connect(self) -> bool:
         """Connect; returns True on success, False (after printing why) on failure."""
@@ -131,15 +141,91 @@ class RemoteEnv:
         """Step once per action, in order; returns the list of step results."""
         return [self.step(action) for action in actions]
 
+    def auto_start_remote_server(
+        self,
+        ssh_host: str,
+        remote_script_path: str,
+        task_name: str = "stack_cube",
+        num_envs: int = 1,
+        **launch_kwargs: Any,
+    ) -> bool:
+        """Start the script's env on ``ssh_host`` (see :func:`auto_start_remote_server`); then :meth:`connect`.
+
+        Returns True once the server is ready, with ``host`` / ``port`` now
+        pointing at it (the local end of the SSH tunnel by default); False,
+        after printing why (the remote output included), if it could not start.
+        :meth:`close` stops the server; the handle is :attr:`launched`.
+        """
+        print(f"Starting remote server on {ssh_host}...")
+        try:
+            server = auto_start_remote_server(ssh_host, remote_script_path, task_name, num_envs, **launch_kwargs)
+        except FastEnvError as exc:
+            print(f"Failed to start remote server: {exc}")
+            return False
+        self._stop_launched()
+        self.launched = server
+        self.host, port = server.address.removeprefix("tcp://").rsplit(":", 1)
+        self.port = int(port)
+        print(f"Remote server ready on {ssh_host} (pid {server.remote_pid}), reachable at {self.host}:{self.port}")
+        return True
+
+    def _stop_launched(self) -> None:
+        if self.launched is not None:
+            self.launched.stop()
+            self.launched = None
+
     def close(self) -> None:
-        """Close the connection (idempotent)."""
+        """Close the connection, and stop the server :meth:`auto_start_remote_server` started (idempotent)."""
         self.connected = False
-        if self._env is not None:
-            self._env.close()
-            self._env = None
+        try:
+            if self._env is not None:
+                self._env.close()
+                self._env = None
+        finally:
+            self._stop_launched()
 
     def __enter__(self) -> RemoteEnv:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def auto_start_remote_server(
+    ssh_host: str,
+    remote_script_path: str,
+    task_name: str = "stack_cube",
+    num_envs: int = 1,
+    *,
+    script: str = "example.py",
+    factory: str = "create_local_env",
+    **launch_kwargs: Any,
+) -> LaunchedServer:
+    """Serve a seed-style script's env on ``ssh_host``; return the :class:`~fastenv.launch.LaunchedServer`.
+
+    The seed ran ``ssh HOST "cd REMOTE_SCRIPT_PATH && conda activate ... &&
+    python example.py server --task T --num_envs N"``, whose server served
+    ``create_local_env(T, N)`` on every interface, and slept 10 s. Here the
+    remote side runs ``fastenv serve example.py:create_local_env`` in
+    ``remote_script_path`` with ``task_name=T, num_envs=N`` as the factory's
+    keyword arguments, and this returns as soon as it is ready (or raises a
+    :class:`~fastenv.LaunchError` carrying the remote output).
+
+    Args:
+        ssh_host: ``[user@]host[:port]`` or an SSH config alias.
+        remote_script_path: the remote directory holding ``script`` (as in the
+            seed), or the path of the script itself.
+        task_name, num_envs: passed to the factory.
+        script: the script's file name when ``remote_script_path`` is a directory.
+        factory: the function of the script that builds the env.
+        launch_kwargs: passed to :func:`fastenv.launch.launch`, e.g.
+            ``setup="source ~/anaconda3/etc/profile.d/conda.sh && conda activate roboverse"``,
+            ``python=...``, ``tunnel=...``, ``ssh_config=...``.
+    """
+    from fastenv.launch.launcher import launch
+
+    path = remote_script_path.rstrip("/")
+    directory, file = posixpath.split(path) if path.endswith(".py") else (path, script)
+    launch_kwargs.setdefault("cwd", directory or None)
+    env_kwargs = {"task_name": task_name, "num_envs": num_envs, **launch_kwargs.pop("env_kwargs", {})}
+    return launch(ssh_host, f"{file}:{factory}", env_kwargs=env_kwargs, **launch_kwargs)
