@@ -170,6 +170,18 @@ class FastRemoteEnv:
             self._channel.close()
             raise
 
+    @classmethod
+    def launch(cls, ssh_host: str, target: str, **kwargs: Any) -> FastRemoteEnv:
+        """Start ``fastenv serve TARGET`` on ``ssh_host`` over SSH and connect to it.
+
+        Closing the returned env also stops the remote server. Keyword
+        arguments go to :func:`fastenv.launch.launch_and_connect` (``setup``,
+        ``cwd``, ``python``, ``tunnel``, ... and the client's own options).
+        """
+        from fastenv.launch.launcher import launch_and_connect
+
+        return launch_and_connect(ssh_host, target, **kwargs)
+
     def _open_session(self, timeout: float) -> None:
         """Handshake, shared-memory probe and data plane: a new session on the server."""
         transport, compression = self._options["transport"], self._options["compression"]

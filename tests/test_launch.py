@@ -184,6 +184,15 @@ def test_launch_and_connect_close_stops_the_server(sshd, state_dir) -> None:
     env.close()  # idempotent
 
 
+def test_fast_remote_env_launch_classmethod(sshd, state_dir) -> None:
+    options = _without_timeout(sshd, state_dir)
+    with FastRemoteEnv.launch("simbox", VECTOR, tunnel=True, transport="tcp", timeout=10, start_timeout=30, **options) as env:
+        server = env.launched
+        assert server.alive()
+        env.reset(seed=1)
+    assert gone(server.remote_pid)
+
+
 def _without_timeout(sshd: SSHServer, state_dir: Path) -> dict[str, Any]:
     return {k: v for k, v in launch_defaults(sshd, state_dir).items() if k != "timeout"}
 
