@@ -12,6 +12,12 @@ All of them are deterministic given ``reset(seed=...)`` and the actions, work
 without Gymnasium installed, and expose Gymnasium spaces when it is.
 
 Serve one with ``fastenv serve fastenv.examples:CameraEnv``.
+
+A real simulator lives in its own module, not imported here (it needs
+``pip install "fastenv[sim]"``): :mod:`fastenv.examples.mujoco_stack`, a MuJoCo
+cube-stacking task with rendered cameras (``fastenv serve
+fastenv.examples.mujoco_stack:make_stack_cube``, Gymnasium id
+``fastenv/StackCube-v0``).
 """
 
 from fastenv.examples.camera import CameraEnv
