@@ -1,5 +1,5 @@
 """Fast checks of fastenv.bench: stats math, options, baselines' correctness, JSON output,
-table formats, progress, plots and the scaling suite.
+table formats, progress, plots, the round-trip breakdown and the scaling suites.
 
 No timing assertions here: performance lives in ``benchmarks/`` and ``fastenv-bench``.
 """
@@ -20,7 +20,18 @@ import numpy as np
 import pytest
 
 import fastenv.cli
-from fastenv.bench import cli, malloc, plot, progress, render, runner, scaling, tables
+from fastenv.bench import (
+    breakdown,
+    cli,
+    malloc,
+    plot,
+    progress,
+    render,
+    runner,
+    scaling,
+    tables,
+    vectors,
+)
 from fastenv.bench.baselines import BASELINES, GymAsync, SeedPickle
 from fastenv.bench.floors import FLOORS, memcpy_reference
 from fastenv.bench.results import PayloadResults, ScalingRow
@@ -583,6 +594,7 @@ def test_main_formats(
     marker = {"plain": "\ntransport     n  p50 µs", "markdown": "| transport | n |", "rich": "│ transport"}[fmt]
     assert marker in out
     assert ("targets:" in out) == (fmt == "plain") and "fastenv-shm p50" in out
+    assert "round-trip breakdown (p50)" in out and "transport = p50 - (encode + env step + decode)" in out
 
 
 def test_main_defaults_to_plain_off_a_terminal(
@@ -636,8 +648,9 @@ def test_main_progress_on_stderr_only(monkeypatch: pytest.MonkeyPatch, capsys: p
     monkeypatch.setattr(cli, "run_transport", _fake_run_transport())
     assert cli.main(["--transports", "fastenv-tcp,zmq-pickle", "--steps", "5", "--repeat", "2"]) == 0
     out, err = capsys.readouterr()
-    assert "  [1/4] fastenv-tcp small [1/2]: ok" in err and "  [4/4] fastenv-tcp small [2/2]: ok" in err
-    assert "[1/4]" not in out
+    assert "  [1/6] fastenv-tcp small [1/2]: ok" in err and "  [4/6] fastenv-tcp small [2/2]: ok" in err
+    assert "  [5/6] breakdown tcp small [1/2]: ok" in err and "  [6/6] breakdown tcp small [2/2]: ok" in err
+    assert "[1/6]" not in out
     assert cli.main(["--transports", "zmq-pickle", "--steps", "5", "--no-progress"]) == 0
     assert "[1/1]" not in capsys.readouterr().err
 
@@ -650,7 +663,149 @@ def test_main_json_to_stdout_is_clean(monkeypatch: pytest.MonkeyPatch, capsys: p
     assert report["schema"] == cli.SCHEMA and report["observation_nbytes"] == 16
     assert [r["transport"] for r in report["results"]] == ["fastenv-tcp", "zmq-pickle"]
     assert report["results"][0]["mb_per_s"] == pytest.approx(0.16)
-    assert "transport" in err and "[2/2] zmq-pickle small: ok" in err  # the table and progress went to stderr
+    assert "transport" in err and "[2/3] zmq-pickle small: ok" in err  # the table and progress went to stderr
+
+
+# ---------------------------------------------------------------- round-trip breakdown
+
+
+def _costs(plane: str = "shm", *, env: float = 10.0, encode: float = 4.0, decode: float = 6.0,
+           samples: int = 100, general: int = 0) -> breakdown.InProcessCosts:  # fmt: skip
+    return breakdown.InProcessCosts("small", plane, samples, env, encode, decode, encode / 2, encode / 2,
+                                    decode / 2, decode / 2, 50.0, general)  # fmt: skip
+
+
+def test_breakdown_row_parts_and_remainder() -> None:
+    row = breakdown.BreakdownRow("fastenv-shm", 40.0, _costs())
+    assert row.parts_us() == {"encode": 4.0, "transport": 20.0, "env": 10.0, "decode": 6.0}
+    assert list(row.parts_us()) == list(breakdown.PARTS) == ["encode", "transport", "env", "decode"]
+    assert row.percent() == {"encode": 10.0, "transport": 50.0, "env": 25.0, "decode": 15.0}
+    slow = breakdown.BreakdownRow("fastenv-shm", 15.0, _costs())  # in-process parts exceed the round trip
+    assert slow.transport_us == 0.0 and slow.percent()["env"] == pytest.approx(200 / 3)
+    missing = breakdown.BreakdownRow("fastenv-tcp", 40.0, error="boom")
+    assert all(math.isnan(v) for v in missing.parts_us().values())
+    entry = row.as_dict()
+    assert entry["plane"] == "shm" and entry["parts"]["transport"] == {"us": 20.0, "percent": 50.0}
+    assert entry["in_process"]["method"] == "layout" and entry["error"] is None
+
+
+def test_breakdown_rows_per_plane() -> None:
+    p50 = {"fastenv-shm": 40.0, "fastenv-shm-py": 80.0, "fastenv-tcp": 100.0, "zmq-pickle": 90.0}
+    rows = breakdown.breakdown_rows(p50, {"shm": _costs(), "tcp": OSError("no socket")})
+    assert [r.transport for r in rows] == ["fastenv-shm", "fastenv-shm-py", "fastenv-tcp"]
+    assert rows[1].costs is rows[0].costs and rows[1].transport_us == 60.0  # one measurement for both shm rows
+    assert rows[2].costs is None and rows[2].error == "OSError: no socket"
+    assert breakdown.breakdown_rows(p50, {}) == []
+    assert breakdown.planes_of(["zmq-pickle", "fastenv-tcp", "fastenv-shm", "fastenv-shm-py"]) == ["tcp", "shm"]
+
+
+def test_median_costs_and_methods() -> None:
+    merged = breakdown.median_costs([_costs(env=10.0), _costs(env=30.0), _costs(env=20.0, general=2)])
+    assert merged.env_us == 20.0 and merged.samples == 300 and merged.repeats == 3
+    assert merged.general_messages == 2 and merged.method == "layout+codec"
+    assert _costs().method == "layout" and _costs("tcp").method == "codec"
+    assert _costs(samples=1, general=2).method == "codec"  # every timed message went through the codec
+    with pytest.raises(ValueError):
+        breakdown.median_costs([])
+    with pytest.raises(ValueError, match="one payload and plane"):
+        breakdown.median_costs([_costs("shm"), _costs("tcp")])
+
+
+@pytest.mark.parametrize("payload", ["small", "camera-8x8"])
+@pytest.mark.parametrize("plane", ["shm", "tcp"])
+def test_measure_costs_in_process(plane: str, payload: str) -> None:
+    costs = breakdown.measure_costs(payload, plane, samples=20, warmup=2)
+    assert (costs.payload, costs.plane, costs.samples, costs.repeats) == (payload, plane, 20, 1)
+    assert costs.method == ("layout" if plane == "shm" else "codec") and costs.general_messages == 0
+    assert costs.env_us > 0 and costs.encode_us > 0 and costs.decode_us > 0 and costs.clock_overhead_ns >= 0
+    assert costs.request_encode_us > 0 and costs.reply_decode_us > 0
+
+
+def test_measure_costs_first_messages_announce_layouts() -> None:
+    costs = breakdown.measure_costs("small", "shm", samples=5, warmup=0)
+    assert costs.general_messages == 2 and costs.method == "layout+codec"  # the first request and reply
+
+
+def test_measure_costs_checks_the_decoded_reply(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(breakdown._TcpPath, "decode_reply", lambda self, seq: (np.zeros(4, np.float32),))
+    with pytest.raises(breakdown.BreakdownFailed, match="differs"):
+        breakdown.measure_costs("small", "tcp", samples=3, warmup=1)
+
+
+def test_measure_costs_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError):
+        breakdown.measure_costs("small", "shm", samples=0)
+    with pytest.raises(KeyError):
+        breakdown.measure_costs("small", "udp", samples=1)
+    with pytest.raises(KeyError):
+        breakdown.measure_costs("huge", "tcp", samples=1)
+
+
+def test_measure_costs_max_seconds_truncates() -> None:
+    ticks = iter(range(0, 10**15, 10**9))  # a fake clock: one second per reading
+    costs = breakdown.measure_costs("small", "tcp", samples=100, warmup=0, max_seconds=5,
+                                    clock=lambda: next(ticks))  # fmt: skip
+    assert 1 <= costs.samples < 100
+
+
+def test_breakdown_table_formats() -> None:
+    rows = [breakdown.BreakdownRow("fastenv-shm", 40.0, _costs()),
+            breakdown.BreakdownRow("fastenv-tcp", 100.0, error="OSError: a | b")]  # fmt: skip
+    table = tables.breakdown_table(rows)
+    headers = [c.header for c in table.columns]
+    assert headers == ["row", "p50 µs", "encode µs", "encode %", "transport µs", "transport %", "env step µs",
+                       "env step %", "decode µs", "decode %"]  # fmt: skip
+    assert table.rows[0] == ["fastenv-shm", "40.0", "4.0", "10%", "20.0", "50%", "10.0", "25%", "6.0", "15%"]
+    plain = render.render(table, "plain")
+    assert plain.startswith("round-trip breakdown (p50)\n") and "fastenv-tcp  unavailable: OSError: a | b" in plain
+    assert "measured in this process on the same request and reply values" in plain and "n = 100" in plain
+    assert "fastenv-shm: compiled layout (fastenv.layout) in a shared-memory arena" in plain
+    markdown = render.render(table, "markdown").splitlines()
+    assert markdown[2].startswith("| row | p50 µs | encode µs | encode % | transport µs |")
+    assert markdown[4] == "| fastenv-shm | 40.0 | 4.0 | 10% | 20.0 | 50% | 10.0 | 25% | 6.0 | 15% |"
+    rich = render.render(table, "rich")
+    assert "│ fastenv-shm" in rich and "fastenv-tcp: unavailable: OSError: a | b" in rich
+    fallback = tables.breakdown_table([breakdown.BreakdownRow("fastenv-shm", 40.0, _costs(general=3))])
+    assert "layout+codec: timed messages without a fixed layout" in render.render(fallback, "plain")
+
+
+def test_main_breakdown_json_and_opt_out(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(cli, "run_transport", _fake_run_transport(p50_us=100.0))
+    path = tmp_path / "out.json"
+    assert cli.main(["--transports", "fastenv-shm,fastenv-tcp,zmq-pickle", "--steps", "5", "--warmup", "1",
+                     "--format", "plain", "--no-progress", "--json", str(path)]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert re.search(r"^fastenv-shm +100\.0 ", out, re.MULTILINE) and "round-trip breakdown (p50)" in out
+    report = json.loads(path.read_text())
+    assert report["config"]["breakdown"] is True
+    entries = report["breakdown"]
+    assert [(e["transport"], e["plane"]) for e in entries] == [("fastenv-shm", "shm"), ("fastenv-tcp", "tcp")]
+    for entry in entries:
+        parts = entry["parts"]
+        assert list(parts) == ["encode", "transport", "env", "decode"] and entry["rtt_p50_us"] == 100.0
+        measured = sum(parts[p]["us"] for p in ("encode", "env", "decode"))
+        assert parts["transport"]["us"] == pytest.approx(max(0.0, 100.0 - measured))
+        assert parts["env"]["percent"] == pytest.approx(parts["env"]["us"])  # % of a 100 µs p50
+        assert entry["in_process"]["samples"] == 5
+    assert cli.main(["--transports", "fastenv-shm", "--steps", "5", "--no-breakdown", "--no-progress",
+                     "--json", str(path)]) == 0  # fmt: skip
+    assert "breakdown" not in capsys.readouterr().out
+    report = json.loads(path.read_text())
+    assert report["breakdown"] is None and report["config"]["breakdown"] is False
+
+
+def test_main_breakdown_when_no_fastenv_row_ran(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def unavailable(name: str, *args: Any, **kwargs: Any) -> RunResult:
+        raise TransportUnavailable("no core")
+
+    monkeypatch.setattr(cli, "run_transport", unavailable)
+    assert cli.main(["--transports", "fastenv-shm", "--steps", "5", "--json", "-"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["breakdown"] == [] and "breakdown shm small: skipped" in err
 
 
 # ---------------------------------------------------------------- plots
@@ -733,13 +888,19 @@ def test_parse_args_scaling() -> None:
     assert args.transports == ["fastenv-shm", "fastenv-tcp"] and args.counts == [1, 2, 4]
     args = cli.parse_args(["--scaling", "clients", "--counts", "4,1,2,2", "--transports", "fastenv-shm-py"])
     assert args.counts == [1, 2, 4] and args.transports == ["fastenv-shm-py"]
+    args = cli.parse_args(["--scaling", "envs"])
+    assert args.transports == ["fastenv-shm", "fastenv-tcp", "gym-async", "gym-sync"]
+    assert args.counts == [1, 2, 4, 8, 16]
+    args = cli.parse_args(["--scaling", "envs", "--transports", "gym-sync,fastenv-shm-py", "--counts", "3"])
+    assert args.transports == ["gym-sync", "fastenv-shm-py"] and args.counts == [3]
 
 
 @pytest.mark.parametrize(
     "argv",
     [["--scaling", "clients", "--transports", "zmq-pickle"], ["--scaling", "clients", "--sweep"],
      ["--scaling", "threads"], ["--counts", "0"], ["--counts", "a,b"], ["--sweep", "huge"],
-     ["--payload", "camera-0x1"], ["--format", "html"]],
+     ["--payload", "camera-0x1"], ["--format", "html"], ["--scaling", "clients", "--transports", "gym-sync"],
+     ["--scaling", "envs", "--transports", "zmq-pickle"], ["--transports", "gym-sync"], ["--counts", "1,2"]],
 )  # fmt: skip
 def test_parse_args_rejects_new_options(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
@@ -753,6 +914,14 @@ def test_scaling_axes() -> None:
     assert (axis.name, axis.label) == ("clients", "clients")
     assert axis.server_args(3) == ["--mode", "per-client"]
     assert axis.client_processes(3) == 3 and axis.client_args(3) == [] and axis.env_steps_per_call(3) == 1
+    assert axis.transports == runner.FASTENV_TRANSPORTS and axis.per_client and axis.reference is None
+    envs = scaling.AXES["envs"]
+    assert (envs.name, envs.label, envs.reference) == ("envs", "envs", "gym-async")
+    assert envs.server_args(8) == ["--num-envs", "8", "--mode", "per-client"]
+    assert envs.client_processes(8) == 1 and envs.client_args(8) == ["--num-envs", "8"]
+    assert envs.env_steps_per_call(8) == 8 and not envs.per_client
+    assert set(envs.transports) == {*runner.FASTENV_TRANSPORTS, "gym-async", "gym-sync"}
+    assert scaling.SCALING_TRANSPORTS == envs.transports
 
 
 def _point(count: int, rate_per_client: float, *, stagger_s: float = 0.0) -> scaling.ScalingPoint:
@@ -777,7 +946,7 @@ def test_scaling_table_speedup_and_efficiency() -> None:
     rows = [ScalingRow("fastenv-shm", 1, [_point(1, 1000.0)]), ScalingRow("fastenv-shm", 2, [_point(2, 1000.0)]),
             ScalingRow("fastenv-shm", 4, [_point(4, 250.0)]),
             ScalingRow("fastenv-tcp", 1, status="unavailable", error="boom")]  # fmt: skip
-    table = tables.scaling_table(rows, label="clients", cpu_count=2)
+    table = tables.scaling_table(rows, axis="clients", cpu_count=2)
     assert [c.header for c in table.columns][:4] == ["transport", "clients", "steps", "steps/s"]
     assert table.rows[0][1:4] == ["1", "1,000", "1,000"] and table.rows[0][-2:] == ["1.00x", "100%"]
     assert table.rows[1][3] == "2,000" and table.rows[1][-2:] == ["2.00x", "100%"]
@@ -796,8 +965,10 @@ def test_run_point_clients_end_to_end() -> None:
 
 
 def test_run_point_rejects_other_transports() -> None:
-    with pytest.raises(KeyError, match="fastenv rows only"):
+    with pytest.raises(KeyError, match="runs fastenv-shm, fastenv-shm-py, fastenv-tcp only"):
         scaling.run_point("clients", 1, "zmq-pickle", "small", steps=1, warmup=0)
+    with pytest.raises(KeyError, match="not 'gym-sync'"):
+        scaling.run_point("clients", 1, "gym-sync", "small", steps=1, warmup=0)
     with pytest.raises(ValueError):
         scaling.run_point("clients", 0, "fastenv-tcp", "small", steps=1, warmup=0)
 
@@ -843,6 +1014,136 @@ def test_main_scaling_reports_unavailable(
     out = capsys.readouterr().out
     assert "fastenv-tcp  clients=1 unavailable: ScalingFailed: client died ... last words" in out
     assert "fastenv-tcp  clients=2 unavailable:" in out  # each count is tried on its own
+
+
+# ---------------------------------------------------------------- scaling: envs per server
+
+
+def test_batch_action_and_reference_env() -> None:
+    actions = vectors.batch_action("small", 3)
+    assert actions.shape == (3, 4) and actions.dtype == np.float32
+    assert np.array_equal(actions[0], get_workload("small").make_action())
+    reference = vectors.reference_env("camera-8x8", 2)
+    try:
+        obs, _ = reference.reset(seed=0)
+        env, _ = build("camera-8x8")
+        assert np.array_equal(obs["left"][1], env.reset(seed=1)[0]["left"])  # env i is seeded with seed + i
+    finally:
+        reference.close()
+
+
+def test_open_vector_client_rejects() -> None:
+    with pytest.raises(KeyError, match="gym-sync"), vectors.open_vector_client("zmq-pickle", "small", 2):
+        pass
+    with pytest.raises(ValueError, match="--num-envs 2"), vectors.open_vector_client("fastenv-tcp", "small", 2):
+        pass
+    with pytest.raises(ValueError), vectors.open_vector_client("gym-sync", "small", 0):
+        pass
+
+
+class _Corrupting:
+    """A vector client that drops env 1's action from call ``corrupt_at`` on."""
+
+    def __init__(self, inner: Any, corrupt_at: int) -> None:
+        self.inner, self.corrupt_at, self.calls = inner, corrupt_at, 0
+
+    def reset(self, seed: int | None = None) -> Any:
+        return self.inner.reset(seed=seed)
+
+    def step(self, actions: Any) -> Any:
+        self.calls += 1
+        if self.calls >= self.corrupt_at:
+            actions = actions.copy()
+            actions[1] = 0.0
+        return self.inner.step(actions)
+
+    def comparable(self, got: Any, expected: Any) -> Any:
+        return self.inner.comparable(got, expected)
+
+
+@pytest.mark.parametrize("corrupt_at", [2, 12])  # in the warmup, then in the timed loop
+def test_measure_vector_detects_corruption(corrupt_at: int) -> None:
+    reference = vectors.reference_env("small", 3)
+    try:
+        with vectors.open_vector_client("gym-sync", "small", 3) as client:
+            assert measure(client, "gym-sync", "small", steps=5, warmup=2, local=reference,
+                           action=vectors.batch_action("small", 3)).summary.count == 5  # fmt: skip
+            with pytest.raises(TransportMismatch):
+                measure(_Corrupting(client, corrupt_at), "gym-sync", "small", steps=10, warmup=3, local=reference,
+                        action=vectors.batch_action("small", 3))  # fmt: skip
+    finally:
+        reference.close()
+
+
+@pytest.mark.parametrize("transport", ["fastenv-shm", "gym-sync"])
+def test_run_point_envs_end_to_end(transport: str) -> None:
+    point = scaling.run_point("envs", 3, transport, "camera-8x8", steps=10, warmup=2, timeout=TIMEOUT,
+                              max_seconds=10.0)  # fmt: skip
+    assert len(point.clients) == 1 and point.steps == 10 and point.env_steps_per_call == 3
+    assert point.steps_per_s == pytest.approx(30 / point.span_s) and point.p50_us > 0
+    assert point.as_dict()["env_steps"] == 30
+
+
+def test_scaling_client_vector_reports_unavailable() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "fastenv.bench.scaling", "--connect", "tcp://127.0.0.1:1", "--transport",
+         "fastenv-tcp", "--payload", "small", "--num-envs", "2", "--steps", "2", "--timeout", "1"],
+        check=False, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1])["error"] == "unavailable"
+
+
+def _vector_point(transport: str, count: int, rate: float) -> scaling.ScalingPoint:
+    point = scaling.ScalingPoint("envs", count, transport, "small", count)
+    calls = 100
+    rtt = np.full(calls, int(1e9 * count / rate), dtype=np.int64)  # env steps/s = rate
+    point.clients.append(scaling.ClientRun(0, calls * count / rate, summarize(rtt)))
+    return point
+
+
+def test_scaling_table_envs_against_gym_async() -> None:
+    rows = [ScalingRow("fastenv-shm", 1, [_vector_point("fastenv-shm", 1, 1000.0)]),
+            ScalingRow("fastenv-shm", 4, [_vector_point("fastenv-shm", 4, 3000.0)]),
+            ScalingRow("gym-async", 1, [_vector_point("gym-async", 1, 500.0)]),
+            ScalingRow("gym-async", 4, [_vector_point("gym-async", 4, 1000.0)]),
+            ScalingRow("gym-sync", 4, status="unavailable", error="no gymnasium")]  # fmt: skip
+    table = tables.scaling_table(rows, axis="envs", cpu_count=2)
+    assert [c.header for c in table.columns] == ["transport", "envs", "batch steps", "steps/s", "±%",
+                                                 "batch step p50 µs", "batch step p99 µs", "speedup", "efficiency",
+                                                 "vs gym-async"]  # fmt: skip
+    assert table.rows[1] == ["fastenv-shm", "4", "100", "3,000", "0", "1,333.3", "1,333.3", "3.00x", "75%", "3.00x"]
+    assert table.rows[2][-1] == "1.00x" and table.rows[0][-1] == "2.00x"
+    assert isinstance(table.rows[4], render.Note) and "envs=4 unavailable: no gymnasium" in table.rows[4].text
+    text = render.render(table, "markdown")
+    assert "env steps per second" in text and "AsyncVectorEnv(N envs, shared_memory=True)" in text
+    without = tables.scaling_table(rows[:2], axis="envs")
+    assert "vs gym-async" not in [c.header for c in without.columns]  # the reference did not run
+    report = cli.scaling_report({}, rows, reference="gym-async")
+    ratios = [r["ratio_to_reference"] for r in report["results"]]
+    assert ratios[:4] == pytest.approx([2.0, 3.0, 1.0, 1.0]) and ratios[4] is None
+    assert report["results"][1]["runs"][0]["env_steps"] == 400
+
+
+def test_main_scaling_envs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path, png = tmp_path / "envs.json", tmp_path / "envs.png"
+    code = cli.main(["--scaling", "envs", "--counts", "1,2", "--transports", "fastenv-tcp,gym-async", "--steps",
+                     "5", "--warmup", "1", "--timeout", str(TIMEOUT), "--format", "markdown", "--json", str(path),
+                     "--plot", str(png)])  # fmt: skip
+    assert code == 0
+    out, err = capsys.readouterr()
+    assert "| transport | envs | batch steps | steps/s |" in out and "| vs gym-async |" in out
+    assert "| fastenv-tcp | 2 | 5 |" in out and "| gym-async | 2 | 5 |" in out
+    assert "[4/4] gym-async envs=2: ok" in err
+    report = json.loads(path.read_text())
+    assert report["config"]["axis"] == "envs" and report["config"]["counts"] == [1, 2]
+    assert [(r["transport"], r["count"], r["status"]) for r in report["results"]] == [
+        ("fastenv-tcp", 1, "ok"), ("fastenv-tcp", 2, "ok"), ("gym-async", 1, "ok"), ("gym-async", 2, "ok")]
+    entry = report["results"][1]
+    assert entry["runs"][0]["env_steps_per_call"] == 2 and entry["runs"][0]["env_steps"] == 10
+    assert entry["reference"] == "gym-async" and entry["ratio_to_reference"] > 0
+    assert report["results"][3]["ratio_to_reference"] == pytest.approx(1.0)
+    assert _png_size(png) == (640, 420)
 
 
 # ---------------------------------------------------------------- fastenv bench

@@ -12,7 +12,12 @@
   baseline) and checks the observations against a local env.
 - :mod:`fastenv.bench.stats`: percentiles, rates and spreads across repeats.
 - :mod:`fastenv.bench.scaling`: aggregate steps/s against concurrent clients
-  (``--scaling clients``), one axis class per scaling dimension.
+  (``--scaling clients``) or envs per server (``--scaling envs``), one axis
+  class per scaling dimension.
+- :mod:`fastenv.bench.vectors`: the vector-env clients of ``--scaling envs``
+  (``FastVectorEnv``, Gymnasium's ``AsyncVectorEnv`` and ``SyncVectorEnv``).
+- :mod:`fastenv.bench.breakdown`: a fastenv row's round trip split into
+  encode, transport, env step and decode (``--breakdown``).
 - :mod:`fastenv.bench.results`: results across repeats and the JSON documents.
 - :mod:`fastenv.bench.tables` / :mod:`fastenv.bench.render`: the tables, and
   rendering them as plain text, Markdown or a rich terminal table.
@@ -28,12 +33,14 @@ Performance claims live here and in ``benchmarks/``, never in the unit tests.
 from fastenv.bench.baselines import (
     BASELINES,
     Baseline,
+    EnvFactory,
     GymAsync,
     MpPipe,
     SeedPickle,
     SeedPickleNoDelay,
     ZmqPickle,
 )
+from fastenv.bench.breakdown import BreakdownRow, InProcessCosts, measure_costs
 from fastenv.bench.floors import (
     FLOORS,
     MemcpyReference,
@@ -54,7 +61,14 @@ from fastenv.bench.runner import (
     open_transport,
     run_transport,
 )
-from fastenv.bench.scaling import AXES, Axis, ScalingPoint, run_point
+from fastenv.bench.scaling import (
+    AXES,
+    Axis,
+    ClientsAxis,
+    EnvsAxis,
+    ScalingPoint,
+    run_point,
+)
 from fastenv.bench.stats import Spread, Summary, median_summary, spread, summarize
 from fastenv.bench.targets import Target, evaluate
 from fastenv.bench.workloads import (
@@ -76,8 +90,13 @@ __all__ = [
     "TRANSPORTS",
     "Axis",
     "Baseline",
+    "BreakdownRow",
+    "ClientsAxis",
     "Column",
+    "EnvFactory",
+    "EnvsAxis",
     "GymAsync",
+    "InProcessCosts",
     "MemcpyReference",
     "MpPipe",
     "Note",
@@ -100,6 +119,7 @@ __all__ = [
     "evaluate",
     "get_workload",
     "measure",
+    "measure_costs",
     "median_summary",
     "memcpy_reference",
     "observations_equal",

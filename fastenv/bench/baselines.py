@@ -61,7 +61,16 @@ from fastenv.bench.workloads import Workload, get_workload
 from fastenv.errors import FastEnvTimeout, make_remote_env_error
 from fastenv.server_process import ServerStartError
 
-__all__ = ["BASELINES", "Baseline", "GymAsync", "MpPipe", "SeedPickle", "SeedPickleNoDelay", "ZmqPickle"]
+__all__ = [
+    "BASELINES",
+    "Baseline",
+    "EnvFactory",
+    "GymAsync",
+    "MpPipe",
+    "SeedPickle",
+    "SeedPickleNoDelay",
+    "ZmqPickle",
+]
 
 _HEADER = struct.Struct(">I")
 _SEED_PIECE = 4096
@@ -525,7 +534,7 @@ def _unbatch(batched: Any, like: Any) -> Any:
 
 
 @dataclass(frozen=True)
-class _EnvFactory:
+class EnvFactory:
     """Picklable env factory for Gymnasium's worker: the allocator setting, then the workload's env."""
 
     workload: Workload
@@ -569,7 +578,7 @@ class GymAsync(_ClosedOnExit):
             from gymnasium.vector import AsyncVectorEnv
         except ImportError as exc:
             raise ImportError(f"gym-async needs gymnasium: {exc}") from exc
-        factory = _EnvFactory(workload, tuple(sorted((server_env or {}).items())))
+        factory = EnvFactory(workload, tuple(sorted((server_env or {}).items())))
         self._env = AsyncVectorEnv([factory], shared_memory=True, context="spawn", daemon=True)
         self._closed = False
 

@@ -6,6 +6,7 @@ Example::
     fastenv-bench --payload camera --steps 300 --json out.json --plot out.png
     fastenv-bench --sweep --steps 300 --format markdown --plot sweep.png
     fastenv-bench --scaling clients --counts 1,2,4 --steps 2000
+    fastenv-bench --scaling envs --counts 1,4,16 --steps 500 --plot envs.png
 
 Every transport serves the same example env from its own server process on
 this machine; repeats are interleaved (each repeat runs every transport, in a
@@ -21,6 +22,10 @@ its own shared memory + pipes), the socket and pipe baselines
 (:mod:`fastenv.bench.floors`). Under the table: the in-process ``np.copyto``
 reference time for the payload, then the issue's targets
 (:mod:`fastenv.bench.targets`) computed from this run, each PASS, MISS or n/a.
+Then, unless ``--no-breakdown``, each fastenv row's p50 split into encode,
+transport, env step and decode (:mod:`fastenv.bench.breakdown`: encode,
+decode and env step are measured in this process on the same values, the
+transport is the remainder).
 Every server process runs with the same allocator setting (``--malloc``, see
 :mod:`fastenv.bench.malloc`).
 
@@ -31,7 +36,10 @@ Modes:
   :data:`~fastenv.bench.workloads.SWEEP_PAYLOADS`, 16 B to 1.8 MB), one table
   each, then MB/s per transport and payload.
 - ``--scaling AXIS``: aggregate steps/s against ``--counts`` (see
-  :mod:`fastenv.bench.scaling`); fastenv rows only.
+  :mod:`fastenv.bench.scaling`): ``clients`` (client processes on one
+  per-client server; fastenv rows) or ``envs`` (envs per server, one
+  ``FastVectorEnv`` client, beside Gymnasium's ``AsyncVectorEnv`` and
+  ``SyncVectorEnv`` as ``gym-async`` / ``gym-sync``).
 
 Output: tables on stdout (``--format``: ``rich`` on a terminal, ``plain``
 otherwise, or ``markdown``; see :mod:`fastenv.bench.render`); progress on
@@ -50,6 +58,14 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, TextIO
 
 from fastenv.bench import malloc, plot
+from fastenv.bench.breakdown import (
+    BreakdownRow,
+    InProcessCosts,
+    breakdown_rows,
+    measure_costs,
+    median_costs,
+    planes_of,
+)
 from fastenv.bench.floors import MemcpyReference, memcpy_reference
 from fastenv.bench.progress import Progress, open_progress
 from fastenv.bench.render import FORMATS, default_format, emit
@@ -64,13 +80,13 @@ from fastenv.bench.results import (
     sweep_report,
 )
 from fastenv.bench.runner import (
-    FASTENV_TRANSPORTS,
     TRANSPORTS,
     TransportMismatch,
     run_transport,
 )
-from fastenv.bench.scaling import AXES, run_point
+from fastenv.bench.scaling import AXES, SCALING_TRANSPORTS, run_point
 from fastenv.bench.tables import (
+    breakdown_table,
     comparison_table,
     format_memcpy,
     format_table,
@@ -98,23 +114,22 @@ __all__ = [
     "parse_args",
     "row_targets",
     "run",
+    "run_breakdown",
     "run_scaling",
 ]
 
-#: Transports of ``--scaling`` when ``--transports`` is not given.
-SCALING_TRANSPORTS: tuple[str, ...] = ("fastenv-shm", "fastenv-tcp")
-#: Counts of ``--scaling`` when ``--counts`` is not given.
-SCALING_COUNTS: tuple[int, ...] = (1, 2, 4)
+#: Every name ``--transports`` knows (some run only on a ``--scaling`` axis, see parse_args).
+_KNOWN_TRANSPORTS: tuple[str, ...] = tuple(dict.fromkeys((*TRANSPORTS, *SCALING_TRANSPORTS)))
 
 
 def _transport_list(text: str) -> list[str]:
     names = [name.strip() for name in text.split(",") if name.strip()]
     if not names:
         raise argparse.ArgumentTypeError("no transport given")
-    unknown = [name for name in names if name not in TRANSPORTS]
+    unknown = [name for name in names if name not in _KNOWN_TRANSPORTS]
     if unknown:
         raise argparse.ArgumentTypeError(
-            f"unknown transport(s) {', '.join(unknown)}; choose from {', '.join(TRANSPORTS)}"
+            f"unknown transport(s) {', '.join(unknown)}; choose from {', '.join(_KNOWN_TRANSPORTS)}"
         )
     return list(dict.fromkeys(names))
 
@@ -175,8 +190,8 @@ def build_parser(prog: str = "fastenv-bench") -> argparse.ArgumentParser:
         "--transports",
         type=_transport_list,
         default=None,
-        help=f"comma-separated list (default: all; with --scaling: {','.join(SCALING_TRANSPORTS)}): "
-        f"{','.join(TRANSPORTS)}",
+        help=f"comma-separated list (default: all but gym-sync, which runs only with --scaling envs; "
+        f"with --scaling: the axis's, see --scaling): {','.join(_KNOWN_TRANSPORTS)}",
     )
     parser.add_argument(
         "--payload",
@@ -196,14 +211,27 @@ def build_parser(prog: str = "fastenv-bench") -> argparse.ArgumentParser:
     parser.add_argument(
         "--scaling",
         choices=list(AXES),
-        help="instead of the comparison: aggregate steps/s against --counts on this axis "
-        "(clients: concurrent client processes, each with its own env on one per-client server)",
+        help="instead of the comparison: aggregate steps/s against --counts on this axis. "
+        "clients: concurrent client processes, each with its own env on one per-client server "
+        f"(default transports {','.join(AXES['clients'].default_transports)}); "
+        "envs: N envs per server (fastenv serve --num-envs N), one FastVectorEnv client, env steps/s, beside "
+        "Gymnasium's AsyncVectorEnv(N, shared_memory=True) and SyncVectorEnv(N) "
+        f"(default transports {','.join(AXES['envs'].default_transports)})",
     )
     parser.add_argument(
         "--counts",
         type=_count_list,
-        default=list(SCALING_COUNTS),
-        help=f"--scaling counts, comma-separated (default: {','.join(map(str, SCALING_COUNTS))})",
+        default=None,
+        help="--scaling counts, comma-separated (default: "
+        + "; ".join(f"{name}: {','.join(map(str, axis.default_counts))}" for name, axis in AXES.items())
+        + ")",
+    )
+    parser.add_argument(
+        "--breakdown",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="after the comparison, split each fastenv row's p50 into encode, transport, env step and decode "
+        "(encode/decode/env measured in this process on the same values, transport the remainder; default: on)",
     )
     parser.add_argument("--steps", type=_positive_int, default=1000, help="timed steps per run (default: 1000)")
     parser.add_argument(
@@ -253,17 +281,26 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "fastenv-bench") -
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     if args.scaling is not None:
+        axis = AXES[args.scaling]
         if args.sweep is not None:
             parser.error("--sweep and --scaling do not combine")
         if args.transports is None:
-            args.transports = list(SCALING_TRANSPORTS)
-        others = [name for name in args.transports if name not in FASTENV_TRANSPORTS]
+            args.transports = list(axis.default_transports)
+        if args.counts is None:
+            args.counts = list(axis.default_counts)
+        others = [name for name in args.transports if name not in axis.transports]
         if others:
             parser.error(
-                f"--scaling runs fastenv rows only ({', '.join(FASTENV_TRANSPORTS)}), not {', '.join(others)}"
+                f"--scaling {axis.name} runs {', '.join(axis.transports)} only, not {', '.join(others)}"
             )
-    elif args.transports is None:
-        args.transports = list(TRANSPORTS)
+    else:
+        if args.transports is None:
+            args.transports = list(TRANSPORTS)
+        others = [name for name in args.transports if name not in TRANSPORTS]
+        if others:
+            parser.error(f"{', '.join(others)} run(s) only with --scaling envs")
+        if args.counts is not None:
+            parser.error("--counts needs --scaling")
     return args
 
 
@@ -297,6 +334,7 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
         "max_seconds": args.max_seconds,
         "malloc": args.malloc,
         "server_env": malloc.environment(args.malloc),
+        "breakdown": bool(args.breakdown) and args.scaling is None,
     }
     if args.sweep is not None:
         config["payloads"] = list(args.sweep)
@@ -371,6 +409,42 @@ def run(args: argparse.Namespace, payload: str | None = None, progress: Progress
     return list(rows.values())
 
 
+def run_breakdown(
+    args: argparse.Namespace, payload: str, rows: Sequence[Row], progress: Progress | None = None
+) -> list[BreakdownRow]:
+    """Split each measured fastenv row's p50 of ``payload`` (see :mod:`fastenv.bench.breakdown`).
+
+    Measures each data plane's in-process costs ``args.repeat`` times
+    (``args.steps`` samples, ``args.warmup`` untimed steps, capped by
+    ``args.max_seconds``) and takes the median; planes whose rows did not run
+    are skipped, and a plane that cannot be measured gives its rows an error.
+    """
+    p50 = {row.transport: row.p50 for row in rows if row.status == "ok" and row.runs}
+    measured_planes = planes_of(list(p50))
+    costs: dict[str, InProcessCosts | BaseException] = {}
+    for plane in planes_of(args.transports):
+        runs: list[InProcessCosts] = []
+        failure: BaseException | None = None
+        for repeat in range(args.repeat):
+            label = f"breakdown {plane} {payload}" + (f" [{repeat + 1}/{args.repeat}]" if args.repeat > 1 else "")
+            if progress is not None:
+                progress.start(label)
+            status = "skipped"  # no row of this plane ran, or an earlier repeat failed
+            if plane in measured_planes and failure is None:
+                try:
+                    runs.append(measure_costs(payload, plane, args.steps, args.warmup, max_seconds=args.max_seconds))
+                    status = "ok"
+                except (FastEnvError, OSError) as exc:
+                    failure, status = exc, "unavailable"
+            if progress is not None:
+                progress.finish(label, status)
+        if failure is not None:
+            costs[plane] = failure
+        elif runs:
+            costs[plane] = median_costs(runs)
+    return breakdown_rows(p50, costs)
+
+
 def _print_section(section: PayloadResults, fmt: str, out: TextIO, *, title: str | None = None) -> None:
     emit(comparison_table(section.rows, nbytes=section.nbytes, title=title), fmt, out)
     if section.memcpy is not None:
@@ -381,6 +455,9 @@ def _print_section(section: PayloadResults, fmt: str, out: TextIO, *, title: str
     elif section.targets:
         out.write("\n")
         emit(targets_table(section.targets), fmt, out)
+    if section.breakdown:
+        out.write("\n")
+        emit(breakdown_table(section.breakdown), fmt, out)
     out.flush()
 
 
@@ -394,12 +471,15 @@ def _compare(args: argparse.Namespace, fmt: str, out: TextIO) -> tuple[list[Payl
     )
     out.flush()
     sections: list[PayloadResults] = []
-    total = len(payloads) * args.repeat * len(args.transports)
+    planes = len(planes_of(args.transports)) if args.breakdown else 0
+    total = len(payloads) * args.repeat * (len(args.transports) + planes)
     with open_progress(total, disabled=args.no_progress) as progress:
         for payload in payloads:
             rows = run(args, payload, progress)
             memcpy = memcpy_reference(payload, copies=args.steps)
-            sections.append(PayloadResults(payload, sizes[payload], rows, memcpy, row_targets(payload, rows, memcpy)))
+            breakdown = run_breakdown(args, payload, rows, progress) if args.breakdown else None
+            sections.append(PayloadResults(payload, sizes[payload], rows, memcpy, row_targets(payload, rows, memcpy),
+                                           breakdown))  # fmt: skip
     for i, section in enumerate(sections):
         if args.sweep is not None:
             if i:
@@ -474,8 +554,8 @@ def _scale(args: argparse.Namespace, fmt: str, out: TextIO) -> tuple[list[Scalin
     total = args.repeat * len(args.transports) * len(args.counts)
     with open_progress(total, disabled=args.no_progress) as progress:
         rows = run_scaling(args, progress)
-    emit(scaling_table(rows, label=axis.label, cpu_count=os.cpu_count()), fmt, out)
-    return rows, scaling_report(_config(args), rows)
+    emit(scaling_table(rows, axis=axis, cpu_count=os.cpu_count()), fmt, out)
+    return rows, scaling_report(_config(args), rows, reference=axis.reference)
 
 
 def _scaling_rates(rows: Sequence[ScalingRow]) -> Mapping[str, Mapping[int, float]]:
@@ -528,7 +608,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "fastenv-bench") -> int:
             if args.scaling is not None:
                 axis = AXES[args.scaling]
                 plot.plot_scaling(_scaling_rates(scaling_rows), args.plot, axis_label=axis.label,
-                                  title=f"fastenv-bench --scaling {axis.name}: {args.payload}, {os.cpu_count()} CPUs")  # fmt: skip
+                                  title=f"fastenv-bench --scaling {axis.name}: {args.payload}, {os.cpu_count()} CPUs",
+                                  rate_label=axis.rate_label)  # fmt: skip
             else:
                 _plot_comparison(sections, args.plot)
         except ValueError as exc:

@@ -14,8 +14,9 @@ measured:
   scales: the median where a curve crosses 0.5, p99 where it crosses 0.01);
   with two or more payloads (``--sweep``) one more panel, observation MB/s
   against observation size per transport (log-log).
-- :func:`plot_scaling`: steps/s against the scaling count (clients) per
-  transport, with each transport's linear-scaling line from its first point.
+- :func:`plot_scaling`: steps/s against the scaling count (clients, or envs
+  per vector env) per transport, with each transport's linear-scaling line
+  from its first point.
 """
 
 from __future__ import annotations
@@ -183,6 +184,7 @@ def plot_scaling(
     *,
     axis_label: str = "concurrent clients",
     title: str | None = None,
+    rate_label: str = "steps/s (all clients)",
 ) -> None:
     """Write a PNG of steps/s against the scaling count, one line per transport.
 
@@ -191,6 +193,7 @@ def plot_scaling(
         path: where the PNG goes (overwritten).
         axis_label: what the count is (x axis label).
         title: the figure's title.
+        rate_label: what the rate counts (y axis label).
 
     Raises:
         MissingDependency: matplotlib is not installed.
@@ -220,7 +223,7 @@ def plot_scaling(
     _log_axis(ax.yaxis)
     ax.xaxis.set_minor_formatter(_null_formatter())
     ax.set_xlabel(axis_label)
-    ax.set_ylabel("steps/s (all clients)")
+    ax.set_ylabel(rate_label)
     ax.set_title(title or f"throughput against {axis_label}")
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")

@@ -3,6 +3,8 @@
 - :class:`Row`: one transport's runs on one payload (the comparison table's row).
 - :class:`PayloadResults`: every row of one payload, its memcpy reference and targets.
 - :class:`ScalingRow`: one transport's scaling points at one count.
+- :class:`~fastenv.bench.breakdown.BreakdownRow` (in :class:`PayloadResults`):
+  a fastenv row's round trip split into encode, transport, env and decode.
 - :func:`comparison_report`, :func:`sweep_report`, :func:`scaling_report`: the
   documents, tagged :data:`SCHEMA`, :data:`SWEEP_SCHEMA` and :data:`SCALING_SCHEMA`.
 
@@ -23,6 +25,7 @@ from typing import Any
 import numpy as np
 import zmq
 
+from fastenv.bench.breakdown import BreakdownRow
 from fastenv.bench.floors import MemcpyReference
 from fastenv.bench.runner import FASTENV_TRANSPORTS, RunResult
 from fastenv.bench.scaling import ScalingPoint
@@ -40,6 +43,7 @@ __all__ = [
     "machine_info",
     "reference",
     "scaling_baselines",
+    "scaling_ratio",
     "scaling_report",
     "sweep_report",
 ]
@@ -89,16 +93,20 @@ def reference(rows: Sequence[Row]) -> Row | None:
 
 @dataclass
 class PayloadResults:
-    """Every row of one payload, the observation size, the memcpy reference and the targets."""
+    """Every row of one payload, the observation size, the memcpy reference, the targets and the breakdown.
+
+    ``breakdown`` is ``None`` when it was not measured (``--no-breakdown``).
+    """
 
     payload: str
     nbytes: int
     rows: list[Row]
     memcpy: MemcpyReference | None = None
     targets: list[Target] = field(default_factory=list)
+    breakdown: list[BreakdownRow] | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        """The payload's part of a report: reference, one entry per transport, memcpy, targets."""
+        """The payload's part of a report: reference, one entry per transport, memcpy, targets, breakdown."""
         ref = reference(self.rows)
         results = []
         for row in self.rows:
@@ -125,6 +133,7 @@ class PayloadResults:
             "results": results,
             "memcpy": self.memcpy.as_dict() if self.memcpy is not None else None,
             "targets": [target.as_dict() for target in self.targets],
+            "breakdown": [row.as_dict() for row in self.breakdown] if self.breakdown is not None else None,
         }
 
 
@@ -157,6 +166,17 @@ def scaling_baselines(rows: Sequence[ScalingRow]) -> dict[str, ScalingRow]:
             if current is None or row.count < current.count:
                 base[row.transport] = row
     return base
+
+
+def scaling_ratio(rows: Sequence[ScalingRow], row: ScalingRow, reference: str | None) -> float:
+    """``row``'s steps/s over the ``reference`` transport's at the same count (``nan`` when either is missing)."""
+    if reference is None or row.status != "ok" or not row.points:
+        return math.nan
+    for other in rows:
+        if other.transport == reference and other.count == row.count and other.status == "ok" and other.points:
+            base = other.steps_per_s
+            return row.steps_per_s / base if base > 0 else math.nan
+    return math.nan
 
 
 def machine_info() -> dict[str, Any]:
@@ -216,8 +236,15 @@ def sweep_report(config: Mapping[str, Any], sections: Sequence[PayloadResults]) 
     return _clean({**_header(SWEEP_SCHEMA, config), "payloads": [s.as_dict() for s in sections]})
 
 
-def scaling_report(config: Mapping[str, Any], rows: Sequence[ScalingRow]) -> dict[str, Any]:
-    """A scaling suite's document (:data:`SCALING_SCHEMA`): one entry per (transport, count)."""
+def scaling_report(
+    config: Mapping[str, Any], rows: Sequence[ScalingRow], *, reference: str | None = None
+) -> dict[str, Any]:
+    """A scaling suite's document (:data:`SCALING_SCHEMA`): one entry per (transport, count).
+
+    ``steps_per_s`` counts env steps (a vector env's batch step counts one per
+    env); with ``reference``, each entry's ``ratio_to_reference`` is its
+    steps/s over that transport's at the same count.
+    """
     base = scaling_baselines(rows)
     results = []
     for row in rows:
@@ -229,6 +256,8 @@ def scaling_report(config: Mapping[str, Any], rows: Sequence[ScalingRow]) -> dic
             "median": None,
             "speedup": None,
             "efficiency": None,
+            "reference": reference,
+            "ratio_to_reference": scaling_ratio(rows, row, reference),
             "runs": [point.as_dict() for point in row.points],
         }
         if row.points:

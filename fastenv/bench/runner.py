@@ -305,17 +305,25 @@ def measure(
     max_seconds: float | None = None,
     clock: Callable[[], int] = time.perf_counter_ns,
     before_timing: Callable[[], None] | None = None,
+    local: Any = None,
+    action: Any = None,
 ) -> RunResult:
     """Reset ``client``, verify and warm it up, then time ``steps`` step round trips.
 
     ``before_timing`` is called after the warmup, right before the timed loop
-    (the scaling suite waits there until every client is ready).
+    (the scaling suite waits there until every client is ready). ``local``
+    and ``action`` replace the payload's local reference env and action (a
+    vector env and a batch of actions for ``--scaling envs``); a ``local``
+    passed in is left open for the caller to close.
     """
     if steps < 1 or warmup < 0:
         raise ValueError(f"need steps >= 1 and warmup >= 0, got steps={steps} warmup={warmup}")
     workload = get_workload(payload)
-    local = workload.make_env()
-    action = workload.make_action()
+    owned = local is None
+    if local is None:
+        local = workload.make_env()
+    if action is None:
+        action = workload.make_action()
     seed = workload.seed
 
     got, expected = client.reset(seed=seed), local.reset(seed=seed)
@@ -347,7 +355,8 @@ def measure(
     for _ in range(done):
         local.step(action)
     _check(client, "step result after the timed loop", client.step(action), local.step(action), transport)
-    local.close()
+    if owned:
+        local.close()
     return _result(transport, payload, steps, warmup, rtt, cpu, wall_s)
 
 

@@ -4,32 +4,40 @@ An *axis* says what a count means. :data:`AXES` holds:
 
 - ``clients``: one ``fastenv serve TARGET --mode per-client`` server and
   *count* client processes, each driving its own env on it.
+- ``envs``: one ``fastenv serve TARGET --num-envs COUNT --mode per-client``
+  server (*count* envs behind one batched
+  :class:`~fastenv.vector.VectorHost`) and one client process driving them
+  with :class:`fastenv.FastVectorEnv`; in the same table, Gymnasium's
+  ``AsyncVectorEnv(COUNT envs, shared_memory=True)`` (``gym-async``) and
+  ``SyncVectorEnv(COUNT envs)`` (``gym-sync``) over the same env, each built
+  in its own client process (see :mod:`fastenv.bench.vectors`). Throughput
+  counts env steps: batch steps × count.
 
-For every (transport, count) point, :func:`run_point` starts the server, then
-the client processes (``python -m fastenv.bench.scaling --connect ADDRESS
-...``). Each client connects, resets, runs the verified warmup (the same
+For every (transport, count) point, :func:`run_point` starts the server (for
+fastenv rows), then the client processes (``python -m fastenv.bench.scaling
+[--connect ADDRESS] ...``). Each client connects (or builds its vector env),
+resets, runs the verified warmup (the same
 :func:`fastenv.bench.runner.measure` as the comparison table), prints
 ``ready`` and waits; once every client is ready the parent writes ``go`` to all
 of them, each times ``steps`` step round trips (or stops at ``max_seconds``),
-verifies one more step against its local env and prints a JSON summary.
-The point's throughput is all clients' timed steps divided by the span from
-the first client's start to the last client's end (``CLOCK_MONOTONIC``, one
-clock for every process on the host), so clients that do not overlap are not
-counted as parallel.
+verifies one more step against its local reference and prints a JSON summary.
+The point's throughput is all clients' timed steps (times the env steps per
+call) divided by the span from the first client's start to the last client's
+end (``CLOCK_MONOTONIC``, one clock for every process on the host), so
+clients that do not overlap are not counted as parallel.
 
 Clients are processes, not threads: client threads of one process would
 share its GIL and measure that instead of the server. On a machine with few
 cores the clients and the server compete for them, and the table's efficiency
-column (speedup over one client divided by the count) says how much of the
-added load turned into throughput.
+column (speedup over the smallest count divided by the count ratio) says how
+much of the added load turned into throughput.
 
-Adding an axis (``envs``, envs per server, once ``fastenv serve --num-envs``
-exists): subclass :class:`Axis`, returning the server arguments for a count
-(``["--num-envs", str(count)]``), one client process, the client arguments
-that make it drive a vector env and the env steps per ``step`` call; register
-it in :data:`AXES`; teach :func:`_client_main` the new client argument. The
-CLI (``--scaling``, ``--counts``), the table, the JSON and the plot take the
-axis from :data:`AXES` and need no change.
+Adding an axis: subclass :class:`Axis` (the server arguments for a count,
+how many client processes, their extra arguments, the env steps per ``step``
+call, which transports it runs and how its table reads) and register it in
+:data:`AXES`; teach :func:`_client_main` any new client argument. The CLI
+(``--scaling``, ``--counts``, ``--transports``), the table, the JSON and the
+plot take the axis from :data:`AXES`.
 """
 
 from __future__ import annotations
@@ -56,14 +64,23 @@ from fastenv.bench.runner import (
     start_fastenv_server,
 )
 from fastenv.bench.stats import Summary, spread
+from fastenv.bench.vectors import (
+    GYM_VECTORS,
+    VECTOR_TRANSPORTS,
+    batch_action,
+    open_vector_client,
+    reference_env,
+)
 from fastenv.bench.workloads import get_workload
 from fastenv.errors import FastEnvError, FastEnvTimeout
 
 __all__ = [
     "AXES",
+    "SCALING_TRANSPORTS",
     "Axis",
     "ClientRun",
     "ClientsAxis",
+    "EnvsAxis",
     "ScalingFailed",
     "ScalingPoint",
     "run_point",
@@ -88,6 +105,20 @@ class Axis:
     name: str = ""
     #: What the count is, for table headers and plot labels.
     label: str = ""
+    #: The transports the axis can run (``--transports``).
+    transports: tuple[str, ...] = FASTENV_TRANSPORTS
+    #: The transports it runs when ``--transports`` is not given.
+    default_transports: tuple[str, ...] = ("fastenv-shm", "fastenv-tcp")
+    #: The counts it runs when ``--counts`` is not given.
+    default_counts: tuple[int, ...] = (1, 2, 4)
+    #: What the throughput counts (the plot's y axis).
+    rate_label: str = "steps/s (all clients)"
+    #: Whether a point has several clients (the table's "per client" column).
+    per_client: bool = True
+    #: What one timed call is (table headers: "steps", "p50 µs").
+    call: str = "step"
+    #: A transport every row is compared with at the same count (a table column), if any.
+    reference: str | None = None
 
     def server_args(self, count: int) -> list[str]:
         """Extra ``fastenv serve`` arguments for ``count``."""
@@ -105,6 +136,10 @@ class Axis:
         """Env steps one client ``step`` call makes (more than 1 for a vector env)."""
         return 1
 
+    def notes(self) -> list[str]:
+        """Footnotes that say what the axis's rows are."""
+        return []
+
 
 class ClientsAxis(Axis):
     """``count`` client processes, each with its own env on one per-client-mode server."""
@@ -119,8 +154,47 @@ class ClientsAxis(Axis):
         return count
 
 
+class EnvsAxis(Axis):
+    """``count`` envs behind one vector env, one client: a ``--num-envs`` server, or Gymnasium's vector envs."""
+
+    name = "envs"
+    label = "envs"
+    transports = VECTOR_TRANSPORTS
+    default_transports = ("fastenv-shm", "fastenv-tcp", *GYM_VECTORS)
+    default_counts = (1, 2, 4, 8, 16)
+    rate_label = "env steps/s (one client, one vector env)"
+    per_client = False
+    call = "batch step"
+    reference = "gym-async"
+
+    def server_args(self, count: int) -> list[str]:
+        return ["--num-envs", str(count), "--mode", "per-client"]
+
+    def client_processes(self, count: int) -> int:
+        return 1
+
+    def client_args(self, count: int) -> list[str]:
+        return ["--num-envs", str(count)]
+
+    def env_steps_per_call(self, count: int) -> int:
+        return count
+
+    def notes(self) -> list[str]:
+        fastenv = (
+            "fastenv-* = FastVectorEnv(copy=False) on one `fastenv serve --num-envs N --mode per-client` server "
+            "(N envs stepped in turn by one batched VectorHost)"
+        )
+        gym = (
+            "gym-async = Gymnasium AsyncVectorEnv(N envs, shared_memory=True): one worker process per env, "
+            "observations copied out; gym-sync = SyncVectorEnv(N envs) in the client process (no IPC)"
+        )
+        return [fastenv, gym]
+
+
 #: The scaling axes, by ``--scaling`` name.
-AXES: dict[str, Axis] = {axis.name: axis for axis in (ClientsAxis(),)}
+AXES: dict[str, Axis] = {axis.name: axis for axis in (ClientsAxis(), EnvsAxis())}
+#: Every transport some axis runs.
+SCALING_TRANSPORTS: tuple[str, ...] = tuple(dict.fromkeys(t for axis in AXES.values() for t in axis.transports))
 
 
 @dataclass(frozen=True)
@@ -141,7 +215,7 @@ class ClientRun:
 
 @dataclass
 class ScalingPoint:
-    """All clients of one (axis, count, transport) run."""
+    """All clients of one (axis, count, transport) run; a step call makes :attr:`env_steps_per_call` env steps."""
 
     axis: str
     count: int
@@ -164,14 +238,15 @@ class ScalingPoint:
 
     @property
     def steps_per_s(self) -> float:
-        """Aggregate env steps per second: all timed steps over :attr:`span_s`."""
+        """Aggregate env steps per second: all timed step calls × :attr:`env_steps_per_call` over :attr:`span_s`."""
         span = self.span_s
         return self.steps * self.env_steps_per_call / span if span > 0 else float("nan")
 
     @property
     def per_client_steps_per_s(self) -> float:
-        """The median client's own rate (its steps over its own timed wall time)."""
-        return spread(c.summary.count / c.wall_s for c in self.clients if c.wall_s > 0).median
+        """The median client's own rate (its env steps over its own timed wall time)."""
+        per_call = self.env_steps_per_call
+        return spread(c.summary.count * per_call / c.wall_s for c in self.clients if c.wall_s > 0).median
 
     @property
     def p50_us(self) -> float:
@@ -190,6 +265,8 @@ class ScalingPoint:
             "transport": self.transport,
             "payload": self.payload,
             "steps": self.steps,
+            "env_steps_per_call": self.env_steps_per_call,
+            "env_steps": self.steps * self.env_steps_per_call,
             "span_s": self.span_s,
             "steps_per_s": self.steps_per_s,
             "per_client_steps_per_s": self.per_client_steps_per_s,
@@ -295,12 +372,12 @@ def run_point(
     timeout: float = 30.0,
     server_env: Mapping[str, str] | None = None,
 ) -> ScalingPoint:
-    """Run one scaling point: a server for ``count`` on ``axis``, its clients started together.
+    """Run one scaling point: a server for ``count`` on ``axis`` (fastenv rows), its clients started together.
 
     Args:
         axis: an :class:`Axis` or its name in :data:`AXES`.
-        count: the axis's count (number of clients for ``clients``).
-        transport: a fastenv row (:data:`fastenv.bench.runner.FASTENV_TRANSPORTS`).
+        count: the axis's count (clients for ``clients``, envs for ``envs``).
+        transport: one of the axis's :attr:`Axis.transports`.
         payload: a payload name (see :mod:`fastenv.bench.workloads`).
         steps: timed steps per client.
         warmup: untimed, verified steps per client before the start signal.
@@ -315,8 +392,8 @@ def run_point(
         TransportUnavailable, ScalingFailed, FastEnvTimeout: a client could not run.
     """
     axis = AXES[axis] if isinstance(axis, str) else axis
-    if transport not in FASTENV_TRANSPORTS:
-        raise KeyError(f"scaling runs fastenv rows only ({', '.join(FASTENV_TRANSPORTS)}), not {transport!r}")
+    if transport not in axis.transports:
+        raise KeyError(f"--scaling {axis.name} runs {', '.join(axis.transports)} only, not {transport!r}")
     if count < 1 or steps < 1:
         raise ValueError(f"need count >= 1 and steps >= 1, got count={count} steps={steps}")
     get_workload(payload)
@@ -324,13 +401,16 @@ def run_point(
     point = ScalingPoint(axis.name, count, transport, payload, axis.env_steps_per_call(count))
     # start-up and every call are bounded by ``timeout``; the timed loop by max_seconds
     loop_limit = max_seconds if max_seconds is not None else steps * timeout
-    server = start_fastenv_server(
-        transport, payload, args=axis.server_args(count), timeout=timeout, server_env=server_env
-    )
     with contextlib.ExitStack() as stack:
-        stack.callback(server.stop)
+        connect: list[str] = []
+        if transport in FASTENV_TRANSPORTS:  # the others build their envs in the client process
+            server = start_fastenv_server(
+                transport, payload, args=axis.server_args(count), timeout=timeout, server_env=server_env
+            )
+            stack.callback(server.stop)
+            connect = ["--connect", server.address]
         command = [
-            sys.executable, "-m", "fastenv.bench.scaling", "--connect", server.address, "--transport", transport,
+            sys.executable, "-m", "fastenv.bench.scaling", *connect, "--transport", transport,
             "--payload", payload, "--steps", str(steps), "--warmup", str(warmup), "--timeout", str(timeout),
             *(["--max-seconds", str(max_seconds)] if max_seconds is not None else []), *axis.client_args(count),
         ]  # fmt: skip
@@ -371,20 +451,26 @@ def _stdout_line() -> Iterator[None]:
 
 
 def _client_main(argv: Sequence[str] | None = None) -> int:
-    """One scaling client: connect, warm up, print ready, wait for ``go``, time, print JSON.
+    """One scaling client: connect (or build its vector env), warm up, print ready, wait for ``go``, time, print JSON.
 
-    The last stdout line is ``{"start_ns", "wall_s", "summary"}`` or
-    ``{"error": "mismatch" | "unavailable", "message"}``.
+    With ``--num-envs N`` it drives a vector env of N envs
+    (:func:`fastenv.bench.vectors.open_vector_client`) and checks it against a
+    local ``SyncVectorEnv``; otherwise one env of the fastenv server at
+    ``--connect``. The last stdout line is ``{"start_ns", "wall_s",
+    "summary"}`` or ``{"error": "mismatch" | "unavailable", "message"}``.
     """
     parser = argparse.ArgumentParser(prog="python -m fastenv.bench.scaling")
-    parser.add_argument("--connect", required=True, metavar="ADDRESS", help="a running fastenv server")
-    parser.add_argument("--transport", choices=FASTENV_TRANSPORTS, required=True)
+    parser.add_argument("--connect", metavar="ADDRESS", help="a running fastenv server (fastenv rows)")
+    parser.add_argument("--transport", choices=SCALING_TRANSPORTS, required=True)
     parser.add_argument("--payload", required=True)
+    parser.add_argument("--num-envs", type=int, default=None, metavar="N", help="drive a vector env of N envs")
     parser.add_argument("--steps", type=int, required=True)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--max-seconds", type=float, default=None)
     parser.add_argument("--timeout", type=float, default=30.0)
     args = parser.parse_args(argv)
+    if args.num_envs is None and (args.connect is None or args.transport not in FASTENV_TRANSPORTS):
+        parser.error("without --num-envs, give --connect and a fastenv transport")
     started: list[int] = []
 
     def wait_for_go() -> None:
@@ -396,12 +482,25 @@ def _client_main(argv: Sequence[str] | None = None) -> int:
 
     report: dict[str, Any]
     try:
-        with connect_transport(args.transport, args.payload, args.connect, timeout=args.timeout) as client:
+        with contextlib.ExitStack() as stack:
+            local = action = None
+            if args.num_envs is None:
+                client = stack.enter_context(
+                    connect_transport(args.transport, args.payload, args.connect, timeout=args.timeout)
+                )
+            else:
+                local = reference_env(args.payload, args.num_envs)
+                stack.callback(local.close)
+                action = batch_action(args.payload, args.num_envs)
+                client = stack.enter_context(open_vector_client(
+                    args.transport, args.payload, args.num_envs, address=args.connect, timeout=args.timeout
+                ))  # fmt: skip
             result = measure(client, args.transport, args.payload, args.steps, args.warmup,
-                             max_seconds=args.max_seconds, before_timing=wait_for_go)  # fmt: skip
+                             max_seconds=args.max_seconds, before_timing=wait_for_go, local=local,
+                             action=action)  # fmt: skip
     except TransportMismatch as exc:
         report = {"error": "mismatch", "message": str(exc)}
-    except (FastEnvError, OSError) as exc:
+    except (FastEnvError, OSError, ImportError, ValueError) as exc:
         report = {"error": "unavailable", "message": f"{type(exc).__name__}: {exc}"}
     else:
         report = {"start_ns": started[0], "wall_s": result.wall_s, "summary": result.summary.as_dict()}

@@ -6,7 +6,10 @@
 - :func:`targets_table`: the issue's targets, PASS / MISS / n/a.
 - :func:`sweep_table`: ``--sweep``: MB/s per transport (rows) and payload (columns).
 - :func:`scaling_table`: ``--scaling``: aggregate steps/s per transport and count,
-  speedup over the transport's smallest count and efficiency.
+  speedup over the transport's smallest count and efficiency (``--scaling
+  envs``: env steps/s and the ratio to ``gym-async`` at the same count).
+- :func:`breakdown_table`: each fastenv row's p50 split into encode,
+  transport, env step and decode (µs and % of the p50).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from fastenv.bench.breakdown import PARTS, PLANE_METHODS, PLANES, BreakdownRow
 from fastenv.bench.floors import MemcpyReference
 from fastenv.bench.render import Column, Note, Table, render
 from fastenv.bench.results import (
@@ -22,11 +26,14 @@ from fastenv.bench.results import (
     ScalingRow,
     reference,
     scaling_baselines,
+    scaling_ratio,
 )
 from fastenv.bench.runner import FASTENV_TRANSPORTS, FLOOR_TRANSPORTS
+from fastenv.bench.scaling import AXES, Axis
 from fastenv.bench.targets import Target
 
 __all__ = [
+    "breakdown_table",
     "comparison_table",
     "format_memcpy",
     "format_table",
@@ -147,13 +154,30 @@ def sweep_table(sections: Sequence[PayloadResults]) -> Table:
     return table
 
 
-def scaling_table(rows: Sequence[ScalingRow], *, label: str = "clients", cpu_count: int | None = None) -> Table:
-    """Aggregate steps/s per (transport, count): spread across repeats, per-client rate and latency, speedup."""
+def scaling_table(
+    rows: Sequence[ScalingRow], *, axis: Axis | str = "clients", cpu_count: int | None = None
+) -> Table:
+    """Aggregate steps/s per (transport, count): spread across repeats, latency, speedup, and the axis's extras.
+
+    ``axis`` (an :class:`~fastenv.bench.scaling.Axis` or its name) names the
+    count column and decides the rest: a "per client" column where a point
+    has several clients, headers in batch steps for a vector env, and a
+    ``vs REFERENCE`` column (steps/s over the reference transport's at the
+    same count) where the axis has a reference that ran.
+    """
+    axis = AXES[axis] if isinstance(axis, str) else axis
+    label = axis.label
     base = scaling_baselines(rows)
-    table = Table(
-        [Column("transport", "left"), Column(label), Column("steps"), Column("steps/s"), Column("±%"),
-         Column("per client"), Column("p50 µs"), Column("p99 µs"), Column("speedup"), Column("efficiency")],
-    )  # fmt: skip
+    ref = axis.reference if any(r.transport == axis.reference and r.points for r in rows) else None
+    calls = "steps" if axis.call == "step" else f"{axis.call}s"
+    columns = [Column("transport", "left"), Column(label), Column(calls), Column("steps/s"), Column("±%")]
+    if axis.per_client:
+        columns.append(Column("per client"))
+    prefix = "" if axis.call == "step" else f"{axis.call} "
+    columns += [Column(f"{prefix}p50 µs"), Column(f"{prefix}p99 µs"), Column("speedup"), Column("efficiency")]
+    if ref is not None:
+        columns.append(Column(f"vs {ref}"))
+    table = Table(columns)
     for row in rows:
         if row.status != "ok" or not row.points:
             table.rows.append(Note(row.transport, f"{label}={row.count} {row.status}: {row.error or ''}".strip()))
@@ -162,25 +186,79 @@ def scaling_table(rows: Sequence[ScalingRow], *, label: str = "clients", cpu_cou
         first = base.get(row.transport)
         speedup = rate.median / first.steps_per_s if first is not None and first.steps_per_s > 0 else math.nan
         efficiency = speedup * first.count / row.count if first is not None else math.nan
-        table.rows.append(
-            [
-                row.transport,
-                str(row.count),
-                f"{int(row.metric('steps').median):,}",
-                _fmt(rate.median, 0),
-                _fmt(50 * rate.relative, 0),
-                _fmt(row.metric("per_client_steps_per_s").median, 0),
-                _fmt(row.metric("p50_us").median),
-                _fmt(row.metric("p99_us").median),
-                f"{speedup:.2f}x" if not math.isnan(speedup) else "-",
-                f"{100 * efficiency:.0f}%" if not math.isnan(efficiency) else "-",
-            ]
+        cells = [row.transport, str(row.count), f"{int(row.metric('steps').median):,}", _fmt(rate.median, 0),
+                 _fmt(50 * rate.relative, 0)]  # fmt: skip
+        if axis.per_client:
+            cells.append(_fmt(row.metric("per_client_steps_per_s").median, 0))
+        cells += [
+            _fmt(row.metric("p50_us").median),
+            _fmt(row.metric("p99_us").median),
+            f"{speedup:.2f}x" if not math.isnan(speedup) else "-",
+            f"{100 * efficiency:.0f}%" if not math.isnan(efficiency) else "-",
+        ]
+        if ref is not None:
+            ratio = scaling_ratio(rows, row, ref)
+            cells.append(f"{ratio:.2f}x" if not math.isnan(ratio) else "-")
+        table.rows.append(cells)
+    if axis.per_client:
+        table.footnotes.append(
+            f"steps/s = all clients' timed steps / (last end - first start); per client = the median client's own "
+            f"rate; p50 = median of the clients' p50s; p99 = the worst client's p99; speedup over the transport's "
+            f"smallest {label} count; efficiency = speedup / ({label} / smallest); ±% = half the range across repeats"
         )
-    table.footnotes.append(
-        f"steps/s = all clients' timed steps / (last end - first start); per client = the median client's own "
-        f"rate; p50 = median of the clients' p50s; p99 = the worst client's p99; speedup over the transport's "
-        f"smallest {label} count; efficiency = speedup / ({label} / smallest); ±% = half the range across repeats"
-    )
+    else:
+        table.footnotes.append(
+            f"steps/s = env steps per second: timed {calls} × {label} / wall time of the timed loop; "
+            f"{calls} = timed {axis.call} calls; p50 / p99 = one {axis.call} (all {label}); speedup over the "
+            f"transport's smallest {label} count; efficiency = speedup / ({label} / smallest); "
+            "±% = half the range across repeats"
+        )
+    if ref is not None:
+        table.footnotes.append(f"vs {ref} = steps/s / {ref}'s steps/s at the same {label} count")
+    table.footnotes += axis.notes()
     if cpu_count is not None:
         table.footnotes.append(f"cpus = {cpu_count}: the server and every client process share them")
+    return table
+
+
+def _percent(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.0f}%"
+
+
+def breakdown_table(rows: Sequence[BreakdownRow], *, title: str | None = "round-trip breakdown (p50)") -> Table:
+    """Each fastenv row's p50 round trip split into encode, transport, env and decode: µs and % of the p50."""
+    headers = {"encode": "encode", "transport": "transport", "env": "env step", "decode": "decode"}
+    columns = [Column("row", "left"), Column("p50 µs")]
+    for part in PARTS:
+        columns += [Column(f"{headers[part]} µs"), Column(f"{headers[part]} %")]
+    table = Table(columns, title=title)
+    samples: set[str] = set()
+    methods: dict[str, str] = {}
+    for row in rows:
+        if row.costs is None:
+            table.rows.append(Note(row.transport, f"unavailable: {row.error or ''}".strip()))
+            continue
+        repeats = row.costs.repeats
+        samples.add(f"{row.costs.samples:,}" + (f" over {repeats} repeats, median of their medians" if repeats > 1 else ""))
+        methods[row.costs.plane] = row.costs.method
+        parts, percent = row.parts_us(), row.percent()
+        cells = [row.transport, _fmt(row.rtt_p50_us)]
+        for part in PARTS:
+            cells += [_fmt(parts[part]), _percent(percent[part])]
+        table.rows.append(cells)
+    n = "; ".join(sorted(samples)) or "-"
+    table.footnotes.append(
+        f"encode, env step and decode: measured in this process on the same request and reply values "
+        f"(median per step, n = {n}); transport = p50 - (encode + env step + decode), at least 0: "
+        "doorbell or socket, both sides' call handling, wake-ups"
+    )
+    table.footnotes.append(
+        "encode = client's request + server's reply, decode = server's request + client's reply; % of the row's p50"
+    )
+    for plane, method in methods.items():
+        names = ", ".join(t for t, p in PLANES.items() if p == plane and any(r.transport == t for r in rows))
+        text = f"{names}: {PLANE_METHODS[plane]}"
+        if plane == "shm" and method != "layout":
+            text += f" ({method}: timed messages without a fixed layout went through the general codec)"
+        table.footnotes.append(text)
     return table
