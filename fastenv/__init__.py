@@ -17,10 +17,21 @@ Quick start::
 from fastenv import gym_envs as _gym_envs  # noqa: F401  (registers the fastenv/... Gymnasium ids, lazily)
 from fastenv._version import __version__
 from fastenv.client import FastRemoteEnv, connect
-from fastenv.codec import decode, encode, register_type
+from fastenv.codec import Limits, decode, encode, register_type
+from fastenv.control.auth import AuthConfig
 from fastenv.errors import (
     AddressInUse,
     AlreadyPendingError,
+    AuthenticationError,
+    AuthenticationRequired,
+    ClientKeyRefused,
+    KeyFileError,
+    LimitExceeded,
+    NestingTooDeep,
+    ServerBusy,
+    ServerKeyMismatch,
+    TooManyPending,
+    TrustedModeError,
     ClientClosedError,
     ConnectionLost,
     DecodeError,
@@ -48,6 +59,18 @@ from fastenv.server import EnvServer
 __all__ = [
     "AddressInUse",
     "AlreadyPendingError",
+    "AuthConfig",
+    "AuthenticationError",
+    "AuthenticationRequired",
+    "ClientKeyRefused",
+    "KeyFileError",
+    "LimitExceeded",
+    "Limits",
+    "NestingTooDeep",
+    "ServerBusy",
+    "ServerKeyMismatch",
+    "TooManyPending",
+    "TrustedModeError",
     "ClientClosedError",
     "ConnectionLost",
     "DecodeError",

@@ -1,4 +1,4 @@
-"""The ``fastenv`` command: ``serve``, ``demo``, ``doctor``, ``gc``, ``bench`` (= ``fastenv-bench``)."""
+"""The ``fastenv`` command: ``serve``, ``keygen``, ``demo``, ``doctor``, ``gc``, ``bench`` (= ``fastenv-bench``)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from fastenv.codec import Limits
 from fastenv.errors import FastEnvError
 from fastenv.launch.cli import register as _add_launch
+from fastenv.server import ATTACH_GRACE_S, DEFAULT_MAX_PENDING, DEFAULT_MAX_SESSIONS
 
 READY_LINE = "fastenv: ready {address}"
 
@@ -54,10 +56,53 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         help="allow binding a non-loopback address without authentication",
     )
     serve.add_argument(
+        "--auth",
+        metavar="DIR",
+        default=None,
+        help="authenticate and encrypt with CURVE keys: DIR/server.key_secret, and the clients allowed in as "
+        "DIR/authorized_clients/*.key (make them with `fastenv keygen DIR`); no raw TCP data stream then",
+    )
+    serve.add_argument(
+        "--allow-trusted",
+        action="store_true",
+        help="let authenticated clients ship an env factory (FastRemoteEnv.create); needs --auth",
+    )
+    serve.add_argument(
         "--max-message-bytes",
         type=int,
         default=1 << 31,
-        help="drop clients that send a larger frame (default: 2 GiB)",
+        help="largest frame accepted: clients refuse to send more, a peer that does is dropped (default: 2 GiB)",
+    )
+    serve.add_argument(
+        "--max-array-elements",
+        type=int,
+        default=Limits.max_array_elements,
+        help=f"most elements in one array a client sends (default: {Limits.max_array_elements})",
+    )
+    serve.add_argument(
+        "--max-depth",
+        type=int,
+        default=Limits.max_depth,
+        help=f"deepest container nesting a client may send (default: {Limits.max_depth})",
+    )
+    serve.add_argument(
+        "--max-sessions",
+        type=int,
+        default=DEFAULT_MAX_SESSIONS,
+        help=f"most sessions at once; more are refused with ServerBusy (default: {DEFAULT_MAX_SESSIONS})",
+    )
+    serve.add_argument(
+        "--max-pending",
+        type=int,
+        default=DEFAULT_MAX_PENDING,
+        help="most requests one client may have waiting on the control connection; more are refused with "
+        f"TooManyPending (default: {DEFAULT_MAX_PENDING})",
+    )
+    serve.add_argument(
+        "--attach-grace",
+        type=float,
+        default=ATTACH_GRACE_S,
+        help=f"seconds a connected client may take to choose its data plane (default: {ATTACH_GRACE_S:g})",
     )
     serve.add_argument("--no-shm", action="store_true", help="never offer the shared-memory data plane")
     serve.add_argument(
@@ -86,12 +131,14 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from fastenv.server import EnvServer
     from fastenv.target import resolve_target
 
     logging.basicConfig(level=args.log_level.upper(), format="fastenv[%(process)d] %(levelname)s %(message)s")
     factory = resolve_target(args.target, args.env_kwargs)
-    if args.insecure:
+    if args.insecure and args.auth is None:
         print(
             f"fastenv: WARNING: serving on {args.bind} without authentication (--insecure): "
             "anyone who can reach this port can drive the env",
@@ -105,6 +152,12 @@ def _serve(args: argparse.Namespace) -> int:
         mode=args.mode,
         insecure=args.insecure,
         max_message_bytes=args.max_message_bytes,
+        limits=dataclasses.replace(Limits(), max_array_elements=args.max_array_elements, max_depth=args.max_depth),
+        auth=args.auth,
+        allow_trusted=args.allow_trusted,
+        max_sessions=args.max_sessions,
+        max_pending=args.max_pending,
+        attach_grace=args.attach_grace,
         shm=not args.no_shm,
         shm_slots=args.shm_slots,
         shm_spin_us=args.spin_us,
@@ -116,8 +169,16 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         address = server.address  # binds; in shared mode this also builds the env
         _, data_port = server.data_address or ("", 0)
+        stream = f"data stream on port {data_port}" if data_port else "no raw data stream"
+        security = ""
+        if args.auth is not None:
+            assert server.auth is not None
+            security = (
+                f"; CURVE authentication on ({len(server.auth.authorized_clients)} authorized client key(s)"
+                f"{', trusted mode' if args.allow_trusted else ''})"
+            )
         print(
-            f"fastenv: serving {args.target} ({args.mode}) on {address}, data stream on port {data_port}",
+            f"fastenv: serving {args.target} ({args.mode}) on {address}, {stream}{security}",
             file=sys.stderr,
             flush=True,
         )
@@ -128,6 +189,32 @@ def _serve(args: argparse.Namespace) -> int:
     finally:
         server.close()
     print("fastenv: stopped", file=sys.stderr, flush=True)
+    return 0
+
+
+def _add_keygen(commands: argparse._SubParsersAction) -> None:
+    keygen = commands.add_parser(
+        "keygen",
+        help="make CURVE key files for `fastenv serve --auth DIR` and FastRemoteEnv(auth=DIR)",
+        description=(
+            "Write ZeroMQ CURVE key pairs into DIR. Without --name: server.key / server.key_secret, "
+            "client.key / client.key_secret, and authorized_clients/client.key (one directory both sides can "
+            "use). --name server: the server pair only. --name NAME: a client pair NAME.key / NAME.key_secret, "
+            "authorized in DIR/authorized_clients/ when DIR holds the server's secret key. A client on another "
+            "machine needs server.key and its own NAME.key_secret; never copy server.key_secret."
+        ),
+    )
+    keygen.add_argument("directory", metavar="DIR", help="where to write the key files (created if missing)")
+    keygen.add_argument("--name", default=None, help="make only this key pair (server, or a client's name)")
+    keygen.set_defaults(handler=_keygen)
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    from fastenv.control.auth import keygen
+
+    for path in keygen(args.directory, args.name):
+        secret = path.name.endswith("_secret")
+        print(f"wrote {path}{'  (secret: keep it private)' if secret else ''}")
     return 0
 
 
@@ -187,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastenv", description="Serve and drive simulation environments fast.")
     commands = parser.add_subparsers(dest="command", required=True)
     _add_serve(commands)
+    _add_keygen(commands)
     _add_demo(commands)
     _add_doctor(commands)
     _add_gc(commands)

@@ -5,17 +5,20 @@ from __future__ import annotations
 import functools
 import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import psutil
 
-from fastenv import gym_types  # noqa: F401  (registers Gymnasium spaces with the codec)
-from fastenv import protocol
+from fastenv import (
+    gym_types,  # noqa: F401  (registers Gymnasium spaces with the codec)
+    protocol,
+)
 from fastenv._version import __version__
 from fastenv.batching import pack_column, unpack_results
 from fastenv.control.address import host_identity, normalize_address
+from fastenv.control.auth import AuthLike, client_auth
 from fastenv.control.dealer import ClientChannel
 from fastenv.errors import (
     AlreadyPendingError,
@@ -27,11 +30,16 @@ from fastenv.errors import (
     FastEnvTimeout,
     FrameTooLarge,
     LeaseHeld,
+    LimitExceeded,
+    NestingTooDeep,
     NoPendingCallError,
     ProtocolError,
     ProtocolVersionError,
+    ServerBusy,
     SessionLost,
+    TooManyPending,
     TransportError,
+    TrustedModeError,
     UnknownMethodError,
     make_remote_env_error,
 )
@@ -40,6 +48,7 @@ from fastenv.protocol import BATCH_STEP, GETATTR, LEASE, Kind, Message
 from fastenv.shm.arena import Arena
 from fastenv.shm.plane import ShmClientPlane
 from fastenv.tcp.plane import TcpClientPlane, connect_data_stream
+from fastenv.trusted import NOT_AUTHENTICATED, pack_factory
 
 TRANSPORTS = ("auto", "shm", "tcp")
 ROLES = ("shared", "controller", "observer")
@@ -108,6 +117,16 @@ class FastRemoteEnv:
             (an interrupted ``reset`` is simply run again).
         heartbeat_interval: seconds between control-channel heartbeats; a dead
             server is noticed within two intervals, even while the client is idle.
+        auth: CURVE keys for a server started with ``--auth``: a key directory
+            (``client.key_secret``, and ``server.key``, the pinned server key)
+            or an :class:`~fastenv.control.auth.AuthConfig`. The connection is
+            then encrypted; a refusal raises an
+            :class:`~fastenv.AuthenticationError` subclass saying which side
+            refused. Without it, a server that requires authentication raises
+            :class:`~fastenv.AuthenticationRequired`.
+        factory: trusted mode (see :meth:`create`): a zero-argument callable,
+            cloudpickled and run by the server to make this session's env.
+            Needs ``auth`` and a server started with ``--allow-trusted``.
 
     Example::
 
@@ -132,6 +151,8 @@ class FastRemoteEnv:
         reconnect: bool = True,
         on_session_lost: str = "raise",
         heartbeat_interval: float | None = None,
+        auth: AuthLike | None = None,
+        factory: Callable[[], Any] | None = None,
     ) -> None:
         if transport not in TRANSPORTS:
             raise ValueError(f"unknown transport {transport!r}; choose one of {', '.join(TRANSPORTS)}")
@@ -139,6 +160,11 @@ class FastRemoteEnv:
             raise ValueError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
         if on_session_lost not in SESSION_LOST_POLICIES:
             raise ValueError(f"on_session_lost must be one of {', '.join(SESSION_LOST_POLICIES)}")
+        self._auth = client_auth(auth)
+        if factory is not None and self._auth is None:
+            raise TrustedModeError(f"{NOT_AUTHENTICATED}: pass auth= (the factory is never sent unauthenticated)")
+        if factory is not None and role == "observer":
+            raise ValueError("an observer cannot ship an env factory")
         self._channel: ClientChannel | None = None
         self._plane: ShmClientPlane | TcpClientPlane | None = None
         self._observer: TransitionSubscriber | None = None
@@ -157,7 +183,10 @@ class FastRemoteEnv:
             "compression": compression,
             "vector": vector,
         }
-        channel_options = {} if heartbeat_interval is None else {"heartbeat_interval": heartbeat_interval}
+        self._factory_payload = pack_factory(factory) if factory is not None else None
+        channel_options: dict[str, Any] = {"auth": self._auth}
+        if heartbeat_interval is not None:
+            channel_options["heartbeat_interval"] = heartbeat_interval
         self._channel = ClientChannel(self.address, **channel_options)
         try:
             self._open_session(connect_timeout)
@@ -182,11 +211,36 @@ class FastRemoteEnv:
 
         return launch_and_connect(ssh_host, target, **kwargs)
 
+    @classmethod
+    def create(
+        cls, factory: Callable[[], Any], address: str, *, auth: AuthLike, **kwargs: Any
+    ) -> FastRemoteEnv:
+        """Trusted mode: ship ``factory`` to the server, which runs it to make this session's env.
+
+        For envs defined where the client runs (a notebook, a closure): the
+        factory is cloudpickled and sent, only over the authenticated
+        connection ``auth`` opens, to a server started with
+        ``fastenv serve --allow-trusted --auth DIR`` (any target: this
+        session's env comes from the factory, is this session's own, and is
+        closed with it). Whatever the factory needs must be importable on
+        the server. Raises :class:`~fastenv.TrustedModeError` when the
+        server does not allow it; ``kwargs`` are those of the constructor.
+
+        Example::
+
+            env = FastRemoteEnv.create(lambda: MyEnv(level=3), "gpu-box:5555", auth="~/.fastenv/keys")
+        """
+        return cls(address, auth=auth, factory=factory, **kwargs)
+
     def _open_session(self, timeout: float) -> None:
         """Handshake, shared-memory probe and data plane: a new session on the server."""
         transport, compression = self._options["transport"], self._options["compression"]
         welcome = self._handshake(timeout, transport, compression)
         self._welcome = welcome
+        limits = welcome.get("server", {}).get("limits") or {}
+        assert self._channel is not None
+        if isinstance(limits.get("max_message_bytes"), int):
+            self._channel.max_message_bytes = limits["max_message_bytes"]
         self.transport, self.transport_reason = self._choose_transport(
             welcome, transport, self._options["copy"], self._options["spin_us"], timeout
         )
@@ -204,7 +258,7 @@ class FastRemoteEnv:
         if not offer:
             raise ProtocolError("the server offers no transition stream")
         host = self.address.removeprefix("tcp://").rsplit(":", 1)[0]
-        self._observer = TransitionSubscriber(f"tcp://{host}:{int(offer['port'])}", timeout=timeout)
+        self._observer = TransitionSubscriber(f"tcp://{host}:{int(offer['port'])}", timeout=timeout, auth=self._auth)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -218,6 +272,8 @@ class FastRemoteEnv:
             "role": self.role,
             "vector": self._options["vector"],
         }
+        if self._factory_payload is not None:
+            hello["factory"] = self._factory_payload
         assert self._channel is not None
         reply = self._channel.request(Kind.HELLO, hello, timeout, what="the handshake")
         body = self._unwrap(reply)
@@ -268,13 +324,20 @@ class FastRemoteEnv:
         """Connect the TCP data stream; returns how calls will travel."""
         assert self._channel is not None
         if not offer:
+            if self._welcome.get("server", {}).get("auth"):
+                return (
+                    "calls travel as frames on the CURVE-encrypted ZeroMQ connection "
+                    "(a server with authentication offers no raw data stream)"
+                )
             return "calls travel as frames on the ZeroMQ connection (the server offers no data stream)"
         host = self.address.removeprefix("tcp://").rsplit(":", 1)[0].strip("[]")
         try:
             sock = connect_data_stream(host, int(offer["port"]), offer["token"], timeout)
         except (FastEnvError, OSError) as exc:  # refused, unreachable or filtered: stay on the control connection
             return f"calls travel as frames on the ZeroMQ connection (data stream unreachable: {exc})"
-        self._plane = TcpClientPlane(sock, self._channel.check_alive, compression=compression, first_seq=first_seq)
+        self._plane = TcpClientPlane(
+            sock, self._channel.check_alive, compression=compression, first_seq=first_seq, **self._stream_limits()
+        )
         return f"arrays stream in chunks on a dedicated connection to port {offer['port']}"
 
     def _shm_alive(self, server_pid: Any) -> None:
@@ -468,8 +531,17 @@ class FastRemoteEnv:
         sock = connect_data_stream(host, int(offer["port"]), offer["token"], timeout)
         old.close()
         self._plane = TcpClientPlane(
-            sock, self._channel.check_alive, compression=self._options["compression"], first_seq=old.resume_seq
+            sock,
+            self._channel.check_alive,
+            compression=self._options["compression"],
+            first_seq=old.resume_seq,
+            **self._stream_limits(),
         )
+
+    def _stream_limits(self) -> dict[str, int]:
+        """The server's frame limit, for the TCP stream to refuse larger requests before sending them."""
+        limit = self._channel.max_message_bytes if self._channel is not None else None
+        return {} if limit is None else {"max_message_bytes": limit}
 
     def _resend(self, pending: _Pending) -> Any:
         plane = self._plane
@@ -724,12 +796,25 @@ class FastRemoteEnv:
         return f"<FastRemoteEnv {self.env_info.get('class', '?')} at {self.address} ({state})>"
 
 
+_LIMIT_ERRORS: dict[str, type[LimitExceeded]] = {
+    cls.__name__: cls for cls in (FrameTooLarge, NestingTooDeep, ServerBusy, TooManyPending)
+}
+
+
 def _error_from(body: Any) -> FastEnvError:
+    """The typed error an ERROR reply's body stands for (never anything the peer names but these)."""
     if not isinstance(body, dict):
-        return ProtocolError(f"malformed error reply: {body!r}")
+        return ProtocolError(f"malformed error reply: {body!r:.200}")
     kind = body.get("kind")
     type_name = str(body.get("type", "Exception"))
     message = str(body.get("message", ""))
+    limit_error = _LIMIT_ERRORS.get(type_name.rsplit(".", 1)[-1]) if kind in ("limit", "protocol") else None
+    if limit_error is not None:
+        return limit_error(f"server refused the request: {message}")
+    if kind == "limit":
+        return LimitExceeded(f"server refused the request: {message}")
+    if kind == "trusted":
+        return TrustedModeError(message)
     if kind == "remote":
         return make_remote_env_error(type_name, message, str(body.get("traceback", "")))
     if kind == "unknown_method":
@@ -740,8 +825,6 @@ def _error_from(body: Any) -> FastEnvError:
         return SessionLost(message)
     if kind == "encode":
         return EncodeError(f"the server could not send the result: {message}")
-    if type_name == "FrameTooLarge":
-        return FrameTooLarge(f"server refused the request: {message}")
     return ProtocolError(f"server rejected the request ({kind}): {message}")
 
 

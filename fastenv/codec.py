@@ -7,10 +7,13 @@ without pickling them; only the skeleton is serialised. Calls whose structure
 repeats skip even that on shared memory (:mod:`fastenv.layout`).
 
 The skeleton is a tree of plain values serialised with pickle protocol 5, and
-read back with an unpickler that **refuses every global**: it can only build
-None, bool, int, float, str, bytes, list, tuple, dict, set and frozenset.
-Nothing a peer sends can name a class or a function, so nothing it sends can
-run code. Everything richer is spelled as a tagged tuple in that tree:
+read back only after a scan has checked that it holds nothing but the opcodes
+such a tree is made of (lists, tuples, None, bool, int, float, str, bytes:
+no global, no call, no indexed memo write), by an unpickler that also
+**refuses every global**. Nothing a peer sends can name a class or a
+function, so nothing it sends can run code; the decoder's other bounds
+(:class:`Limits`, and a budget that stops a tree from expanding beyond the
+bytes it came in) keep a small payload from costing much memory or time. Everything richer is spelled as a tagged tuple in that tree:
 
 =============  ==================================================
 value          skeleton node
@@ -45,12 +48,14 @@ from typing import Any
 
 import numpy as np
 
-from fastenv.errors import DecodeError, EncodeError, FrameTooLarge
+from fastenv.errors import DecodeError, EncodeError, FastEnvError, FrameTooLarge, NestingTooDeep
 
 # Skeleton tags. Part of the wire format: never renumber.
 TUPLE, DICT, ODICT, SET, FROZENSET, COMPLEX, ARRAY, SCALAR, EXT = range(1, 10)
 
 DEFAULT_MAX_DEPTH = 64
+MAX_DIMS = 64  # numpy's own limit on array dimensions
+_DTYPE_CACHE_KEY = 64  # dtype strings longer than this are parsed every time, never cached
 _ATOMS = (type(None), bool, int, float, str, bytes)
 
 Buffer = Any  # anything exposing the buffer protocol: bytes, memoryview, zmq.Frame, mmap
@@ -60,15 +65,22 @@ Buffer = Any  # anything exposing the buffer protocol: bytes, memoryview, zmq.Fr
 class Limits:
     """Bounds the decoder enforces on what a peer sends.
 
+    A breach raises a :class:`~fastenv.errors.LimitExceeded` subclass:
+    :class:`~fastenv.errors.NestingTooDeep` for ``max_depth``,
+    :class:`~fastenv.errors.FrameTooLarge` for the others.
+
     Attributes:
         max_depth: deepest container nesting accepted.
         max_skeleton_bytes: largest skeleton accepted.
         max_array_bytes: largest single array accepted.
+        max_array_elements: most elements in a single array (bounds arrays of
+            zero-sized items too, which take no bytes).
     """
 
     max_depth: int = DEFAULT_MAX_DEPTH
     max_skeleton_bytes: int = 16 * 1024 * 1024
     max_array_bytes: int = 1 << 31
+    max_array_elements: int = 1 << 31
 
 
 DEFAULT_LIMITS = Limits()
@@ -191,6 +203,81 @@ def encode(value: Any, *, max_depth: int = DEFAULT_MAX_DEPTH) -> tuple[bytes, li
 # --------------------------------------------------------------------------- decode
 
 
+# The pickle opcodes a protocol-5 pickle of a skeleton tree (lists, tuples, atoms) is made of.
+# Everything else is refused before the unpickler runs: opcodes that name globals or call
+# anything, and the memo writes that take an index (PUT, BINPUT, LONG_BINPUT), with which a
+# 20-byte payload makes the unpickler allocate and zero gigabytes for its memo table.
+_FIXED_ARGUMENT = {
+    0x80: 1,  # PROTO
+    0x95: 8,  # FRAME
+    0x28: 0,  # MARK
+    0x5D: 0,  # EMPTY_LIST
+    0x29: 0,  # EMPTY_TUPLE
+    0x61: 0,  # APPEND
+    0x65: 0,  # APPENDS
+    0x74: 0,  # TUPLE
+    0x85: 0,  # TUPLE1
+    0x86: 0,  # TUPLE2
+    0x87: 0,  # TUPLE3
+    0x94: 0,  # MEMOIZE (appends to the memo: it grows one entry per opcode at most)
+    0x68: 1,  # BINGET
+    0x6A: 4,  # LONG_BINGET
+    0x4E: 0,  # NONE
+    0x88: 0,  # NEWTRUE
+    0x89: 0,  # NEWFALSE
+    0x4A: 4,  # BININT
+    0x4B: 1,  # BININT1
+    0x4D: 2,  # BININT2
+    0x47: 8,  # BINFLOAT
+}
+_COUNTED_ARGUMENT = {  # opcode -> width of the length that precedes the argument
+    0x8A: 1,  # LONG1
+    0x8B: 4,  # LONG4
+    0x8C: 1,  # SHORT_BINUNICODE
+    0x58: 4,  # BINUNICODE
+    0x8D: 8,  # BINUNICODE8
+    0x43: 1,  # SHORT_BINBYTES
+    0x42: 4,  # BINBYTES
+    0x8E: 8,  # BINBYTES8
+}
+_STOP = 0x2E
+_REFUSED, _END = 1000, 1001
+# One entry per byte value: the fixed argument size, -width for a counted argument, or a marker.
+_OPCODES = [_REFUSED] * 256
+for _op, _size in _FIXED_ARGUMENT.items():
+    _OPCODES[_op] = _size
+for _op, _width in _COUNTED_ARGUMENT.items():
+    _OPCODES[_op] = -_width
+_OPCODES[_STOP] = _END
+
+
+def _check_opcodes(data: bytes) -> None:
+    """Refuse a pickle unless it is only the opcodes of a skeleton tree, whole and in bounds."""
+    table = _OPCODES
+    end = len(data)
+    at = 0
+    while at < end:
+        size = table[data[at]]
+        at += 1
+        if size < 0:  # a counted argument: its length, then that many bytes
+            if size == -1:
+                at += 1 + (data[at] if at < end else 0)
+            else:
+                at += -size + int.from_bytes(data[at : at - size], "little")
+        elif size < _REFUSED:
+            at += size
+        elif size == _END:
+            if at != end:
+                raise DecodeError("malformed payload: data after the end of the skeleton")
+            return
+        else:
+            raise DecodeError(
+                f"refused pickle opcode {data[at - 1]:#04x}: fastenv payloads are data only "
+                "(a peer tried to send code, an object or a memo write)"
+            )
+    raise DecodeError("malformed payload: the skeleton is truncated")
+
+
 class _DataOnlyUnpickler(pickle.Unpickler):
     """An unpickler that can build only builtin data: every global is refused."""
 
@@ -213,14 +300,14 @@ def _parse_dtype(spec: Any) -> np.dtype:
         if cached is not None:
             return cached
     elif type(spec) is not list:
-        raise DecodeError(f"invalid dtype {spec!r}")
+        raise DecodeError(f"invalid dtype {spec!r:.200}")
     try:
         dtype = np.dtype(spec)
     except (TypeError, ValueError) as exc:
-        raise DecodeError(f"invalid dtype {spec!r}") from exc
+        raise DecodeError(f"invalid dtype {spec!r:.200}") from exc
     if dtype.hasobject:
         raise DecodeError("refused an object dtype: fastenv payloads are data only")
-    if type(spec) is str and len(_DTYPE_CACHE) < 1024:
+    if type(spec) is str and len(spec) <= _DTYPE_CACHE_KEY and len(_DTYPE_CACHE) < 1024:
         _DTYPE_CACHE[spec] = dtype
     return dtype
 
@@ -238,6 +325,8 @@ def _decode_array(node: tuple, buffers: Sequence[Buffer], limits: Limits) -> np.
     count = 1
     for dim in shape:
         count *= dim
+    if count > limits.max_array_elements:
+        raise FrameTooLarge(f"array of {count} elements exceeds the limit of {limits.max_array_elements}")
     nbytes = count * dtype.itemsize
     if nbytes > limits.max_array_bytes:
         raise FrameTooLarge(f"array of {nbytes} bytes exceeds the limit of {limits.max_array_bytes}")
@@ -253,35 +342,40 @@ def _decode_array(node: tuple, buffers: Sequence[Buffer], limits: Limits) -> np.
 
 
 def _decode_shape(node: Any) -> tuple[int, ...]:
-    if type(node) is not tuple:
-        raise DecodeError(f"invalid array shape {node!r}")
+    if type(node) is not tuple or len(node) > MAX_DIMS:
+        raise DecodeError(f"invalid array shape {node!r:.200}")
     for dim in node:
         if type(dim) is not int or dim < 0:
-            raise DecodeError(f"invalid array shape {node!r}")
+            raise DecodeError(f"invalid array shape {node!r:.200}")
     return node
 
 
-def _decode(node: Any, buffers: Sequence[Buffer], depth: int, limits: Limits) -> Any:
+def _decode(node: Any, buffers: Sequence[Buffer], depth: int, limits: Limits, budget: list[int]) -> Any:
+    """Rebuild one node. ``budget[0]`` counts down the items the payload may still expand to."""
     kind = type(node)
     if kind is list:
         if depth <= 0:
-            raise DecodeError("payload nested too deeply")
-        return [_decode(item, buffers, depth - 1, limits) for item in node]
+            raise NestingTooDeep(f"payload nested deeper than the limit of {limits.max_depth}")
+        budget[0] -= len(node) + 1
+        if budget[0] < 0:
+            raise DecodeError(_EXPANDS)
+        return [_decode(item, buffers, depth - 1, limits, budget) for item in node]
     if kind is not tuple:
         if kind in _ATOMS:
             return node
         raise DecodeError(f"unexpected {kind.__name__} in payload")
     if depth <= 0:
-        raise DecodeError("payload nested too deeply")
+        raise NestingTooDeep(f"payload nested deeper than the limit of {limits.max_depth}")
     depth -= 1
     if not node:
         raise DecodeError("empty tagged node")
+    budget[0] -= len(node)
     tag = node[0]
     try:
         if tag == TUPLE:
-            return tuple(_decode(item, buffers, depth, limits) for item in _items(node))
+            return tuple(_decode(item, buffers, depth, limits, budget) for item in _items(node, budget))
         if tag == DICT or tag == ODICT:
-            flat = [_decode(item, buffers, depth, limits) for item in _items(node)]
+            flat = [_decode(item, buffers, depth, limits, budget) for item in _items(node, budget)]
             if len(flat) % 2:
                 raise DecodeError("dict node with an odd number of entries")
             pairs = zip(flat[0::2], flat[1::2])
@@ -300,17 +394,17 @@ def _decode(node: Any, buffers: Sequence[Buffer], depth: int, limits: Limits) ->
                 raise DecodeError("complex node with non-float parts")
             return complex(real, imag)
         if tag == SET:
-            return {_decode(item, buffers, depth, limits) for item in _items(node)}
+            return {_decode(item, buffers, depth, limits, budget) for item in _items(node, budget)}
         if tag == FROZENSET:
-            return frozenset(_decode(item, buffers, depth, limits) for item in _items(node))
+            return frozenset(_decode(item, buffers, depth, limits, budget) for item in _items(node, budget))
         if tag == EXT:
             _, name, inner = node
             entry = _BY_NAME.get(name) if isinstance(name, str) else None
             if entry is None:
                 raise DecodeError(
-                    f"unknown registered type {name!r}: register it on this side with fastenv.register_type"
+                    f"unknown registered type {name!r:.200}: register it on this side with fastenv.register_type"
                 )
-            data = _decode(inner, buffers, depth, limits)
+            data = _decode(inner, buffers, depth, limits, budget)
             try:
                 return entry.from_data(data)
             except DecodeError:
@@ -321,13 +415,20 @@ def _decode(node: Any, buffers: Sequence[Buffer], depth: int, limits: Limits) ->
         if isinstance(exc, DecodeError):
             raise
         raise DecodeError(f"malformed payload: {exc}") from exc
-    raise DecodeError(f"unknown tag {tag!r} in payload")
+    raise DecodeError(f"unknown tag {tag!r:.200} in payload")
 
 
-def _items(node: tuple) -> list:
+def _items(node: tuple, budget: list[int]) -> list:
     if len(node) != 2 or type(node[1]) is not list:
         raise DecodeError("malformed container node")
+    budget[0] -= len(node[1])
+    if budget[0] < 0:
+        raise DecodeError(_EXPANDS)
     return node[1]
+
+
+# A tree larger than the pickle it came in reuses containers: an amplification attack.
+_EXPANDS = "payload expands to more items than its skeleton holds (it reuses containers)"
 
 
 def decode(skeleton: Buffer, buffers: Sequence[Buffer] = (), *, limits: Limits = DEFAULT_LIMITS) -> Any:
@@ -341,13 +442,23 @@ def decode(skeleton: Buffer, buffers: Sequence[Buffer] = (), *, limits: Limits =
     size = len(skeleton) if type(skeleton) is bytes else memoryview(skeleton).nbytes
     if size > limits.max_skeleton_bytes:
         raise FrameTooLarge(f"skeleton of {size} bytes exceeds the limit of {limits.max_skeleton_bytes}")
+    data = skeleton if type(skeleton) is bytes else bytes(skeleton)
+    _check_opcodes(data)
     try:
-        tree = _DataOnlyUnpickler(io.BytesIO(skeleton), buffers=()).load()
+        tree = _DataOnlyUnpickler(io.BytesIO(data), buffers=()).load()
     except DecodeError:
         raise
     except Exception as exc:  # any unpickling failure is a protocol error, never a crash
         raise DecodeError(f"malformed payload: {type(exc).__name__}: {exc}") from exc
-    return _decode(tree, buffers, limits.max_depth, limits)
+    # Every item of a tree our encoder made costs at least one byte of pickle; only a
+    # tree that reuses one container many times grows larger (exponentially, if nested).
+    budget = [size + 16]
+    try:
+        return _decode(tree, buffers, limits.max_depth, limits, budget)
+    except FastEnvError:
+        raise
+    except Exception as exc:  # numpy's checks on hostile dtypes and shapes: a protocol error, never a crash
+        raise DecodeError(f"malformed payload: {type(exc).__name__}: {exc}") from exc
 
 
 def roundtrip(value: Any) -> Any:

@@ -16,8 +16,18 @@ Hierarchy::
     ├── ProtocolError
     │   ├── ProtocolVersionError
     │   ├── DecodeError
+    │   │   └── NestingTooDeep    (also LimitExceeded)
     │   ├── EncodeError           (also TypeError)
-    │   └── FrameTooLarge
+    │   └── FrameTooLarge         (also LimitExceeded)
+    ├── LimitExceeded             (a configured server limit; the session goes on)
+    │   ├── ServerBusy            (max_sessions reached)
+    │   └── TooManyPending        (max_pending requests of one client)
+    ├── AuthenticationError       (also PermissionError)
+    │   ├── AuthenticationRequired  (the server needs keys; the client gave none)
+    │   ├── ClientKeyRefused        (the server does not authorize this client's key)
+    │   └── ServerKeyMismatch       (the server could not prove it holds the pinned key)
+    ├── KeyFileError              (also ValueError; a key file is missing or malformed)
+    ├── TrustedModeError          (shipping an env factory was refused)
     ├── RemoteEnvError            (carries the remote type, message, traceback)
     ├── UnknownMethodError        (also AttributeError)
     ├── ClientClosedError
@@ -109,8 +119,53 @@ class EncodeError(ProtocolError, TypeError):
     """A value cannot be sent: its type is not supported by the codec."""
 
 
-class FrameTooLarge(ProtocolError):
-    """A frame or array exceeds the configured size limit."""
+class LimitExceeded(FastEnvError):
+    """A request broke one of the server's configured limits.
+
+    Only the offending request (or handshake) is refused: the client's
+    session, and every other client, go on as before.
+    """
+
+
+class FrameTooLarge(ProtocolError, LimitExceeded):
+    """A frame or array exceeds the configured size limit (bytes or element count)."""
+
+
+class NestingTooDeep(DecodeError, LimitExceeded):
+    """A payload nests containers deeper than the configured ``max_depth``."""
+
+
+class ServerBusy(LimitExceeded):
+    """The server already holds ``max_sessions`` sessions; try again after some close."""
+
+
+class TooManyPending(LimitExceeded):
+    """This client has ``max_pending`` requests waiting on the server already."""
+
+
+class AuthenticationError(FastEnvError, PermissionError):
+    """The CURVE handshake with the server failed; the subclass says which side refused."""
+
+
+class AuthenticationRequired(AuthenticationError):
+    """The server requires authentication, and this client connected without keys (``auth=``)."""
+
+
+class ClientKeyRefused(AuthenticationError):
+    """The server refused this client's key: it is not among the server's authorized clients."""
+
+
+class ServerKeyMismatch(AuthenticationError):
+    """The server did not prove it holds the pinned server key (wrong key, or a server without auth)."""
+
+
+class KeyFileError(FastEnvError, ValueError):
+    """A CURVE key file or key directory is missing, unreadable or malformed."""
+
+
+class TrustedModeError(FastEnvError):
+    """Shipping an env factory (trusted mode) was refused: the server does not allow it,
+    or the connection is not authenticated."""
 
 
 class RemoteEnvError(FastEnvError):

@@ -19,6 +19,11 @@ Joining without losing anything: an observer subscribes to the transition
 topic and then to a topic of its own; the publisher answers the second
 subscription with a sync message. Subscriptions on one connection arrive in
 order, so once the sync message is back, every later transition reaches it.
+
+Authentication: a server started with keys publishes on a CURVE socket (its
+ZAP handler admits the same client keys as the control channel), and
+observers subscribe with their client keys, so transitions are encrypted and
+only authorized clients receive them.
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ from typing import Any
 
 import zmq
 
-from fastenv import codec, protocol
+from fastenv import protocol
+from fastenv.control.auth import AuthConfig
 from fastenv.errors import ConnectionLost, FastEnvTimeout, ProtocolError, translate_zmq_errors
 from fastenv.protocol import Kind
 
@@ -75,9 +81,17 @@ class TransitionPublisher:
     Args:
         bind: interface to bind (the server's).
         queue: messages queued per observer before it skips.
+        auth: the server's CURVE keys (the context must run the server's ZAP handler).
     """
 
-    def __init__(self, bind: str, *, queue: int = DEFAULT_QUEUE, context: zmq.Context | None = None) -> None:
+    def __init__(
+        self,
+        bind: str,
+        *,
+        queue: int = DEFAULT_QUEUE,
+        auth: AuthConfig | None = None,
+        context: zmq.Context | None = None,
+    ) -> None:
         self._context = context or zmq.Context.instance()
         self._inbox_endpoint = f"inproc://fastenv-transitions-{os.getpid()}-{id(self):x}"
         self._lock = threading.Lock()  # the PUSH socket is shared by every worker thread
@@ -93,6 +107,8 @@ class TransitionPublisher:
             self._xpub.setsockopt(zmq.LINGER, 0)
             self._xpub.setsockopt(zmq.SNDHWM, queue)
             self._xpub.setsockopt(zmq.XPUB_NODROP, 1)  # refuse instead of dropping: see backlogged
+            if auth is not None:
+                auth.configure_server(self._xpub)
             if ":" in bind:
                 self._xpub.setsockopt(zmq.IPV6, 1)
             self._xpub.bind(f"tcp://{host}:*")
@@ -203,10 +219,17 @@ class TransitionSubscriber:
         endpoint: ``tcp://host:port`` of the server's publisher.
         timeout: seconds to wait for the subscription to take effect.
         queue: transitions queued on this side before the server starts skipping.
+        auth: the client's CURVE keys (needed when the server uses authentication).
     """
 
     def __init__(
-        self, endpoint: str, *, timeout: float, queue: int = DEFAULT_QUEUE, context: zmq.Context | None = None
+        self,
+        endpoint: str,
+        *,
+        timeout: float,
+        queue: int = DEFAULT_QUEUE,
+        auth: AuthConfig | None = None,
+        context: zmq.Context | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.skipped = 0
@@ -219,6 +242,8 @@ class TransitionSubscriber:
             self._socket = context.socket(zmq.SUB)
             self._socket.setsockopt(zmq.LINGER, 0)
             self._socket.setsockopt(zmq.RCVHWM, queue)
+            if auth is not None:
+                auth.configure_client(self._socket)
             self._socket.setsockopt(zmq.SUBSCRIBE, TRANSITIONS)
             self._socket.setsockopt(zmq.SUBSCRIBE, sync_topic)
             self._socket.connect(endpoint)

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import zmq
+
 from fastenv import codec
 from fastenv.errors import ProtocolError
 
@@ -54,13 +56,19 @@ _KINDS = {int(k): k for k in Kind}
 
 @dataclass
 class Message:
-    """A decoded message: its kind, request id, and the skeleton plus buffers of its body."""
+    """A decoded message: its kind, request id, and the skeleton plus buffers of its body.
+
+    ``user_id`` is who sent it when the connection is authenticated: the
+    client's public key (Z85), as the server's ZAP handler vouched for it
+    (see :func:`user_id_of`); None otherwise, or where nobody asked.
+    """
 
     kind: Kind
     request_id: int
     version: int
     skeleton: memoryview | bytes
     buffers: Sequence[Any]
+    user_id: str | None = None
 
     def body(self, limits: codec.Limits = codec.DEFAULT_LIMITS) -> Any:
         """Decode the body (raises :class:`DecodeError` for anything but plain data)."""
@@ -110,6 +118,18 @@ def peek_request_id(frames: Sequence[Any]) -> int:
         return 0
 
 
+def user_id_of(frame: Any) -> str | None:
+    """The ZAP ``User-Id`` of the connection a received ``zmq.Frame`` came on (None: not authenticated)."""
+    get = getattr(frame, "get", None)
+    if get is None:
+        return None
+    try:
+        value = get("User-Id")
+    except zmq.ZMQError:  # EINVAL: no such property on an unauthenticated connection
+        return None
+    return value or None
+
+
 def error_body(kind: str, type_name: str, message: str, traceback_text: str = "") -> dict[str, str]:
     """The body of an ERROR reply."""
     return {"kind": kind, "type": type_name, "message": message, "traceback": traceback_text}
@@ -136,4 +156,5 @@ __all__ = [
     "peek_request_id",
     "text_of",
     "unpack",
+    "user_id_of",
 ]

@@ -22,6 +22,21 @@ interval (ZMTP heartbeats drop a silent peer). A client whose connection
 dropped can RESUME its session in that window; calls re-sent after a drop are
 answered from the session's record, never applied twice (see
 :mod:`fastenv.replay`).
+
+Authentication (``auth=``): the control and observer sockets are CURVE
+servers in a ZeroMQ context of the server's own, whose
+:class:`~fastenv.control.zap.ZapHandler` admits only the authorized client
+keys. The raw TCP data stream is not offered then: calls of clients without
+shared memory travel on the encrypted control connection (shared memory
+stays: the probe proves the client is on this host, and the segments are
+mode 0600). With ``allow_trusted`` an authenticated client may ship an env
+factory (:mod:`fastenv.trusted`).
+
+Limits: the decoder's (:class:`~fastenv.codec.Limits`), the largest frame
+(``max_message_bytes``), the number of sessions (``max_sessions``) and of
+requests one client may have waiting (``max_pending``, see
+:mod:`fastenv.control.inbox`). A breach is answered with a typed error to that
+client only.
 """
 
 from __future__ import annotations
@@ -41,19 +56,27 @@ import psutil
 import zmq
 
 from fastenv import codec, envinfo, protocol
-from fastenv.batching import pack_results, unpack_column
 from fastenv._version import __version__
+from fastenv.batching import EMPTY_DICTS, pack_results, unpack_column
 from fastenv.codec import Limits
 from fastenv.control.address import check_bind_allowed, host_identity
+from fastenv.control.auth import AuthConfig, AuthLike, server_auth
 from fastenv.control.dealer import HEARTBEAT_INTERVAL_S
+from fastenv.control.inbox import Inbox
+from fastenv.control.reclaim import MemoryReclaimer
 from fastenv.control.router import ServerSocket
+from fastenv.control.zap import ZapHandler
 from fastenv.errors import (
     ControlDenied,
     EncodeError,
     FastEnvError,
     LeaseHeld,
+    LimitExceeded,
     ProtocolError,
+    ServerBusy,
     ServerConfigError,
+    TooManyPending,
+    TrustedModeError,
     UnknownMethodError,
 )
 from fastenv.observe import TransitionPublisher
@@ -62,6 +85,7 @@ from fastenv.replay import ReplyRecord, StaleRequest
 from fastenv.shm.arena import Arena, reclaim_stale
 from fastenv.shm.plane import DEFAULT_SHAPE, SERVER_SPIN_US, ShmServerWorker
 from fastenv.tcp.plane import TcpDataListener, TcpServerWorker
+from fastenv.trusted import load_factory
 
 log = logging.getLogger("fastenv.server")
 
@@ -71,6 +95,9 @@ ROLES = ("shared", "controller", "observer")
 # the lease, and not published as transitions. Everything else counts as changing the env.
 READ_ONLY_CALLS = frozenset({GETATTR, "get_state", "render"})
 ATTACH_GRACE_S = 10.0  # a session that never chose a data plane is ended after this long
+DEFAULT_MAX_SESSIONS = 256
+MAX_BATCH_STEPS = 1 << 16  # most actions in one batch_step
+DEFAULT_MAX_PENDING = 64
 _NO_STATE = object()
 
 
@@ -96,6 +123,7 @@ class Session:
     owns_env: bool  # close handle.env when the session ends (per-client mode)
     peer: dict[str, Any] = field(default_factory=dict)
     role: str = "shared"
+    client_key: str | None = None  # the client's public key (Z85) on an authenticated connection
     calls: int = 0
     transport: str = "tcp"
     methods: dict[str, Any] = field(default_factory=dict)  # resolved bound methods, by name
@@ -122,13 +150,26 @@ class EnvServer:
         env: an env instance; every client drives this one env.
         factory: a zero-argument callable making an env; each client gets its own
             (or, with ``mode="shared"``, one env is made up front and shared).
-        bind: interface to listen on. Anything but loopback needs ``insecure=True``.
+        bind: interface to listen on. Anything but loopback needs ``auth`` or ``insecure=True``.
         port: TCP port; 0 picks a free one (see :attr:`address`).
         mode: ``"shared"`` or ``"per-client"``; defaults to shared for ``env``,
             per-client for ``factory``.
         insecure: allow a non-loopback bind without authentication.
+        auth: CURVE keys: an :class:`~fastenv.control.auth.AuthConfig` or a key
+            directory (``server.key_secret`` + ``authorized_clients/*.key``).
+            Only authorized clients get in, every ZeroMQ connection is
+            encrypted, and no raw TCP data stream is offered.
+        allow_trusted: let authenticated clients ship an env factory
+            (:meth:`fastenv.FastRemoteEnv.create`); needs ``auth``.
         limits: decoder limits applied to everything clients send.
-        max_message_bytes: ZeroMQ drops peers that send a larger frame.
+        max_message_bytes: the largest frame accepted (clients learn it in the
+            handshake and refuse to send more; ZeroMQ drops a peer that does).
+        max_sessions: most sessions at once; a HELLO beyond gets
+            :class:`~fastenv.errors.ServerBusy`.
+        max_pending: most requests one client may have waiting on the control
+            connection; more get :class:`~fastenv.errors.TooManyPending`.
+        attach_grace: seconds a session may stay connected without choosing
+            its data plane before it is ended.
         close_env: close a shared env on shutdown (default: only if the server made it).
         shm: offer the shared-memory data plane to clients on this host.
         shm_slots: reply slots per session arena (a client's views stay valid
@@ -171,6 +212,11 @@ class EnvServer:
         num_envs: int | None = None,
         heartbeat_interval: float = HEARTBEAT_INTERVAL_S,
         observers: bool = True,
+        auth: AuthLike | None = None,
+        allow_trusted: bool = False,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
+        max_pending: int = DEFAULT_MAX_PENDING,
+        attach_grace: float = ATTACH_GRACE_S,
     ) -> None:
         if (env is None) == (factory is None):
             raise ServerConfigError("give EnvServer exactly one of env= or factory=")
@@ -183,7 +229,22 @@ class EnvServer:
             raise ServerConfigError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         if mode == "per-client" and factory is None:
             raise ServerConfigError("per-client mode needs a factory (each client gets its own env)")
-        check_bind_allowed(bind, insecure=insecure)
+        if max_sessions < 1 or max_pending < 1:
+            raise ServerConfigError("max_sessions and max_pending must be at least 1")
+        if attach_grace <= 0:
+            raise ServerConfigError("attach_grace must be positive")
+        self.auth: AuthConfig | None = server_auth(auth)
+        if allow_trusted and self.auth is None:
+            raise ServerConfigError(
+                "trusted mode (--allow-trusted) runs code that clients send: it needs authentication (--auth DIR)"
+            )
+        check_bind_allowed(bind, insecure=insecure, authenticated=self.auth is not None)
+        self.allow_trusted = allow_trusted
+        self.max_sessions = max_sessions
+        self.max_pending = max_pending
+        self.attach_grace = attach_grace
+        self._context: zmq.Context | None = None  # with auth: the server's own, run by its ZAP handler
+        self._zap: ZapHandler | None = None
         self.mode = mode
         self.bind_host = bind
         self.port = port
@@ -215,7 +276,16 @@ class EnvServer:
         self._thread: threading.Thread | None = None
         self._closed = False
         self._identity = host_identity()
-        self.stats = {"requests": 0, "protocol_errors": 0, "env_errors": 0, "reaped": 0, "resumed": 0}
+        self._reclaimer = MemoryReclaimer()
+        self._sessions_ended = 0
+        self.stats = {
+            "requests": 0,
+            "protocol_errors": 0,
+            "env_errors": 0,
+            "reaped": 0,
+            "resumed": 0,
+            "limit_errors": 0,
+        }
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -241,23 +311,26 @@ class EnvServer:
             if self.shm:
                 for name in reclaim_stale():
                     log.warning("removed stale shared-memory segment %s (its owner is dead)", name)
-            self._socket = ServerSocket(
-                self.bind_host,
-                self.port,
-                max_message_bytes=self.max_message_bytes,
-                heartbeat_interval=self.heartbeat_interval,
-            )
+            if self.auth is not None:
+                self._context = zmq.Context()
+                self._zap = ZapHandler(self._context, self.auth.authorized_clients)
             try:
-                self._data_listener = TcpDataListener(
-                    self.bind_host, self.data_port, on_connection=self._adopt_data_stream
+                self._socket = ServerSocket(
+                    self.bind_host,
+                    self.port,
+                    max_message_bytes=self.max_message_bytes,
+                    heartbeat_interval=self.heartbeat_interval,
+                    auth=self.auth,
+                    context=self._context,
                 )
+                if self.auth is None:  # with auth, calls travel on the encrypted control connection
+                    self._data_listener = TcpDataListener(
+                        self.bind_host, self.data_port, on_connection=self._adopt_data_stream
+                    )
                 if self._observers:
-                    self._publisher = TransitionPublisher(self.bind_host)
+                    self._publisher = TransitionPublisher(self.bind_host, auth=self.auth, context=self._context)
             except FastEnvError:
-                if self._data_listener is not None:
-                    self._data_listener.close()
-                    self._data_listener = None
-                self._socket.close()
+                self._close_sockets()
                 self._socket = None
                 raise
         return self._socket
@@ -280,22 +353,44 @@ class EnvServer:
             raise
 
     def serve_forever(self, poll_interval: float = 0.25) -> None:
-        """Serve until :meth:`stop` (or KeyboardInterrupt); then close sessions and sockets."""
+        """Serve until :meth:`stop` (or KeyboardInterrupt); then close sessions and sockets.
+
+        Messages are taken in per client and handled round-robin
+        (:class:`~fastenv.control.inbox.Inbox`), so one client's flood
+        delays only that client.
+        """
         sock = self._bind()
         poller = zmq.Poller()
         poller.register(sock.socket, zmq.POLLIN)
         tick_ms = int(min(poll_interval, self.heartbeat_interval / 4) * 1000)
+        inbox = Inbox(self.max_pending)
         try:
             while not self._stopping.is_set():
-                if poller.poll(tick_ms):
-                    while not self._stopping.is_set():
-                        frames = sock.recv()
-                        if frames is None:
-                            break
+                if inbox or poller.poll(tick_ms):
+                    self._take_in(sock, inbox)
+                    frames = inbox.pop()
+                    if frames is not None:
                         self._handle(frames)
-                self._check_liveness()
+                try:
+                    self._check_liveness()
+                except Exception:  # a bug in reclaiming one session must not take the server down
+                    log.exception("liveness check failed")
         finally:
             self._shutdown()
+
+    def _take_in(self, sock: ServerSocket, inbox: Inbox) -> None:
+        """Move the messages waiting on the socket into ``inbox``; refuse a client's beyond ``max_pending``."""
+        while not inbox.full:
+            frames = sock.recv()
+            if frames is None:
+                return
+            identity = frames[0].bytes
+            if not inbox.put(identity, frames):
+                self.stats["requests"] += 1
+                error = TooManyPending(
+                    f"this client already has {self.max_pending} requests waiting on the server (max_pending)"
+                )
+                self._reply_error(identity, protocol.peek_request_id(frames[1:]), "limit", error)
 
     @property
     def sessions(self) -> int:
@@ -309,6 +404,10 @@ class EnvServer:
             return
         self._next_liveness_check = now + self.heartbeat_interval / 4
         assert self._socket is not None
+        closed = self._socket.disconnections() + self._sessions_ended
+        if self._data_listener is not None:
+            closed += self._data_listener.dropped
+        self._reclaimer.check(closed)
         for session in list(self._sessions.values()):
             reason = None
             if session.transport == "shm" and session.worker is not None:
@@ -317,10 +416,9 @@ class EnvServer:
             elif isinstance(session.worker, TcpServerWorker):
                 if session.disconnected_since is not None and now - session.disconnected_since >= self.heartbeat_interval:
                     reason = "its data stream dropped and was not resumed"
-            elif not session.attached:
-                if now - session.created > ATTACH_GRACE_S:
-                    reason = "it never chose a data plane"
-            else:  # calls travel on the control connection: is it still there?
+            elif not session.attached and now - session.created > self.attach_grace:
+                reason = "it never chose a data plane"
+            else:  # calls travel (or the data plane is chosen) on the control connection: is it still there?
                 if self._socket.probe(session.identity):
                     session.disconnected_since = None
                 elif session.disconnected_since is None:
@@ -360,12 +458,25 @@ class EnvServer:
             self._end_session(session)
         if self._close_shared and self._shared_env is not None:
             _close_quietly(self._shared_env)
+        self._close_sockets()
+
+    def _close_sockets(self) -> None:
+        """Close the publisher, data listener, control socket, ZAP handler and own context (idempotent)."""
         if self._publisher is not None:
             self._publisher.close()
+            self._publisher = None
         if self._data_listener is not None:
             self._data_listener.close()
+            self._data_listener = None
         if self._socket is not None:
             self._socket.close()
+        zap, context = self._zap, self._context
+        self._zap = self._context = None
+        if zap is not None and not zap.close():
+            log.warning("the ZAP handler did not stop: leaving its ZeroMQ context open")
+            return
+        if context is not None:
+            context.term()  # every socket in it is closed by now
 
     def __enter__(self) -> EnvServer:
         return self
@@ -384,6 +495,11 @@ class EnvServer:
         self._socket.send(identity, frames)
 
     def _reply_error(self, identity: bytes, request_id: int, kind: str, exc: BaseException, tb: str = "") -> None:
+        if isinstance(exc, LimitExceeded):
+            kind = "limit"
+            self.stats["limit_errors"] += 1
+        elif isinstance(exc, TrustedModeError):
+            kind = "trusted"
         self._reply(identity, Kind.ERROR, request_id, protocol.error_body(kind, _type_name(exc), str(exc), tb))
 
     def _handle(self, frames: list[Any]) -> None:
@@ -401,6 +517,8 @@ class EnvServer:
             text = f"server speaks fastenv protocol v{protocol.PROTOCOL_VERSION} (fastenv {__version__})"
             self._socket.send(identity, protocol.pack_text(Kind.VERSION_MISMATCH, message.request_id, text))  # type: ignore[union-attr]
             return
+        if self.auth is not None and message.kind in (Kind.HELLO, Kind.RESUME):
+            message.user_id = protocol.user_id_of(body[0])
         try:
             handler = self._HANDLERS[message.kind]
         except KeyError:
@@ -421,6 +539,8 @@ class EnvServer:
             peer = message.body(self.limits)
             if not isinstance(peer, dict):
                 raise ProtocolError("HELLO body must be a dict")
+            if not isinstance(peer.get("host", {}), dict):
+                raise ProtocolError("HELLO 'host' must be a dict (hostname, boot_id, pid)")
             if peer.get("compression") not in (None, "lz4", "zstd"):
                 raise ProtocolError(f"unknown compression {peer.get('compression')!r}: use 'lz4', 'zstd' or None")
             role = peer.get("role", "shared")
@@ -428,16 +548,32 @@ class EnvServer:
                 raise ProtocolError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
             if role == "observer" and self._publisher is None:
                 raise ProtocolError("this server has no observers: they need a server in shared mode")
+            if identity not in self._sessions and len(self._sessions) >= self.max_sessions:
+                raise ServerBusy(
+                    f"the server holds {self.max_sessions} sessions, its limit (max_sessions): try again later"
+                )
+            shipped = None
+            if "factory" in peer:  # trusted mode: checked before anything is loaded
+                if role == "observer":
+                    raise ProtocolError("an observer cannot ship an env factory")
+                shipped = load_factory(peer["factory"], allowed=self.allow_trusted, user_id=message.user_id)
         except FastEnvError as exc:
             self.stats["protocol_errors"] += 1
             self._reply_error(identity, message.request_id, "protocol", exc)
+            return
+        except Exception as exc:  # a shipped factory that does not load here (a module missing...)
+            self.stats["env_errors"] += 1
+            self._reply_error(identity, message.request_id, "remote", exc, traceback.format_exc())
             return
         old = self._sessions.pop(identity, None)
         if old is not None:
             self._end_session(old)
         handle: EnvHandle | None = self._shared
+        owns = self.mode == "per-client" or shipped is not None
         try:
-            if self.mode == "per-client":
+            if shipped is not None:
+                handle = EnvHandle(shipped())
+            elif self.mode == "per-client":
                 handle = EnvHandle(self._make_env())
             assert handle is not None
             env = handle.env
@@ -448,12 +584,15 @@ class EnvServer:
             description = envinfo.describe(env)
         except Exception as exc:
             self.stats["env_errors"] += 1
-            if self.mode == "per-client" and handle is not None:
+            if owns and handle is not None and handle is not self._shared:
                 _close_quietly(handle.env)
             self._reply_error(identity, message.request_id, "remote", exc, traceback.format_exc())
             return
-        owns = self.mode == "per-client"
-        session = Session(os.urandom(8).hex(), identity, handle, env, owns, peer, role=role, data_token=os.urandom(16))
+        peer.pop("factory", None)
+        session = Session(
+            os.urandom(8).hex(), identity, handle, env, owns, peer, role=role, data_token=os.urandom(16)
+        )
+        session.client_key = message.user_id
         self._sessions[identity] = session
         self._by_id[session.session_id] = session
         with self._token_lock:
@@ -465,7 +604,13 @@ class EnvServer:
                 offer = {"name": session.offered_arena.name}
             except OSError as exc:
                 log.warning("cannot offer shared memory: %s", exc)
-        log.info("session %s opened by %s (%s)", session.session_id, peer.get("host"), role)
+        log.info(
+            "session %s opened by %s (%s%s)",
+            session.session_id,
+            peer.get("host"),
+            role,
+            f", key {session.client_key}" if session.client_key else "",
+        )
         welcome = {
             "session": session.session_id,
             "server": {
@@ -474,6 +619,13 @@ class EnvServer:
                 "host": self._identity,
                 "mode": self.mode,
                 "heartbeat_interval": self.heartbeat_interval,
+                "auth": self.auth is not None,
+                "trusted": shipped is not None,
+                "limits": {
+                    "max_message_bytes": self.max_message_bytes,
+                    "max_pending": self.max_pending,
+                    "max_sessions": self.max_sessions,
+                },
             },
             "env": description,
             "env_hash": envinfo.description_hash(description),
@@ -577,7 +729,8 @@ class EnvServer:
         handle = session.handle
         handle.transitions += 1
         publisher = self._publisher
-        if publisher is not None and publisher.active and name != GETATTR:
+        # only the shared env has observers (not an env a trusted client shipped for itself)
+        if publisher is not None and publisher.active and name != GETATTR and handle is self._shared:
             publisher.publish(handle.transitions, name, args, kwargs, result, session.session_id)
 
     def _batch_step(self, session: Session, args: tuple, kwargs: dict) -> dict[str, Any]:
@@ -587,7 +740,12 @@ class EnvServer:
         """
         if len(args) != 2 or kwargs or not isinstance(args[1], tuple) or len(args[1]) != 2:
             raise TypeError("batch_step takes (count, packed column of actions)")
-        actions = unpack_column(str(args[1][0]), args[1][1], int(args[0]))
+        count, (kind, column) = args
+        if type(count) is not int or not 0 <= count <= MAX_BATCH_STEPS:
+            raise ValueError(f"batch_step takes from 0 to {MAX_BATCH_STEPS} actions")
+        if kind == EMPTY_DICTS and column != count:  # a count to expand: never larger than the batch
+            raise ValueError("batch column length does not match the batch")
+        actions = unpack_column(str(kind), column, count)
         step = session.methods.get("step")
         if step is None:
             step = envinfo.resolve_member(session.env, "step")
@@ -657,7 +815,12 @@ class EnvServer:
             self._reply_error(identity, message.request_id, "protocol", exc)
             return
         session = self._by_id.get(body["session"])
-        if session is None or session.ended or not hmac.compare_digest(token, session.data_token):
+        if (
+            session is None
+            or session.ended
+            or not hmac.compare_digest(token, session.data_token)
+            or session.client_key != message.user_id  # with auth, only the same client key takes it up
+        ):
             error = ProtocolError(f"this server holds no session {body['session']} (it restarted or ended it)")
             self._reply_error(identity, message.request_id, "session_lost", error)
             return
@@ -743,6 +906,7 @@ class EnvServer:
             session.disconnected_since = time.monotonic()
 
     def _end_session(self, session: Session) -> None:
+        self._sessions_ended += 1
         if self._sessions.get(session.identity) is session:
             del self._sessions[session.identity]
         self._by_id.pop(session.session_id, None)

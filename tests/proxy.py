@@ -7,10 +7,14 @@ import threading
 
 
 class TcpProxy:
-    """Forward ``listen`` to ``target``; :meth:`cut` drops every open connection (new ones still work)."""
+    """Forward ``listen`` to ``target``; :meth:`cut` drops every open connection (new ones still work).
 
-    def __init__(self, listen: tuple[str, int], target: tuple[str, int]) -> None:
+    With ``record=True`` every byte forwarded (both directions) is kept in :attr:`recorded`.
+    """
+
+    def __init__(self, listen: tuple[str, int], target: tuple[str, int], *, record: bool = False) -> None:
         self.target = target
+        self.recorded: bytearray | None = bytearray() if record else None
         self._server = socket.create_server(listen)
         self._server.settimeout(0.1)
         self.address = self._server.getsockname()[:2]
@@ -41,13 +45,15 @@ class TcpProxy:
             for src, dst in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
 
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
+                if self.recorded is not None:
+                    with self._lock:
+                        self.recorded += data
                 dst.sendall(data)
         except OSError:
             pass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 import subprocess
 import sys
@@ -40,9 +41,15 @@ def wait_until(predicate: Callable[[], bool], timeout: float = T, interval: floa
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    """A free port below Linux's ephemeral range, so no outgoing connection takes it while a server restarts."""
+    for port in random.Random().sample(range(20000, 32000), 200):
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-32000")
 
 
 # ---------------------------------------------------------------- leases and observers

@@ -30,15 +30,15 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_bind_allowed(host: str, *, insecure: bool) -> None:
-    """Refuse a non-loopback bind unless ``insecure`` was asked for explicitly."""
-    if is_loopback(host) or insecure:
+def check_bind_allowed(host: str, *, insecure: bool, authenticated: bool = False) -> None:
+    """Refuse a non-loopback bind without authentication, unless ``insecure`` was asked for explicitly."""
+    if is_loopback(host) or insecure or authenticated:
         return
     raise ServerConfigError(
         f"refusing to bind {host}: that would expose the env server to the network "
-        "without authentication. Bind 127.0.0.1 and reach it through an SSH tunnel "
-        "(fastenv launch), or pass --insecure (insecure=True) if you accept that anyone "
-        "who can reach the port can drive the env"
+        "without authentication. Serve with --auth DIR (keys from `fastenv keygen DIR`), "
+        "bind 127.0.0.1 and reach it through an SSH tunnel (fastenv launch), or pass "
+        "--insecure (insecure=True) if you accept that anyone who can reach the port can drive the env"
     )
 
 

@@ -7,10 +7,14 @@ from typing import Any
 
 import psutil
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from fastenv import protocol
+from fastenv.control.auth import AuthConfig
 from fastenv.control.dealer import HEARTBEAT_INTERVAL_S, heartbeat_options
 from fastenv.errors import AddressInUse, TransportError
+
+HANDSHAKE_TIMEOUT_S = 10.0  # a connection that has not completed its handshake by then is dropped
 
 
 def _port_holder(port: int) -> str:
@@ -34,6 +38,11 @@ class ServerSocket:
         max_message_bytes: ZeroMQ drops a peer that sends a larger frame.
         heartbeat_interval: seconds between ZMTP heartbeats; a peer silent for
             two intervals is disconnected (and then fails :meth:`probe`).
+        auth: CURVE keys; the socket then accepts only authenticated,
+            encrypted connections (the context needs a
+            :class:`~fastenv.control.zap.ZapHandler`, or every client is refused).
+        handshake_timeout: seconds a new connection may take to complete its
+            ZMTP (and CURVE) handshake before it is dropped.
     """
 
     def __init__(
@@ -43,11 +52,16 @@ class ServerSocket:
         *,
         max_message_bytes: int,
         heartbeat_interval: float = HEARTBEAT_INTERVAL_S,
+        auth: AuthConfig | None = None,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT_S,
         context: zmq.Context | None = None,
     ) -> None:
         self._context = context or zmq.Context.instance()
         self.socket = self._context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.HANDSHAKE_IVL, max(1, int(handshake_timeout * 1000)))
+        if auth is not None:
+            auth.configure_server(self.socket)
         self.socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.socket.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)  # sending to a vanished peer fails: see probe()
@@ -69,6 +83,9 @@ class ServerSocket:
                 ) from exc
             raise TransportError(f"cannot bind {endpoint}: {exc.strerror}") from exc
         self.address: str = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._monitor = self.socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._disconnections = 0
+        self._closed = False
 
     def recv(self) -> list[Any] | None:
         """One pending message as ``[identity, *frames]``, or None if nothing is waiting."""
@@ -98,6 +115,24 @@ class ServerSocket:
         except zmq.ZMQError as exc:
             return exc.errno != errno.EHOSTUNREACH
 
+    def disconnections(self) -> int:
+        """How many connections (handshaken or not) have closed so far."""
+        while True:
+            try:
+                raw = self._monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return self._disconnections
+            if parse_monitor_message(raw)["event"] == zmq.EVENT_DISCONNECTED:
+                self._disconnections += 1
+
     def close(self) -> None:
         """Close the socket (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.socket.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        self._monitor.close(linger=0)
         self.socket.close(linger=0)

@@ -21,6 +21,11 @@ aborts the connection. So each side holds at most the message it is sending
 plus the one it is receiving (their arrays, and compressed copies when
 compression is on) and a 64 KiB staging buffer, however many steps run.
 
+Security: the session token is the stream's only credential and the stream
+is not encrypted, so a server started with authentication (CURVE keys) does
+not open this listener at all: its clients' calls travel on the encrypted
+control connection instead (see :mod:`fastenv.server`).
+
 Failures: every wait is sliced (:data:`~fastenv.tcp.framing.WAIT_SLICE_S`) so
 the client's ``alive()`` check and the worker's stop flag are seen within
 ~50 ms; a call that times out, or any error in the middle of a message,
@@ -403,7 +408,7 @@ class TcpDataListener:
         self._preamble = len(HELLO) + token_size
         self._accept_timeout = accept_timeout
         self._max_pending = max_pending
-        self._closed = False
+        self._closed = True  # until everything below exists
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         try:
             self._sock = socket.create_server((host, port), family=family, backlog=backlog)  # SO_REUSEADDR on POSIX
@@ -419,6 +424,7 @@ class TcpDataListener:
         self.accepted = 0
         self.dropped = 0
         self._thread = threading.Thread(target=self._run, name="fastenv-tcp-listener", daemon=True)
+        self._closed = False
         self._thread.start()
 
     @property
