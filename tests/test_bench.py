@@ -209,6 +209,33 @@ def test_floor_detects_a_wrong_observation() -> None:
         assert not check_result(remote, remote.step(action), env.step(action))
 
 
+def test_tcp_raw_floor_detects_a_wrong_observation_and_footnote() -> None:
+    env, action = build("camera")
+    with FLOORS["tcp-raw"]("camera", timeout=TIMEOUT) as remote:
+        assert check_result(remote, (remote.reset(seed=0)[0],), (env.reset(seed=0)[0],))
+        assert check_result(remote, remote.step(action), env.step(action))
+        env.step(action)
+        assert not check_result(remote, remote.step(np.zeros_like(action)), env.step(action))
+    rows = [cli.Row("tcp-raw", [_fake_result("tcp-raw", 50.0)])]
+    text = cli.format_table(rows)
+    assert "tcp-raw = network floor" in text and "no codec" in text and "shm-pingpong-*" not in text
+
+
+@pytest.mark.parametrize("name", ["tcp-raw", "zmq-pickle", "fastenv-shm", "fastenv-shm-py", "gym-async"])
+def test_server_cpu_per_step(name: str) -> None:
+    result = runner.run_transport(name, "small", steps=20, warmup=1, timeout=TIMEOUT)
+    assert result.summary.server_cpu_us > 0
+    assert result.as_dict()["summary"]["server_cpu_us"] == result.summary.server_cpu_us
+    local = measure(_LocalClient("small"), "local", "small", steps=5, warmup=0)
+    assert math.isnan(local.summary.server_cpu_us)  # no separate server process
+    rows = [cli.Row(name, [result]), cli.Row("local", [local])]
+    lines = cli.format_table(rows).splitlines()
+    assert "server CPU µs/step" in lines[0] and "client CPU µs/step" in lines[0]
+    assert next(line for line in lines if line.startswith("local")).split()[-2] == "-"
+    assert next(line for line in lines if line.startswith(name)).split()[-2] != "-"
+    assert "server CPU = the server process" in "\n".join(lines)
+
+
 @pytest.mark.parametrize("payload", list(PAYLOADS))
 def test_gym_async_returns_the_observation(payload: str) -> None:
     env, action = build(payload)
@@ -348,7 +375,7 @@ def test_parse_args_defaults_and_lists() -> None:
     assert args.transports == list(runner.TRANSPORTS)
     assert (args.payload, args.repeat, args.json, args.malloc) == ("small", 1, None, "steady")
     assert {"fastenv-shm", "fastenv-shm-py", "fastenv-tcp", "gym-async", "mp-pipe", "shm-pingpong-spin",
-            "shm-pingpong-futex"} <= set(args.transports)
+            "shm-pingpong-futex", "tcp-raw"} <= set(args.transports)
     args = cli.parse_args(["--transports", "zmq-pickle, seed-pickle,zmq-pickle", "--payload", "camera",
                            "--steps", "7", "--warmup", "0", "--repeat", "3", "--json", "x.json"])
     assert args.transports == ["zmq-pickle", "seed-pickle"]
@@ -545,19 +572,20 @@ def _rows() -> list[cli.Row]:
 def test_format_table_columns_and_mb_per_s() -> None:
     lines = cli.format_table(_rows(), nbytes=16).splitlines()
     assert lines[0].split() == ["transport", "n", "p50", "µs", "p50", "±%", "p90", "µs", "p99", "µs", "max", "µs",
-                                "steps/s", "MB/s", "CPU", "µs/step", "p50", "/", "ref"]  # fmt: skip
+                                "steps/s", "MB/s", "client", "CPU", "µs/step", "server", "CPU", "µs/step", "p50", "/",
+                                "ref"]  # fmt: skip
     zmq = next(line for line in lines if line.startswith("zmq-pickle")).split()
-    assert zmq[-4:] == ["10,000", "0.16", "1.0", "2.00x"]  # steps/s, MB/s, CPU µs/step, ratio
+    assert zmq[-5:] == ["10,000", "0.16", "1.0", "-", "2.00x"]  # steps/s, MB/s, client / server CPU, ratio
     assert "MB/s" not in cli.format_table(_rows())  # without the observation size
 
 
 def test_format_table_markdown() -> None:
     lines = cli.format_table(_rows(), "markdown", nbytes=16).splitlines()
     assert lines[0].startswith("| transport | n | p50 µs |") and lines[0].endswith("| p50 / ref |")
-    assert lines[1] == "|:---|" + "---:|" * 10
+    assert lines[1] == "|:---|" + "---:|" * 11
     assert lines[2].startswith("| zmq-pickle | 10 | 100.0 |") and lines[2].endswith("| 2.00x |")
-    assert lines[4] == "| seed-pickle | *unavailable: a \\| b* |" + "  |" * 9  # escaped pipe, padded row
-    assert all(line.count("|") - line.count("\\|") == 12 for line in lines[:5])
+    assert lines[4] == "| seed-pickle | *unavailable: a \\| b* |" + "  |" * 10  # escaped pipe, padded row
+    assert all(line.count("|") - line.count("\\|") == 13 for line in lines[:5])
     assert any(line.startswith("- ref = fastenv-tcp (fastest fastenv row);") for line in lines)
 
 

@@ -331,6 +331,11 @@ class Baseline(_ClosedOnExit):
         finally:
             self._stop_server()
 
+    @property
+    def server_pid(self) -> int | None:
+        """The server process's id (``None`` once stopped)."""
+        return self._process.pid if self._process is not None else None
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} payload={self.payload!r}>"
 
@@ -599,6 +604,12 @@ class GymAsync(_ClosedOnExit):
         """One vector step with the batch ``action[None]``; Gymnasium's batched 5-tuple."""
         self._env.step_async(np.asarray(action)[None])
         return self._wait(lambda timeout: self._env.step_wait(timeout=timeout))
+
+    @property
+    def server_pid(self) -> int | None:
+        """The Gymnasium worker process's id (``None`` when it cannot be reached)."""
+        processes = getattr(self._env, "processes", None) or []
+        return processes[0].pid if processes and not self._closed else None
 
     @staticmethod
     def comparable(result: Any, expected: Any) -> tuple[Any, Any]:

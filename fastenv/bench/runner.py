@@ -22,7 +22,12 @@ fastenv rows:
 Timing: each step is bracketed by :func:`time.perf_counter_ns` (round trip)
 and :func:`time.process_time_ns` (client CPU: every thread of this process,
 so the I/O threads of pyzmq count too). The brackets themselves cost well
-under a microsecond.
+under a microsecond. Server CPU: where the client has a separate server
+process (its ``server_pid``: ``fastenv serve``, the baselines' and floors'
+servers, Gymnasium's worker), that process's user + system CPU time (its
+live and reaped children included, :func:`server_cpu_ns`) is read with
+psutil right before and right after the timed loop; the difference divided
+by the timed steps is the row's server CPU per step.
 
 Correctness: the reset observation and every warmup step are compared with a
 local instance of the same env fed the same seed and actions; after the timed
@@ -122,6 +127,43 @@ class RunResult:
         }
 
 
+def _process_clock_ns(pid: int) -> int | None:
+    """CPU time (ns) of process ``pid``'s thread group from its Linux CPU-time clock; ``None`` where unreadable."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return time.clock_gettime_ns(((~pid) << 3) | 2)  # CPUCLOCK_SCHED of the whole process (clock_getcpuclockid)
+    except (OSError, OverflowError):
+        return None
+
+
+def server_cpu_ns(pid: int | None) -> int | None:
+    """CPU time (ns, user + system) used so far by process ``pid`` and its live children; ``None`` if unknown.
+
+    psutil's ``cpu_times()`` (user + system, plus the reaped children's) counts
+    in clock ticks (10 ms); where Linux's process CPU-time clock is readable
+    (ns, the same user + system total) it is used for the live processes instead.
+    """
+    if pid is None:
+        return None
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        processes = [process, *process.children(recursive=True)]
+        total = 0
+        for proc in processes:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                times = proc.cpu_times()
+                precise = _process_clock_ns(proc.pid)
+                total += precise if precise is not None else int((times.user + times.system) * 1e9)
+                if proc is process:
+                    total += int((times.children_user + times.children_system) * 1e9)
+    except (psutil.Error, OSError):  # gone, or not ours to read
+        return None
+    return total
+
+
 def _client_backend() -> str:
     """The doorbell backend of this process's fastenv client (fixed at import)."""
     from fastenv.shm import futex
@@ -180,7 +222,9 @@ class _FastEnvClient:
         timeout: float,
         address: str | None = None,
         server_env: Mapping[str, str] | None = None,
+        server_pid: int | None = None,
     ) -> None:
+        self._server_pid = server_pid
         try:
             import fastenv
 
@@ -205,6 +249,11 @@ class _FastEnvClient:
             if self._server is not None:
                 self._server.stop()
             raise
+
+    @property
+    def server_pid(self) -> int | None:
+        """The ``fastenv serve`` process's id (started here, or given with ``address``), else ``None``."""
+        return self._server.pid if self._server is not None else self._server_pid
 
     def reset(self, seed: int | None = None) -> Any:
         return self._env.reset(seed=seed)
@@ -336,6 +385,8 @@ def measure(
     rtt = np.zeros(steps, dtype=np.int64)
     cpu = np.zeros(steps, dtype=np.int64)
     step, cpu_clock = client.step, time.process_time_ns
+    pid = getattr(client, "server_pid", None)
+    server_before = server_cpu_ns(pid)
     deadline = None if max_seconds is None else clock() + int(max_seconds * 1e9)
     start = clock()
     done = 0
@@ -350,6 +401,8 @@ def measure(
         if deadline is not None and t1 >= deadline:
             break
     wall_s = (clock() - start) / 1e9
+    server_after = server_cpu_ns(pid) if server_before is not None else None
+    server_cpu = None if server_after is None or server_before is None else server_after - server_before
     rtt, cpu = rtt[:done], cpu[:done]
 
     for _ in range(done):
@@ -357,11 +410,18 @@ def measure(
     _check(client, "step result after the timed loop", client.step(action), local.step(action), transport)
     if owned:
         local.close()
-    return _result(transport, payload, steps, warmup, rtt, cpu, wall_s)
+    return _result(transport, payload, steps, warmup, rtt, cpu, wall_s, server_cpu)
 
 
 def _result(
-    transport: str, payload: str, steps: int, warmup: int, rtt: np.ndarray, cpu: np.ndarray, wall_s: float
+    transport: str,
+    payload: str,
+    steps: int,
+    warmup: int,
+    rtt: np.ndarray,
+    cpu: np.ndarray,
+    wall_s: float,
+    server_cpu: int | None = None,
 ) -> RunResult:
     return RunResult(
         transport=transport,
@@ -372,7 +432,7 @@ def _result(
         cpu_ns=cpu,
         wall_s=wall_s,
         verified_steps=warmup + 2,
-        summary=summarize(rtt, cpu),
+        summary=summarize(rtt, cpu, server_cpu),
     )
 
 
@@ -429,6 +489,7 @@ def _run_in_subprocess(
         command = [
             sys.executable, "-m", "fastenv.bench.runner", "--connect", server.address, "--transport", name,
             "--payload", payload, "--steps", str(steps), "--warmup", str(warmup), "--timeout", str(timeout),
+            "--server-pid", str(server.pid),
         ]  # fmt: skip
         if max_seconds is not None:
             command += ["--max-seconds", str(max_seconds)]
@@ -462,7 +523,9 @@ def _run_in_subprocess(
         raise TransportUnavailable(f"{name}: the client subprocess used the {report['backend']} doorbell")
     rtt = np.asarray(report["rtt_ns"], dtype=np.int64)
     cpu = np.asarray(report["cpu_ns"], dtype=np.int64)
-    return _result(name, payload, steps, warmup, rtt, cpu, float(report["wall_s"]))
+    server_cpu = report.get("server_cpu_ns")
+    return _result(name, payload, steps, warmup, rtt, cpu, float(report["wall_s"]),
+                   None if server_cpu is None else int(server_cpu))  # fmt: skip
 
 
 def _client_main(argv: Sequence[str] | None = None) -> int:
@@ -479,10 +542,12 @@ def _client_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--max-seconds", type=float, default=None)
     parser.add_argument("--timeout", type=float, default=30.0)
+    parser.add_argument("--server-pid", type=int, default=None, help="the server's pid, for its CPU time")
     args = parser.parse_args(argv)
     report: dict[str, Any]
     try:
-        client = _FastEnvClient(args.transport, args.payload, args.timeout, address=args.connect)
+        client = _FastEnvClient(args.transport, args.payload, args.timeout, address=args.connect,
+                                server_pid=args.server_pid)  # fmt: skip
         try:
             result = measure(client, args.transport, args.payload, args.steps, args.warmup,
                              max_seconds=args.max_seconds)
@@ -498,9 +563,16 @@ def _client_main(argv: Sequence[str] | None = None) -> int:
             "rtt_ns": result.rtt_ns.tolist(),
             "cpu_ns": result.cpu_ns.tolist(),
             "wall_s": result.wall_s,
+            "server_cpu_ns": _server_cpu_total(result),
         }
     print(json.dumps(report), flush=True)
     return 0
+
+
+def _server_cpu_total(result: RunResult) -> int | None:
+    """The server CPU time (ns) of the whole timed loop, back from the per-step summary; ``None`` if unknown."""
+    per_step = result.summary.server_cpu_us
+    return None if per_step != per_step else round(per_step * 1e3 * result.summary.count)
 
 
 if __name__ == "__main__":

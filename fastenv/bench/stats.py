@@ -22,7 +22,9 @@ class Summary:
 
     ``steps_per_s`` is the sequential rate ``1 / mean``: what a closed loop of
     back-to-back steps achieves. ``cpu_us`` is the mean client CPU time per step
-    (``nan`` when no CPU samples were given).
+    (``nan`` when no CPU samples were given); ``server_cpu_us`` the server
+    process's CPU time (user + system, its children included) over the timed
+    loop divided by the timed steps (``nan`` without a separate server process).
     """
 
     count: int
@@ -33,6 +35,7 @@ class Summary:
     mean_us: float
     steps_per_s: float
     cpu_us: float = math.nan
+    server_cpu_us: float = math.nan
 
     def as_dict(self) -> dict[str, float]:
         """A plain dict (JSON-ready; ``nan`` is written as ``NaN`` by :mod:`json`)."""
@@ -60,9 +63,13 @@ class Spread:
 
 
 def summarize(
-    rtt_ns: Sequence[int] | np.ndarray, cpu_ns: Sequence[int] | np.ndarray | None = None
+    rtt_ns: Sequence[int] | np.ndarray,
+    cpu_ns: Sequence[int] | np.ndarray | None = None,
+    server_cpu_ns: float | None = None,
 ) -> Summary:
     """Summarise per-step round-trip times (ns) and optional per-step client CPU times (ns).
+
+    ``server_cpu_ns`` is the server's total CPU time over all the timed steps (ns), if known.
 
     Raises:
         ValueError: when ``rtt_ns`` is empty or ``cpu_ns`` has another length.
@@ -87,6 +94,7 @@ def summarize(
         mean_us=mean / 1e3,
         steps_per_s=1e9 / mean if mean > 0 else math.inf,
         cpu_us=cpu,
+        server_cpu_us=math.nan if server_cpu_ns is None else float(server_cpu_ns) / samples.size / 1e3,
     )
 
 

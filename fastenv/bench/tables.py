@@ -1,8 +1,8 @@
 """The tables ``fastenv-bench`` prints, built as :class:`fastenv.bench.render.Table` (rendered elsewhere).
 
 - :func:`comparison_table`: one payload, one row per transport: medians across
-  repeats of p50 / p90 / p99 / max round trip, steps/s, MB/s, client CPU per
-  step, and p50 relative to the reference row.
+  repeats of p50 / p90 / p99 / max round trip, steps/s, MB/s, client and
+  server CPU per step, and p50 relative to the reference row.
 - :func:`targets_table`: the issue's targets, PASS / MISS / n/a.
 - :func:`sweep_table`: ``--sweep``: MB/s per transport (rows) and payload (columns).
 - :func:`scaling_table`: ``--scaling``: aggregate steps/s per transport and count,
@@ -65,7 +65,7 @@ def comparison_table(rows: Sequence[Row], *, nbytes: int | None = None, title: s
                Column("p99 µs"), Column("max µs"), Column("steps/s")]  # fmt: skip
     if nbytes is not None:
         columns.append(Column("MB/s"))
-    columns += [Column("CPU µs/step"), Column("p50 / ref")]
+    columns += [Column("client CPU µs/step"), Column("server CPU µs/step"), Column("p50 / ref")]
     table = Table(columns, title=title)
     for row in rows:
         medians = row.medians
@@ -86,7 +86,8 @@ def comparison_table(rows: Sequence[Row], *, nbytes: int | None = None, title: s
         ]
         if nbytes is not None:
             cells.append(_rate(row.mb_per_s(nbytes)))
-        cells += [_fmt(medians["cpu_us"].median), f"{ratio:,.2f}x" if not math.isnan(ratio) else "-"]
+        server_cpu = medians["server_cpu_us"].median if "server_cpu_us" in medians else None
+        cells += [_fmt(medians["cpu_us"].median), _fmt(server_cpu), f"{ratio:,.2f}x" if not math.isnan(ratio) else "-"]
         table.rows.append(cells)
     if ref is not None:
         kind = "fastest fastenv row" if ref.transport in FASTENV_TRANSPORTS else "fastest row; no fastenv row ran"
@@ -94,15 +95,25 @@ def comparison_table(rows: Sequence[Row], *, nbytes: int | None = None, title: s
             f"ref = {ref.transport} ({kind}); n = timed steps per run; "
             "±% = half the p50 range across repeats"
         )
+    table.footnotes.append(
+        "client CPU = this process (all threads) per step; server CPU = the server process (and its children) "
+        "over the timed loop / timed steps; - = no separate server process"
+    )
     if nbytes is not None:
         table.footnotes.append(f"MB/s = observation bytes ({nbytes:,} B) × steps/s (closed loop, one client)")
     names = {row.transport for row in rows}
     if "gym-async" in names:
         table.footnotes.append("gym-async = Gymnasium AsyncVectorEnv(shared_memory=True), 1 env: its own shm + pipes")
-    if names & set(FLOOR_TRANSPORTS):
+    if any(name.startswith("shm-pingpong-") for name in names & set(FLOOR_TRANSPORTS)):
         table.footnotes.append(
             "shm-pingpong-* = floors: env step + np.copyto into shared memory, client reads views "
             "(action in, observation out, nothing else)"
+        )
+    if "tcp-raw" in names:
+        table.footnotes.append(
+            "tcp-raw = network floor: raw bytes over 127.0.0.1 TCP (TCP_NODELAY, fixed-size length header, "
+            "recv_into preallocated numpy buffers in 1 MiB chunks); action bytes in, observation bytes out, "
+            "no structure, no codec"
         )
     return table
 
