@@ -371,9 +371,9 @@ class FastRemoteEnv:
 
     def invoke(self, name: str, args: tuple = (), kwargs: dict | None = None, *, timeout: Any = _MISSING) -> Any:
         """Call the env's method ``name`` with an explicit per-call ``timeout``."""
-        timeout = self.timeout if timeout is _MISSING else timeout
         self.send_call(name, args, kwargs, timeout=timeout)
-        return self._collect(timeout, keep_on_timeout=False)
+        assert self._pending is not None
+        return self._collect(self._pending.deadline, keep_on_timeout=False)  # one deadline for send and reply
 
     def send_call(self, name: str, args: tuple = (), kwargs: dict | None = None, *, timeout: Any = _MISSING) -> None:
         """Send a call without waiting for its result (:meth:`receive_result` collects it).
@@ -410,16 +410,15 @@ class FastRemoteEnv:
         :class:`~fastenv.FastEnvTimeout` when the result did not come within
         ``timeout`` seconds; the call then stays pending (wait again to get it).
         """
-        return self._collect(timeout, keep_on_timeout=True)
+        timeout = self.timeout if timeout is _MISSING else timeout
+        return self._collect(None if timeout is None else time.monotonic() + timeout, keep_on_timeout=True)
 
-    def _collect(self, timeout: Any, *, keep_on_timeout: bool) -> Any:
+    def _collect(self, deadline: float | None, *, keep_on_timeout: bool) -> Any:
         pending = self._pending
         if pending is None:
             if self.closed:
                 raise ClientClosedError(f"FastRemoteEnv({self.address!r}) is closed")
             raise NoPendingCallError("no call is pending: send one first (send_call / step_async)")
-        timeout = self.timeout if timeout is _MISSING else timeout
-        deadline = None if timeout is None else time.monotonic() + timeout
         try:
             ok, value = self._receive(pending, deadline)
         except FastEnvTimeout:

@@ -150,19 +150,24 @@ def _announce(token: object) -> None:
     sys.stdout.flush()
 
 
-def _serve_seed(payload: str, nodelay: bool) -> None:
-    """Serve one client over the seed protocol; return on its EOF or the parent's."""
-    env = get_workload(payload).make_env()
+def _accept_one_client() -> socket.socket | None:
+    """Listen on a free loopback port, announce it, and accept one client (None if the parent died first)."""
     with socket.create_server(("127.0.0.1", 0)) as listener:
         listener.settimeout(_PARENT_CHECK_S)
         _announce(listener.getsockname()[1])
         while True:
             try:
-                conn, _ = listener.accept()
-                break
+                return listener.accept()[0]
             except TimeoutError:
                 if _parent_gone():
-                    return
+                    return None
+
+
+def _serve_seed(payload: str, nodelay: bool) -> None:
+    """Serve one client over the seed protocol; return on its EOF or the parent's."""
+    env = get_workload(payload).make_env()
+    conn = _accept_one_client()
+    if conn is not None:
         with conn:
             conn.settimeout(None)
             if nodelay:

@@ -52,7 +52,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from fastenv.bench.baselines import Baseline, _announce, _parent_gone
+from fastenv.bench.baselines import Baseline, _accept_one_client, _announce, _parent_gone
 from fastenv.bench.stats import Summary, summarize
 from fastenv.bench.workloads import get_workload, observation_arrays
 from fastenv.errors import FastEnvTimeout
@@ -322,44 +322,37 @@ def _serve_tcp(payload: str) -> None:
     header_view = memoryview(header)
     action_bytes = memoryview(action).cast("B")
     try:
-        with socket.create_server(("127.0.0.1", 0)) as listener:
-            listener.settimeout(_PARENT_CHECK_S)
-            _announce(listener.getsockname()[1])
+        conn = _accept_one_client()
+        if conn is None:
+            return
+        with conn:
+            conn.settimeout(None)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             while True:
-                try:
-                    conn, _ = listener.accept()
-                    break
-                except TimeoutError:
+                if not select.select([conn], [], [], _PARENT_CHECK_S)[0]:
                     if _parent_gone():
-                        return
-            with conn:
-                conn.settimeout(None)
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                while True:
-                    if not select.select([conn], [], [], _PARENT_CHECK_S)[0]:
-                        if _parent_gone():
-                            break
-                        continue
-                    try:
-                        if not _recv_exactly(conn, header_view):
-                            break
-                        length, command, seed = _TCP_REQUEST.unpack(header)
-                        if command == _CLOSE:
-                            break
-                        if length and not _recv_exactly(conn, action_bytes[:length]):
-                            break
-                    except OSError:
                         break
-                    if command == _RESET:
-                        observation = env.reset(seed=seed)[0]
-                    else:
-                        observation = env.step(action.copy())[0]
-                    if views[0][0] is None:
-                        np.copyto(views[0][1], observation)
-                    else:
-                        for key, view in views:
-                            np.copyto(view, observation[key])
-                    conn.sendall(reply)
+                    continue
+                try:
+                    if not _recv_exactly(conn, header_view):
+                        break
+                    length, command, seed = _TCP_REQUEST.unpack(header)
+                    if command == _CLOSE:
+                        break
+                    if length and not _recv_exactly(conn, action_bytes[:length]):
+                        break
+                except OSError:
+                    break
+                if command == _RESET:
+                    observation = env.reset(seed=seed)[0]
+                else:
+                    observation = env.step(action.copy())[0]
+                if views[0][0] is None:
+                    np.copyto(views[0][1], observation)
+                else:
+                    for key, view in views:
+                        np.copyto(view, observation[key])
+                conn.sendall(reply)
     finally:
         reply.release()
         action_bytes.release()
