@@ -1,4 +1,4 @@
-"""Build hook for the optional native part (futex doorbell).
+"""Build hook for the optional native parts (futex doorbell, layout packing).
 
 Everything else is declared in pyproject.toml. The extension is optional: when
 no C compiler is available the build continues and fastenv uses its pure-Python
@@ -14,6 +14,12 @@ setup(
             sources=["native/fastenv_native.c"],
             extra_compile_args=["-O2", "-std=c11"],
             optional=True,
-        )
+        ),
+        Extension(
+            "fastenv._layout",
+            sources=["native/fastenv_layout.c"],
+            extra_compile_args=["-O2", "-std=c11"],
+            optional=True,
+        ),
     ]
 )

@@ -26,6 +26,7 @@ Spec nodes::
 
 from __future__ import annotations
 
+import os
 import struct
 from collections import OrderedDict
 from collections.abc import Callable
@@ -35,6 +36,13 @@ from typing import Any
 import numpy as np
 
 from fastenv.errors import DecodeError
+
+try:  # the C packer (native/fastenv_layout.c); FASTENV_NATIVE=0 forces the Python one
+    from fastenv import _layout as _native_layout
+except ImportError:  # pragma: no cover - exercised when the extension is not built
+    _native_layout = None
+if os.environ.get("FASTENV_NATIVE", "").strip() == "0":
+    _native_layout = None
 
 ALIGN = 64
 MAX_NODES = 4096
@@ -112,7 +120,7 @@ class Layout:
         size: bytes of the data area (scalars, then 64-byte aligned arrays).
     """
 
-    def __init__(self, spec: Any) -> None:
+    def __init__(self, spec: Any, *, native: bool | None = None) -> None:
         self.spec = spec
         codes: list[str] = []
         arrays: list[tuple[np.dtype, tuple[int, ...], str]] = []
@@ -126,6 +134,21 @@ class Layout:
             self.arrays.append((dtype, shape, order, offset))
             offset += _round_up(nbytes)
         self.size = offset
+        use_native = _native_layout is not None if native is None else native
+        if use_native and _native_layout is None:
+            raise ImportError("fastenv._layout (the C layout packer) is not built")
+        self._program: tuple | None = None
+        if use_native:
+            try:
+                self._program = _Program(codes, self.arrays).node(spec)
+            except (ValueError, TypeError, BufferError):  # a dtype without a buffer format (datetime64)
+                if native:
+                    raise
+
+    @property
+    def native(self) -> bool:
+        """Whether values are packed and rebuilt by the C extension."""
+        return self._program is not None
 
     def extract(self, value: Any) -> tuple[list, list]:
         """Scalars and arrays of ``value``; :class:`LayoutMismatch` if its structure differs."""
@@ -136,6 +159,10 @@ class Layout:
 
     def pack_into(self, buffer: Any, offset: int, value: Any, array_views: list[np.ndarray]) -> None:
         """Write ``value`` at ``offset``; ``array_views`` are this layout's arrays at that offset."""
+        if self._program is not None:
+            if not _native_layout.pack(self._program, buffer, offset, value, array_views, _copy_strided):
+                raise LayoutMismatch
+            return
         scalars, arrays = self.extract(value)
         try:
             self.scalars.pack_into(buffer, offset, *scalars)
@@ -153,9 +180,59 @@ class Layout:
 
     def unpack(self, buffer: Any, offset: int, array_views: list[np.ndarray], copy: bool) -> Any:
         """Rebuild a value packed at ``offset`` (arrays are ``array_views``, or copies of them)."""
-        scalars = self.scalars.unpack_from(buffer, offset)
         arrays = [view.copy(order="K") for view in array_views] if copy else array_views
+        if self._program is not None:
+            return _native_layout.unpack(self._program, buffer, offset, arrays)
+        scalars = self.scalars.unpack_from(buffer, offset)
         return self._compiled.build(iter(scalars), iter(arrays))
+
+
+def _copy_strided(view: np.ndarray, array: np.ndarray) -> None:
+    """The C packer's way to copy an array that is not contiguous in the layout's order."""
+    np.copyto(view, array, casting="no")
+
+
+class _Program:
+    """Turns a validated spec into the node tree the C packer walks (see native/fastenv_layout.c)."""
+
+    def __init__(self, codes: list[str], arrays: list[tuple[np.dtype, tuple[int, ...], str, int]]) -> None:
+        self._scalar_offsets = [struct.calcsize("<" + "".join(codes[:i])) for i in range(len(codes))]
+        self._codes = codes
+        self._arrays = arrays
+        self._scalar = 0
+        self._array = 0
+
+    def node(self, spec: Any) -> tuple:
+        """The program node of ``spec`` (called once, on the root)."""
+        ops = _native_layout
+        tag = spec[0]
+        if tag == "none":
+            return (ops.NONE,)
+        if tag == "const":
+            return (ops.CONST, spec[1])
+        if tag == "scalar":
+            offset = self._scalar_offsets[self._scalar]
+            self._scalar += 1
+            kind = spec[1]
+            if kind in _PLAIN_OPS:
+                return (getattr(ops, _PLAIN_OPS[kind]), offset)
+            return (ops.NPSCALAR, offset, np.dtype(kind).type, ord(spec[2]))
+        if tag == "array":
+            dtype, shape, order, offset = self._arrays[self._array]
+            index = self._array
+            self._array += 1
+            nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            format_ = memoryview(np.empty((0,), dtype)).format.encode()
+            return (ops.ARRAY, offset, np.ndarray, format_, tuple(shape), nbytes, index, order == "F")
+        if tag in ("tuple", "list"):
+            children = tuple(self.node(child) for child in spec[1])
+            return (ops.TUPLE if tag == "tuple" else ops.LIST, children)
+        keys = tuple(spec[1])
+        children = tuple(self.node(child) for child in spec[2])
+        return (ops.DICT, keys, children, dict if tag == "dict" else OrderedDict)
+
+
+_PLAIN_OPS = {"bool": "BOOL", "int": "INT", "float": "FLOAT"}
 
 
 def _compile(spec: Any, codes: list[str], arrays: list, counter: list[int]) -> _Compiled:

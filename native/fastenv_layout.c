@@ -1,0 +1,739 @@
+/*
+ * fastenv._layout -- pack and unpack values of a compiled layout in C.
+ *
+ * The hot path of both data planes: a step's request and reply have the same
+ * structure every time, so fastenv.layout compiles that structure once into
+ * a *program* (a tree of tuples, built by fastenv.layout.Layout from a spec it
+ * has validated) and these two functions walk it:
+ *
+ *   pack(program, buffer, offset, value, views, copyto) -> bool
+ *       Check value against the program (exact types, dict keys in order,
+ *       array dtype and shape) and write its scalars and arrays at offset.
+ *       Returns False when the structure differs (nothing is promised about
+ *       the bytes written so far; the caller then uses the general codec).
+ *       A non-contiguous array is copied by copyto(views[i], array).
+ *   unpack(program, buffer, offset, arrays) -> value
+ *       Rebuild the value: scalars read from the buffer, arrays taken from
+ *       the list arrays (views into the buffer, or copies of them).
+ *
+ * Program nodes (first item: the opcode):
+ *
+ *   (NONE,)                         None
+ *   (CONST, value)                  a constant str/bytes leaf
+ *   (BOOL, off) (INT, off) (FLOAT, off)   Python scalars: u8, int64, double
+ *   (NPSCALAR, off, type, code)     numpy scalar; code one of ?bBhHiIqQefd
+ *   (ARRAY, off, ndarray, format, shape, nbytes, index, fortran)
+ *   (TUPLE, children) (LIST, children)
+ *   (DICT, keys, children, type)    type is dict or OrderedDict
+ *
+ * Offsets are relative to the data area; every read and write is checked
+ * against the buffer's length, so a program can never touch memory outside
+ * the buffer it is given. Scalars are little-endian (the build refuses
+ * big-endian targets).
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "fastenv._layout assumes a little-endian target"
+#endif
+
+enum {
+    OP_NONE = 0,
+    OP_CONST = 1,
+    OP_BOOL = 2,
+    OP_INT = 3,
+    OP_FLOAT = 4,
+    OP_NPSCALAR = 5,
+    OP_ARRAY = 6,
+    OP_TUPLE = 7,
+    OP_LIST = 8,
+    OP_DICT = 9,
+};
+
+#define MAX_DEPTH 64
+
+/* What a pack step found: written, the structure differs, or a Python error. */
+enum { PACK_OK = 0, PACK_MISMATCH = 1, PACK_ERROR = -1 };
+
+typedef struct {
+    char *base;      /* start of the data area */
+    Py_ssize_t room; /* bytes available from base */
+    PyObject *views; /* list of array views at the data area (pack's copyto targets) */
+    PyObject *copyto;
+} pack_ctx;
+
+typedef struct {
+    const char *base;
+    Py_ssize_t room;
+    PyObject *arrays; /* list: the value of each ARRAY node, by index */
+} unpack_ctx;
+
+static int
+bad_program(const char *what)
+{
+    PyErr_Format(PyExc_ValueError, "invalid layout program: %s", what);
+    return -1;
+}
+
+/* The node's opcode, or -1 with an exception set. */
+static long
+opcode_of(PyObject *node)
+{
+    if (!PyTuple_CheckExact(node) || PyTuple_GET_SIZE(node) < 1) {
+        return bad_program("node is not a non-empty tuple");
+    }
+    PyObject *op = PyTuple_GET_ITEM(node, 0);
+    if (!PyLong_CheckExact(op)) {
+        return bad_program("opcode is not an int");
+    }
+    return PyLong_AsLong(op);
+}
+
+static int
+node_size(PyObject *node, Py_ssize_t size)
+{
+    if (PyTuple_GET_SIZE(node) != size) {
+        return bad_program("node has the wrong number of fields");
+    }
+    return 0;
+}
+
+/* A field of the node that must be a non-negative Py_ssize_t. */
+static int
+node_index(PyObject *node, Py_ssize_t at, Py_ssize_t *out)
+{
+    PyObject *item = PyTuple_GET_ITEM(node, at);
+    if (!PyLong_CheckExact(item)) {
+        return bad_program("offset or index is not an int");
+    }
+    Py_ssize_t value = PyLong_AsSsize_t(item);
+    if (value < 0) {
+        if (!PyErr_Occurred()) {
+            bad_program("negative offset or index");
+        }
+        return -1;
+    }
+    *out = value;
+    return 0;
+}
+
+/* Where `size` bytes at data offset `off` live, or NULL with an exception. */
+static char *
+locate(char *base, Py_ssize_t room, Py_ssize_t off, Py_ssize_t size)
+{
+    if (off > room || size > room - off) {
+        PyErr_Format(PyExc_ValueError, "layout field at %zd (+%zd bytes) lies outside its region of %zd bytes",
+                     off, size, room);
+        return NULL;
+    }
+    return base + off;
+}
+
+static Py_ssize_t
+code_size(int code)
+{
+    switch (code) {
+    case '?': case 'b': case 'B': return 1;
+    case 'h': case 'H': case 'e': return 2;
+    case 'i': case 'I': case 'f': return 4;
+    case 'q': case 'Q': case 'd': return 8;
+    default: return -1;
+    }
+}
+
+/* ------------------------------------------------------------------ pack */
+
+static int pack_node(pack_ctx *ctx, PyObject *node, PyObject *value, int depth);
+
+static int
+pack_children(pack_ctx *ctx, PyObject *children, PyObject *const *items, Py_ssize_t count, int depth)
+{
+    if (!PyTuple_CheckExact(children)) {
+        return bad_program("children are not a tuple");
+    }
+    if (PyTuple_GET_SIZE(children) != count) {
+        return PACK_MISMATCH;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        int status = pack_node(ctx, PyTuple_GET_ITEM(children, i), items[i], depth + 1);
+        if (status != PACK_OK) {
+            return status;
+        }
+    }
+    return PACK_OK;
+}
+
+static int
+pack_dict(pack_ctx *ctx, PyObject *node, PyObject *value, int depth)
+{
+    if (node_size(node, 4) < 0) {
+        return PACK_ERROR;
+    }
+    PyObject *keys = PyTuple_GET_ITEM(node, 1);
+    PyObject *children = PyTuple_GET_ITEM(node, 2);
+    PyObject *type = PyTuple_GET_ITEM(node, 3);
+    if (!PyTuple_CheckExact(keys) || !PyTuple_CheckExact(children) ||
+        PyTuple_GET_SIZE(keys) != PyTuple_GET_SIZE(children)) {
+        return bad_program("dict node keys and children differ");
+    }
+    if ((PyObject *)Py_TYPE(value) != type) {
+        return PACK_MISMATCH;
+    }
+    Py_ssize_t count = PyTuple_GET_SIZE(keys);
+    if (PyDict_GET_SIZE(value) != count) {
+        return PACK_MISMATCH;
+    }
+    if (PyDict_CheckExact(value)) {
+        Py_ssize_t pos = 0, i = 0;
+        PyObject *key, *item;
+        while (PyDict_Next(value, &pos, &key, &item)) {
+            PyObject *expected = PyTuple_GET_ITEM(keys, i);
+            if (key != expected) {
+                int same = PyObject_RichCompareBool(key, expected, Py_EQ);
+                if (same <= 0) {
+                    return same < 0 ? PACK_ERROR : PACK_MISMATCH;
+                }
+            }
+            Py_INCREF(item);
+            int status = pack_node(ctx, PyTuple_GET_ITEM(children, i), item, depth + 1);
+            Py_DECREF(item);
+            if (status != PACK_OK) {
+                return status;
+            }
+            i++;
+        }
+        return PACK_OK;
+    }
+    /* OrderedDict (or another dict subclass the program names): its own order */
+    PyObject *order = PySequence_Tuple(value);
+    if (order == NULL) {
+        return PACK_ERROR;
+    }
+    int same = PyObject_RichCompareBool(order, keys, Py_EQ);
+    Py_DECREF(order);
+    if (same <= 0) {
+        return same < 0 ? PACK_ERROR : PACK_MISMATCH;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *item = PyObject_GetItem(value, PyTuple_GET_ITEM(keys, i));
+        if (item == NULL) {
+            return PACK_ERROR;
+        }
+        int status = pack_node(ctx, PyTuple_GET_ITEM(children, i), item, depth + 1);
+        Py_DECREF(item);
+        if (status != PACK_OK) {
+            return status;
+        }
+    }
+    return PACK_OK;
+}
+
+static int
+pack_npscalar(pack_ctx *ctx, PyObject *node, PyObject *value)
+{
+    Py_ssize_t off;
+    if (node_size(node, 4) < 0 || node_index(node, 1, &off) < 0) {
+        return PACK_ERROR;
+    }
+    if ((PyObject *)Py_TYPE(value) != PyTuple_GET_ITEM(node, 2)) {
+        return PACK_MISMATCH;
+    }
+    PyObject *code_obj = PyTuple_GET_ITEM(node, 3);
+    if (!PyLong_CheckExact(code_obj)) {
+        return bad_program("scalar code is not an int");
+    }
+    Py_ssize_t size = code_size((int)PyLong_AsLong(code_obj));
+    if (size < 0) {
+        return bad_program("unknown scalar code");
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(value, &view, PyBUF_SIMPLE) < 0) {
+        PyErr_Clear();
+        return PACK_MISMATCH;
+    }
+    int status = PACK_MISMATCH;
+    if (view.len == size) {
+        char *dest = locate(ctx->base, ctx->room, off, size);
+        if (dest == NULL) {
+            status = PACK_ERROR;
+        } else {
+            memcpy(dest, view.buf, (size_t)size);
+            status = PACK_OK;
+        }
+    }
+    PyBuffer_Release(&view);
+    return status;
+}
+
+static int
+same_shape(Py_buffer *view, PyObject *shape)
+{
+    Py_ssize_t ndim = PyTuple_GET_SIZE(shape);
+    if (view->ndim != ndim) {
+        return 0;
+    }
+    for (Py_ssize_t i = 0; i < ndim; i++) {
+        Py_ssize_t dim = PyLong_AsSsize_t(PyTuple_GET_ITEM(shape, i));
+        if (view->shape == NULL ? (ndim != 1 || dim != view->len / view->itemsize) : view->shape[i] != dim) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static int
+pack_array(pack_ctx *ctx, PyObject *node, PyObject *value)
+{
+    Py_ssize_t off, nbytes, index;
+    if (node_size(node, 8) < 0 || node_index(node, 1, &off) < 0 || node_index(node, 5, &nbytes) < 0 ||
+        node_index(node, 6, &index) < 0) {
+        return PACK_ERROR;
+    }
+    if ((PyObject *)Py_TYPE(value) != PyTuple_GET_ITEM(node, 2)) {
+        return PACK_MISMATCH;
+    }
+    PyObject *format = PyTuple_GET_ITEM(node, 3);
+    PyObject *shape = PyTuple_GET_ITEM(node, 4);
+    if (!PyBytes_CheckExact(format) || !PyTuple_CheckExact(shape)) {
+        return bad_program("array node format or shape");
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(value, &view, PyBUF_RECORDS_RO) < 0) {
+        PyErr_Clear(); /* e.g. datetime64 has no buffer format: the general codec handles it */
+        return PACK_MISMATCH;
+    }
+    int status = PACK_MISMATCH;
+    const char *fmt = view.format == NULL ? "B" : view.format;
+    if (strcmp(fmt, PyBytes_AS_STRING(format)) != 0 || view.len != nbytes || !same_shape(&view, shape)) {
+        goto done;
+    }
+    char *dest = locate(ctx->base, ctx->room, off, nbytes);
+    if (dest == NULL) {
+        status = PACK_ERROR;
+        goto done;
+    }
+    char order = PyObject_IsTrue(PyTuple_GET_ITEM(node, 7)) ? 'F' : 'C';
+    if (PyBuffer_IsContiguous(&view, order)) {
+        memcpy(dest, view.buf, (size_t)nbytes);
+        status = PACK_OK;
+        goto done;
+    }
+    /* strided: numpy copies it into the view of this array's place */
+    if (!PyList_CheckExact(ctx->views) || index >= PyList_GET_SIZE(ctx->views) || ctx->copyto == Py_None) {
+        PyErr_SetString(PyExc_ValueError, "pack: no view to copy a non-contiguous array into");
+        status = PACK_ERROR;
+        goto done;
+    }
+    PyObject *done_copy = PyObject_CallFunctionObjArgs(ctx->copyto, PyList_GET_ITEM(ctx->views, index), value, NULL);
+    if (done_copy == NULL) {
+        status = PACK_ERROR;
+    } else {
+        Py_DECREF(done_copy);
+        status = PACK_OK;
+    }
+done:
+    PyBuffer_Release(&view);
+    return status;
+}
+
+static int
+pack_node(pack_ctx *ctx, PyObject *node, PyObject *value, int depth)
+{
+    if (depth > MAX_DEPTH) {
+        return bad_program("too deep");
+    }
+    long op = opcode_of(node);
+    Py_ssize_t off;
+    char *dest;
+    switch (op) {
+    case OP_NONE:
+        return value == Py_None ? PACK_OK : PACK_MISMATCH;
+    case OP_CONST: {
+        if (node_size(node, 2) < 0) {
+            return PACK_ERROR;
+        }
+        PyObject *constant = PyTuple_GET_ITEM(node, 1);
+        if (value == constant) {
+            return PACK_OK;
+        }
+        if (Py_TYPE(value) != Py_TYPE(constant)) {
+            return PACK_MISMATCH;
+        }
+        int same = PyObject_RichCompareBool(value, constant, Py_EQ);
+        return same < 0 ? PACK_ERROR : (same ? PACK_OK : PACK_MISMATCH);
+    }
+    case OP_BOOL:
+        if (node_size(node, 2) < 0 || node_index(node, 1, &off) < 0) {
+            return PACK_ERROR;
+        }
+        if (!PyBool_Check(value)) {
+            return PACK_MISMATCH;
+        }
+        if ((dest = locate(ctx->base, ctx->room, off, 1)) == NULL) {
+            return PACK_ERROR;
+        }
+        *dest = (char)(value == Py_True);
+        return PACK_OK;
+    case OP_INT: {
+        if (node_size(node, 2) < 0 || node_index(node, 1, &off) < 0) {
+            return PACK_ERROR;
+        }
+        if (!PyLong_CheckExact(value)) {
+            return PACK_MISMATCH;
+        }
+        int overflow = 0;
+        long long number = PyLong_AsLongLongAndOverflow(value, &overflow);
+        if (overflow) {
+            return PACK_MISMATCH; /* beyond int64: the general codec carries it */
+        }
+        if (number == -1 && PyErr_Occurred()) {
+            return PACK_ERROR;
+        }
+        if ((dest = locate(ctx->base, ctx->room, off, 8)) == NULL) {
+            return PACK_ERROR;
+        }
+        int64_t fixed = (int64_t)number;
+        memcpy(dest, &fixed, 8);
+        return PACK_OK;
+    }
+    case OP_FLOAT: {
+        if (node_size(node, 2) < 0 || node_index(node, 1, &off) < 0) {
+            return PACK_ERROR;
+        }
+        if (!PyFloat_CheckExact(value)) {
+            return PACK_MISMATCH;
+        }
+        if ((dest = locate(ctx->base, ctx->room, off, 8)) == NULL) {
+            return PACK_ERROR;
+        }
+        double number = PyFloat_AS_DOUBLE(value);
+        memcpy(dest, &number, 8);
+        return PACK_OK;
+    }
+    case OP_NPSCALAR:
+        return pack_npscalar(ctx, node, value);
+    case OP_ARRAY:
+        return pack_array(ctx, node, value);
+    case OP_TUPLE:
+        if (node_size(node, 2) < 0) {
+            return PACK_ERROR;
+        }
+        if (!PyTuple_CheckExact(value)) {
+            return PACK_MISMATCH;
+        }
+        return pack_children(ctx, PyTuple_GET_ITEM(node, 1), &PyTuple_GET_ITEM(value, 0), PyTuple_GET_SIZE(value),
+                             depth);
+    case OP_LIST:
+        if (node_size(node, 2) < 0) {
+            return PACK_ERROR;
+        }
+        if (!PyList_CheckExact(value)) {
+            return PACK_MISMATCH;
+        }
+        return pack_children(ctx, PyTuple_GET_ITEM(node, 1), &PyList_GET_ITEM(value, 0), PyList_GET_SIZE(value),
+                             depth);
+    case OP_DICT:
+        if (!PyDict_Check(value)) {
+            return PACK_MISMATCH;
+        }
+        return pack_dict(ctx, node, value, depth);
+    case -1:
+        return PACK_ERROR;
+    default:
+        return bad_program("unknown opcode");
+    }
+}
+
+/* Acquire the region [offset, end of buffer) of buffer; fills base and room. */
+static int
+acquire_region(PyObject *buffer, PyObject *offset_obj, int writable, Py_buffer *view, char **base, Py_ssize_t *room)
+{
+    Py_ssize_t offset = PyLong_AsSsize_t(offset_obj);
+    if (offset == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (PyObject_GetBuffer(buffer, view, writable ? PyBUF_WRITABLE : PyBUF_SIMPLE) < 0) {
+        return -1;
+    }
+    if (offset < 0 || offset > view->len) {
+        PyErr_Format(PyExc_ValueError, "offset %zd outside a buffer of %zd bytes", offset, view->len);
+        PyBuffer_Release(view);
+        return -1;
+    }
+    *base = (char *)view->buf + offset;
+    *room = view->len - offset;
+    return 0;
+}
+
+static PyObject *
+layout_pack(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "pack(program, buffer, offset, value, views, copyto)");
+        return NULL;
+    }
+    Py_buffer view;
+    pack_ctx ctx = {.views = args[4], .copyto = args[5]};
+    if (acquire_region(args[1], args[2], 1, &view, &ctx.base, &ctx.room) < 0) {
+        return NULL;
+    }
+    int status = pack_node(&ctx, args[0], args[3], 0);
+    PyBuffer_Release(&view);
+    if (status == PACK_ERROR) {
+        return NULL;
+    }
+    return PyBool_FromLong(status == PACK_OK);
+}
+
+/* ------------------------------------------------------------------ unpack */
+
+static PyObject *unpack_node(unpack_ctx *ctx, PyObject *node, int depth);
+
+static PyObject *
+unpack_npscalar(unpack_ctx *ctx, PyObject *node)
+{
+    Py_ssize_t off;
+    if (node_size(node, 4) < 0 || node_index(node, 1, &off) < 0) {
+        return NULL;
+    }
+    PyObject *type = PyTuple_GET_ITEM(node, 2);
+    int code = (int)PyLong_AsLong(PyTuple_GET_ITEM(node, 3));
+    Py_ssize_t size = code_size(code);
+    if (size < 0) {
+        bad_program("unknown scalar code");
+        return NULL;
+    }
+    const char *src = locate((char *)ctx->base, ctx->room, off, size);
+    if (src == NULL) {
+        return NULL;
+    }
+    PyObject *plain;
+    union {
+        int8_t i8; uint8_t u8; int16_t i16; uint16_t u16; int32_t i32; uint32_t u32;
+        int64_t i64; uint64_t u64; float f32; double f64;
+    } raw;
+    memcpy(&raw, src, (size_t)size);
+    switch (code) {
+    case '?': plain = PyBool_FromLong(raw.u8 != 0); break;
+    case 'b': plain = PyLong_FromLong(raw.i8); break;
+    case 'B': plain = PyLong_FromLong(raw.u8); break;
+    case 'h': plain = PyLong_FromLong(raw.i16); break;
+    case 'H': plain = PyLong_FromLong(raw.u16); break;
+    case 'i': plain = PyLong_FromLong(raw.i32); break;
+    case 'I': plain = PyLong_FromUnsignedLong(raw.u32); break;
+    case 'q': plain = PyLong_FromLongLong(raw.i64); break;
+    case 'Q': plain = PyLong_FromUnsignedLongLong(raw.u64); break;
+    case 'e': {
+        double half = PyFloat_Unpack2(src, 1);
+        plain = (half == -1.0 && PyErr_Occurred()) ? NULL : PyFloat_FromDouble(half);
+        break;
+    }
+    case 'f': plain = PyFloat_FromDouble(raw.f32); break;
+    default: plain = PyFloat_FromDouble(raw.f64); break;
+    }
+    if (plain == NULL) {
+        return NULL;
+    }
+    PyObject *result = PyObject_CallOneArg(type, plain); /* exact: each value fits its own type */
+    Py_DECREF(plain);
+    return result;
+}
+
+static PyObject *
+unpack_sequence(unpack_ctx *ctx, PyObject *node, int as_list, int depth)
+{
+    if (node_size(node, 2) < 0) {
+        return NULL;
+    }
+    PyObject *children = PyTuple_GET_ITEM(node, 1);
+    if (!PyTuple_CheckExact(children)) {
+        bad_program("children are not a tuple");
+        return NULL;
+    }
+    Py_ssize_t count = PyTuple_GET_SIZE(children);
+    PyObject *out = as_list ? PyList_New(count) : PyTuple_New(count);
+    if (out == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *item = unpack_node(ctx, PyTuple_GET_ITEM(children, i), depth + 1);
+        if (item == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        if (as_list) {
+            PyList_SET_ITEM(out, i, item);
+        } else {
+            PyTuple_SET_ITEM(out, i, item);
+        }
+    }
+    return out;
+}
+
+static PyObject *
+unpack_dict(unpack_ctx *ctx, PyObject *node, int depth)
+{
+    if (node_size(node, 4) < 0) {
+        return NULL;
+    }
+    PyObject *keys = PyTuple_GET_ITEM(node, 1);
+    PyObject *children = PyTuple_GET_ITEM(node, 2);
+    PyObject *type = PyTuple_GET_ITEM(node, 3);
+    if (!PyTuple_CheckExact(keys) || !PyTuple_CheckExact(children) ||
+        PyTuple_GET_SIZE(keys) != PyTuple_GET_SIZE(children)) {
+        bad_program("dict node keys and children differ");
+        return NULL;
+    }
+    PyObject *out = type == (PyObject *)&PyDict_Type ? PyDict_New() : PyObject_CallNoArgs(type);
+    if (out == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(keys); i++) {
+        PyObject *item = unpack_node(ctx, PyTuple_GET_ITEM(children, i), depth + 1);
+        if (item == NULL || PyObject_SetItem(out, PyTuple_GET_ITEM(keys, i), item) < 0) {
+            Py_XDECREF(item);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(item);
+    }
+    return out;
+}
+
+static PyObject *
+unpack_node(unpack_ctx *ctx, PyObject *node, int depth)
+{
+    if (depth > MAX_DEPTH) {
+        bad_program("too deep");
+        return NULL;
+    }
+    long op = opcode_of(node);
+    Py_ssize_t off, index;
+    const char *src;
+    switch (op) {
+    case OP_NONE:
+        Py_RETURN_NONE;
+    case OP_CONST:
+        if (node_size(node, 2) < 0) {
+            return NULL;
+        }
+        return Py_NewRef(PyTuple_GET_ITEM(node, 1));
+    case OP_BOOL:
+        if (node_size(node, 2) < 0 || node_index(node, 1, &off) < 0 ||
+            (src = locate((char *)ctx->base, ctx->room, off, 1)) == NULL) {
+            return NULL;
+        }
+        return PyBool_FromLong(*src != 0);
+    case OP_INT: {
+        if (node_size(node, 2) < 0 || node_index(node, 1, &off) < 0 ||
+            (src = locate((char *)ctx->base, ctx->room, off, 8)) == NULL) {
+            return NULL;
+        }
+        int64_t number;
+        memcpy(&number, src, 8);
+        return PyLong_FromLongLong(number);
+    }
+    case OP_FLOAT: {
+        if (node_size(node, 2) < 0 || node_index(node, 1, &off) < 0 ||
+            (src = locate((char *)ctx->base, ctx->room, off, 8)) == NULL) {
+            return NULL;
+        }
+        double number;
+        memcpy(&number, src, 8);
+        return PyFloat_FromDouble(number);
+    }
+    case OP_NPSCALAR:
+        return unpack_npscalar(ctx, node);
+    case OP_ARRAY:
+        if (node_size(node, 8) < 0 || node_index(node, 6, &index) < 0) {
+            return NULL;
+        }
+        if (!PyList_CheckExact(ctx->arrays) || index >= PyList_GET_SIZE(ctx->arrays)) {
+            PyErr_SetString(PyExc_ValueError, "unpack: fewer arrays than the layout has");
+            return NULL;
+        }
+        return Py_NewRef(PyList_GET_ITEM(ctx->arrays, index));
+    case OP_TUPLE:
+        return unpack_sequence(ctx, node, 0, depth);
+    case OP_LIST:
+        return unpack_sequence(ctx, node, 1, depth);
+    case OP_DICT:
+        return unpack_dict(ctx, node, depth);
+    case -1:
+        return NULL;
+    default:
+        bad_program("unknown opcode");
+        return NULL;
+    }
+}
+
+static PyObject *
+layout_unpack(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "unpack(program, buffer, offset, arrays)");
+        return NULL;
+    }
+    Py_buffer view;
+    char *base;
+    unpack_ctx ctx = {.arrays = args[3]};
+    if (acquire_region(args[1], args[2], 0, &view, &base, &ctx.room) < 0) {
+        return NULL;
+    }
+    ctx.base = base;
+    PyObject *value = unpack_node(&ctx, args[0], 0);
+    PyBuffer_Release(&view);
+    return value;
+}
+
+/* ------------------------------------------------------------------ module */
+
+static PyMethodDef layout_methods[] = {
+    {"pack", (PyCFunction)(void (*)(void))layout_pack, METH_FASTCALL,
+     "pack(program, buffer, offset, value, views, copyto) -> bool\n\n"
+     "Write value at offset if it has the program's structure; False if it does not."},
+    {"unpack", (PyCFunction)(void (*)(void))layout_unpack, METH_FASTCALL,
+     "unpack(program, buffer, offset, arrays) -> value\n\nRebuild a value packed at offset."},
+    {NULL, NULL, 0, NULL},
+};
+
+static int
+layout_exec(PyObject *module)
+{
+    static const struct { const char *name; int value; } opcodes[] = {
+        {"NONE", OP_NONE}, {"CONST", OP_CONST}, {"BOOL", OP_BOOL}, {"INT", OP_INT},
+        {"FLOAT", OP_FLOAT}, {"NPSCALAR", OP_NPSCALAR}, {"ARRAY", OP_ARRAY},
+        {"TUPLE", OP_TUPLE}, {"LIST", OP_LIST}, {"DICT", OP_DICT},
+    };
+    for (size_t i = 0; i < sizeof(opcodes) / sizeof(opcodes[0]); i++) {
+        if (PyModule_AddIntConstant(module, opcodes[i].name, opcodes[i].value) < 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static PyModuleDef_Slot layout_slots[] = {
+    {Py_mod_exec, (void *)layout_exec},
+    {0, NULL},
+};
+
+static struct PyModuleDef layout_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "fastenv._layout",
+    .m_doc = "Pack and unpack values of a compiled layout (fastenv's hot-path encoding).",
+    .m_size = 0,
+    .m_methods = layout_methods,
+    .m_slots = layout_slots,
+};
+
+PyMODINIT_FUNC
+PyInit__layout(void)
+{
+    return PyModuleDef_Init(&layout_module);
+}
