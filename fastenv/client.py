@@ -58,6 +58,9 @@ UNREACHABLE_AFTER_RETRIES = 3  # failed reconnections in a row (~0.35 s) that me
 _MISSING = object()
 
 
+_CALL_LABELS = {"step": "step()", "reset": "reset()", "get_state": "get_state()"}
+
+
 @dataclass
 class _Pending:
     """A call sent and not yet answered."""
@@ -371,9 +374,38 @@ class FastRemoteEnv:
 
     def invoke(self, name: str, args: tuple = (), kwargs: dict | None = None, *, timeout: Any = _MISSING) -> Any:
         """Call the env's method ``name`` with an explicit per-call ``timeout``."""
+        plane = self._plane
+        if plane.__class__ is ShmClientPlane and self._pending is None and self._lost_session is None:
+            return self._invoke_shm(plane, name, args, kwargs, timeout)  # type: ignore[arg-type]
         self.send_call(name, args, kwargs, timeout=timeout)
         assert self._pending is not None
         return self._collect(self._pending.deadline, keep_on_timeout=False)  # one deadline for send and reply
+
+    def _invoke_shm(self, plane: ShmClientPlane, name: str, args: tuple, kwargs: dict | None, timeout: Any) -> Any:
+        """:meth:`invoke` on shared memory: what send_call + receive_result do, without their bookkeeping."""
+        channel = self._channel
+        if channel is None or channel.closed:
+            raise ClientClosedError(f"FastRemoteEnv({self.address!r}) is closed")
+        timeout = self.timeout if timeout is _MISSING else timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        body = (name, args if args.__class__ is tuple else tuple(args), kwargs or {})
+        what = _CALL_LABELS.get(name) or (f"{name}()" if name != GETATTR else f"reading .{args[0]}")
+        if name == "reset":
+            self._last_reset = (body[1], body[2])
+        try:
+            ok, value = plane.receive(plane.send(body, deadline, what), deadline, what)
+        except ConnectionLost as exc:
+            if not self.reconnect or isinstance(exc, SessionLost):
+                raise
+            pending = self._pending = _Pending(body, what, None, deadline)
+            try:
+                self._resume(pending, deadline, exc)
+                ok, value = self._receive(pending, deadline)
+            finally:
+                self._pending = None
+        if not ok:
+            raise _error_from(value)
+        return value
 
     def send_call(self, name: str, args: tuple = (), kwargs: dict | None = None, *, timeout: Any = _MISSING) -> None:
         """Send a call without waiting for its result (:meth:`receive_result` collects it).

@@ -15,6 +15,7 @@
  *   compare_exchange(buf, offset, expected, desired) -> bool
  *   wait(buf, offset, expected, timeout=None, spin_us=DEFAULT_SPIN_US) -> bool
  *   wake(buf, offset, count=1) -> int
+ *   ring(buf, offset, sleepers) -> int       add 1, wake only if someone sleeps
  *
  * The futex calls use the shared (non-_PRIVATE) operations because the word
  * normally lives in memory mapped by several processes.
@@ -362,7 +363,7 @@ spin_phase(uint32_t *word, uint32_t expected, int64_t spin_end, int forever, int
 /* Block in FUTEX_WAIT until the word changes, the deadline passes, one signal
  * slice is over, or a signal arrives.  Loops over spurious wakeups.  No GIL. */
 static wait_status
-block_phase(uint32_t *word, uint32_t expected, int forever, int64_t deadline, int *err)
+block_phase(uint32_t *word, uint32_t *sleepers, uint32_t expected, int forever, int64_t deadline, int *err)
 {
     int64_t slice_end = monotonic_ns() + FASTENV_SIGNAL_SLICE_NS;
     for (;;) {
@@ -382,7 +383,20 @@ block_phase(uint32_t *word, uint32_t expected, int forever, int64_t deadline, in
             .tv_sec = (time_t)(remaining / NS_PER_S),
             .tv_nsec = (long)(remaining % NS_PER_S),
         };
-        if (futex_wait(word, expected, &rel) == 0) {
+        long rc;
+        if (sleepers != NULL) {
+            /* Announce the sleep before the final check (seq_cst on both sides,
+             * see native_ring): a ringer either sees us and wakes us, or rang
+             * before our check and the futex returns EAGAIN at once. */
+            __atomic_add_fetch(sleepers, 1u, __ATOMIC_SEQ_CST);
+            rc = futex_wait(word, expected, &rel);
+            int saved = errno;
+            __atomic_sub_fetch(sleepers, 1u, __ATOMIC_SEQ_CST);
+            errno = saved;
+        } else {
+            rc = futex_wait(word, expected, &rel);
+        }
+        if (rc == 0) {
             continue; /* woken: re-check the word (may be spurious) */
         }
         switch (errno) {
@@ -399,27 +413,31 @@ block_phase(uint32_t *word, uint32_t expected, int forever, int64_t deadline, in
 }
 
 PyDoc_STRVAR(wait_doc,
-"wait(buf, offset, expected, timeout=None, spin_us=DEFAULT_SPIN_US) -> bool\n"
+"wait(buf, offset, expected, timeout=None, spin_us=DEFAULT_SPIN_US, sleepers=-1) -> bool\n"
 "\n"
 "Block while the 32-bit word at offset equals expected.  Returns True as soon\n"
 "as it differs (at once if it already does), False when timeout seconds pass.\n"
 "timeout None waits forever, 0 (or negative) only checks.  Spins for up to\n"
 "spin_us microseconds before sleeping in FUTEX_WAIT.  The GIL is released\n"
-"while waiting; signals are handled (Ctrl-C raises KeyboardInterrupt).");
+"while waiting; signals are handled (Ctrl-C raises KeyboardInterrupt).\n"
+"sleepers >= 0 is the offset of a word counting the threads asleep on this\n"
+"word (see ring); -1 for none.");
 
 static PyObject *
 native_wait(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"buf", "offset", "expected", "timeout", "spin_us", NULL};
+    static char *kwlist[] = {"buf", "offset", "expected", "timeout", "spin_us", "sleepers", NULL};
     PyObject *buf_obj, *offset_obj, *expected_obj, *timeout_obj = Py_None;
     Py_ssize_t spin_us = FASTENV_DEFAULT_SPIN_US;
+    Py_ssize_t sleepers_offset = -1;
     Py_ssize_t offset;
     uint32_t expected;
     int forever = 1;
     double timeout = 0.0;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|On:wait", kwlist, &buf_obj,
-                                     &offset_obj, &expected_obj, &timeout_obj, &spin_us)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|Onn:wait", kwlist, &buf_obj,
+                                     &offset_obj, &expected_obj, &timeout_obj, &spin_us,
+                                     &sleepers_offset)) {
         return NULL;
     }
     if (parse_offset(offset_obj, &offset) < 0 ||
@@ -450,6 +468,15 @@ native_wait(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
     if (acquire_word(buf_obj, offset, &view, &word) < 0) {
         return NULL;
     }
+    uint32_t *sleepers = NULL;
+    if (sleepers_offset >= 0) {
+        if (sleepers_offset % 4 != 0 || sleepers_offset > view.len - 4) {
+            PyBuffer_Release(&view);
+            PyErr_SetString(PyExc_ValueError, "sleepers offset misaligned or out of bounds");
+            return NULL;
+        }
+        sleepers = (uint32_t *)((char *)view.buf + sleepers_offset);
+    }
     if (word_load(word) != expected) {
         PyBuffer_Release(&view);
         Py_RETURN_TRUE;
@@ -470,7 +497,7 @@ native_wait(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
             status = spin_phase(word, expected, start + (int64_t)spin_us * 1000, forever, deadline);
         }
         else {
-            status = block_phase(word, expected, forever, deadline, &err);
+            status = block_phase(word, sleepers, expected, forever, deadline, &err);
         }
         Py_END_ALLOW_THREADS
         spinning = 0;
@@ -546,6 +573,47 @@ native_wake(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
     return PyLong_FromLong(woken);
 }
 
+PyDoc_STRVAR(ring_doc,
+"ring(buf, offset, sleepers) -> int\n"
+"\n"
+"Increment the word (a doorbell counter) and wake its sleepers; returns the new\n"
+"value.  sleepers is the offset of the word that wait(..., sleepers=) counts\n"
+"sleeping waiters in: FUTEX_WAKE (a system call) runs only when it is non-zero,\n"
+"so a ring answered by a spinning peer costs two atomic instructions.");
+
+static PyObject *
+native_ring(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t offset, sleepers_offset;
+    Py_buffer view;
+    uint32_t *word;
+    if (check_nargs("ring", nargs, 3) < 0 || parse_offset(args[1], &offset) < 0 ||
+        parse_offset(args[2], &sleepers_offset) < 0) {
+        return NULL;
+    }
+    if (acquire_word(args[0], offset, &view, &word) < 0) {
+        return NULL;
+    }
+    if (sleepers_offset > view.len - 4) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "sleepers offset out of bounds");
+        return NULL;
+    }
+    uint32_t *sleepers = (uint32_t *)((char *)view.buf + sleepers_offset);
+    uint32_t value = __atomic_add_fetch(word, 1u, __ATOMIC_SEQ_CST);
+    long woken = 0;
+    if (__atomic_load_n(sleepers, __ATOMIC_SEQ_CST) != 0) {
+        woken = futex_wake(word, INT_MAX);
+    }
+    int saved_errno = errno;
+    PyBuffer_Release(&view);
+    if (woken < 0) {
+        errno = saved_errno;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return PyLong_FromUnsignedLong(value);
+}
+
 /* ------------------------------------------------------------------------ */
 /* module                                                                   */
 
@@ -561,6 +629,7 @@ static PyMethodDef native_methods[] = {
      "Atomically replace the word with desired if it equals expected."},
     {"wait", (PyCFunction)(void (*)(void))native_wait, METH_VARARGS | METH_KEYWORDS, wait_doc},
     {"wake", (PyCFunction)(void (*)(void))native_wake, METH_VARARGS | METH_KEYWORDS, wake_doc},
+    {"ring", (PyCFunction)(void (*)(void))native_ring, METH_FASTCALL, ring_doc},
     {NULL, NULL, 0, NULL},
 };
 

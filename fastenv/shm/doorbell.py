@@ -9,6 +9,11 @@ against the value they saw rather than consuming a flag, rings are never lost:
 a ring that happens before the waiter goes to sleep simply makes ``wait``
 return at once.  The counter wraps modulo 2**32.
 
+The word after the counter (``offset + 4``) counts the threads asleep in the
+kernel on it: ``ring()`` makes the FUTEX_WAKE system call only when that count
+is non-zero, so ringing a peer that is still spinning costs two atomic
+instructions. Both words belong to the doorbell; keep them zero-initialised.
+
 With the pure-Python backend a doorbell must have a single ringing process
 (see :mod:`fastenv.shm.futex`); the native backend allows any number.
 """
@@ -23,9 +28,6 @@ from fastenv.shm import futex
 
 __all__ = ["Doorbell"]
 
-_WAKE_ALL = 2**31 - 1
-
-
 class Doorbell:
     """Sequence-counter doorbell on the 32-bit word at ``offset`` of ``buf``.
 
@@ -34,7 +36,8 @@ class Doorbell:
             an ``mmap``, ...).  The doorbell keeps a reference to it but does
             not hold a buffer export between calls, so the owner can still
             close it.
-        offset: byte offset of the word; a multiple of 4 inside ``buf``.
+        offset: byte offset of the counter word; a multiple of 4, with the
+            sleepers word at ``offset + 4`` also inside ``buf``.
         backend: ``None`` for the active backend (:data:`fastenv.shm.futex.BACKEND`),
             ``"native"`` / ``"python"``, or a backend module.
         spin_us: spin budget of :meth:`wait` before it sleeps, in microseconds;
@@ -45,7 +48,7 @@ class Doorbell:
         ImportError: ``backend="native"`` and the extension is not built.
     """
 
-    __slots__ = ("_backend", "_buf", "_offset", "_spin_us")
+    __slots__ = ("_backend", "_buf", "_offset", "_sleepers", "_spin_us")
 
     def __init__(
         self,
@@ -58,12 +61,14 @@ class Doorbell:
         self._backend = futex.get_backend(backend)
         self._buf = buf
         self._offset = operator.index(offset)
+        self._sleepers = self._offset + 4
         self._spin_us = (
             self._backend.DEFAULT_SPIN_US if spin_us is None else int(spin_us)
         )
         if self._spin_us < 0:
             raise ValueError("spin_us must be >= 0")
         self._backend.load(buf, self._offset)  # validates offset and buffer now
+        self._backend.load(buf, self._sleepers)
 
     @property
     def offset(self) -> int:
@@ -81,10 +86,7 @@ class Doorbell:
 
     def ring(self) -> int:
         """Increment the counter, wake every waiter and return the new value."""
-        backend = self._backend
-        new = (backend.add(self._buf, self._offset, 1) + 1) & 0xFFFFFFFF
-        backend.wake(self._buf, self._offset, _WAKE_ALL)
-        return new
+        return self._backend.ring(self._buf, self._offset, self._sleepers)
 
     def wait(self, seen: int, timeout: float | None = None) -> int:
         """Wait until the counter differs from ``seen`` and return its new value.
@@ -103,7 +105,7 @@ class Doorbell:
         current = backend.load(self._buf, self._offset)
         if current != seen:
             return current
-        if not backend.wait(self._buf, self._offset, seen, timeout, self._spin_us):
+        if not backend.wait(self._buf, self._offset, seen, timeout, self._spin_us, self._sleepers):
             raise FastEnvTimeout(
                 f"doorbell at offset {self._offset}: not rung within {timeout} s "
                 f"(counter still {seen})"

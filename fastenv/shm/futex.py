@@ -22,12 +22,17 @@ otherwise).
     atomic fetch-add modulo 2**32 (negative deltas wrap); returns the previous value.
 ``compare_exchange(buf, offset, expected, desired) -> bool``
     replace the word with ``desired`` if it equals ``expected``.
-``wait(buf, offset, expected, timeout=None, spin_us=DEFAULT_SPIN_US) -> bool``
+``wait(buf, offset, expected, timeout=None, spin_us=DEFAULT_SPIN_US, sleepers=-1) -> bool``
     block while the word equals ``expected``: ``True`` once it differs (at once
     if it already does), ``False`` on timeout.  ``timeout=None`` waits forever,
     ``0`` (or negative) only checks, ``> 0`` is seconds on the monotonic clock.
 ``wake(buf, offset, count=1) -> int``
     wake up to ``count`` waiters blocked on the word; returns how many were woken.
+``ring(buf, offset, sleepers) -> int``
+    add 1 to the counter word and wake its waiters, but only when the word at
+    ``sleepers`` (which ``wait(..., sleepers=...)`` keeps as a count of
+    threads asleep in the kernel) is non-zero: a peer that is spinning costs
+    no system call. Returns the new value.
 
 The pure-Python fallback
 ------------------------
@@ -69,6 +74,7 @@ __all__ = [
     "compare_exchange",
     "get_backend",
     "load",
+    "ring",
     "store",
     "wait",
     "wake",
@@ -82,6 +88,7 @@ PUBLIC_API: tuple[str, ...] = (
     "compare_exchange",
     "wait",
     "wake",
+    "ring",
 )
 
 _U32_MASK = 0xFFFFFFFF
@@ -174,8 +181,12 @@ def _py_wait(
     expected: int,
     timeout: float | None = None,
     spin_us: int = _PY_DEFAULT_SPIN_US,
+    sleepers: int = -1,
 ) -> bool:
-    """Poll until the word differs from ``expected`` (True) or ``timeout`` passes (False)."""
+    """Poll until the word differs from ``expected`` (True) or ``timeout`` passes (False).
+
+    ``sleepers`` is accepted for the native signature; polling waiters never sleep on the word.
+    """
     expected = _check_u32(expected, "expected")
     spin_us = operator.index(spin_us)
     if spin_us < 0:
@@ -223,6 +234,12 @@ def _py_wake(buf: Any, offset: int, count: int = 1) -> int:
     return 0
 
 
+def _py_ring(buf: Any, offset: int, sleepers: int) -> int:
+    """Increment the counter word and return its new value (fallback waiters poll: nothing to wake)."""
+    _check_offset(sleepers)
+    return (_py_add(buf, offset, 1) + 1) & _U32_MASK
+
+
 #: The pure-Python backend, as a module-like namespace.
 python_backend = types.SimpleNamespace(
     __name__="fastenv.shm.futex.python_backend",
@@ -234,6 +251,7 @@ python_backend = types.SimpleNamespace(
     compare_exchange=_py_compare_exchange,
     wait=_py_wait,
     wake=_py_wake,
+    ring=_py_ring,
 )
 
 # --------------------------------------------------------------------------
@@ -286,6 +304,7 @@ add = _backend.add
 compare_exchange = _backend.compare_exchange
 wait = _backend.wait
 wake = _backend.wake
+ring = _backend.ring
 
 
 def get_backend(backend: Any = None) -> Any:
