@@ -178,6 +178,25 @@ class Layout:
             for dtype, shape, order, array_offset in self.arrays
         ]
 
+    def extract_into(self, buffer: Any, value: Any) -> list[Any]:
+        """Write ``value``'s scalars at the start of ``buffer`` (``scalars.size`` bytes) and return its arrays.
+
+        The arrays are checked against the layout but not copied (the TCP
+        stream sends them from their own memory); :class:`LayoutMismatch` if
+        the structure differs.
+        """
+        if self._program is not None:
+            arrays: list[Any] = []
+            if not _native_layout.extract(self._program, buffer, 0, value, arrays):
+                raise LayoutMismatch
+            return arrays
+        scalars, arrays = self.extract(value)
+        try:
+            self.scalars.pack_into(buffer, 0, *scalars)
+        except struct.error as exc:
+            raise LayoutMismatch(str(exc)) from exc
+        return arrays
+
     def unpack(self, buffer: Any, offset: int, array_views: list[np.ndarray], copy: bool) -> Any:
         """Rebuild a value packed at ``offset`` (arrays are ``array_views``, or copies of them)."""
         arrays = [view.copy(order="K") for view in array_views] if copy else array_views
@@ -356,3 +375,60 @@ def _compile_mapping(kind: type, keys: list, children: list[_Compiled]) -> _Comp
 def compile_spec(spec: Any) -> Layout:
     """Compile a peer's spec, refusing anything malformed with :class:`DecodeError`."""
     return Layout(spec)
+
+
+MAX_LAYOUTS = 64  # per direction and session
+MAX_INFERENCES_PER_KEY = 8  # stop trying layouts for a call whose structure keeps changing
+
+
+class SentLayouts:
+    """The layouts one side has announced for what it sends, by call name (``"step"``, ...)."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[str, tuple[int, Layout]] = {}
+        self._inferences: dict[str, int] = {}
+        self._next_id = 1
+
+    def get(self, key: str) -> tuple[int, Layout] | None:
+        """``(layout id, layout)`` announced for ``key``, or None."""
+        return self._by_key.get(key)
+
+    def define(self, key: str, value: Any) -> tuple[int, Any] | None:
+        """A new layout for ``value`` (its id and spec, to announce), or None if it has none or we gave up."""
+        tries = self._inferences.get(key, 0)
+        if tries >= MAX_INFERENCES_PER_KEY or self._next_id > MAX_LAYOUTS:
+            return None
+        self._inferences[key] = tries + 1
+        try:
+            spec = infer_spec(value)
+            layout = Layout(spec)
+        except (LayoutMismatch, DecodeError):
+            return None
+        layout_id, self._next_id = self._next_id, self._next_id + 1
+        self._by_key[key] = (layout_id, layout)
+        return layout_id, spec
+
+
+class ReceivedLayouts:
+    """The layouts the peer has announced, by id, compiled and validated."""
+
+    def __init__(self) -> None:
+        self._layouts: dict[int, Layout] = {}
+
+    def define(self, layout_id: Any, spec: Any, max_array_elements: int | None = None) -> None:
+        """Compile a layout announced by the peer (validated like any payload); ProtocolError-like DecodeError otherwise."""
+        if type(layout_id) is not int or not 0 < layout_id <= MAX_LAYOUTS:
+            raise DecodeError(f"invalid layout id {layout_id!r}")
+        layout = compile_spec(spec)
+        if max_array_elements is not None:
+            for dtype, shape, _order, _offset in layout.arrays:
+                if int(np.prod(shape, dtype=np.int64)) > max_array_elements:
+                    raise DecodeError(f"layout array of shape {shape} exceeds the element limit")
+        self._layouts[layout_id] = layout
+
+    def get(self, layout_id: int) -> Layout:
+        """The layout ``layout_id``; DecodeError if the peer never announced it."""
+        layout = self._layouts.get(layout_id)
+        if layout is None:
+            raise DecodeError(f"unknown layout id {layout_id}")
+        return layout

@@ -12,6 +12,10 @@
  *       Returns False when the structure differs (nothing is promised about
  *       the bytes written so far; the caller then uses the general codec).
  *       A non-contiguous array is copied by copyto(views[i], array).
+ *   extract(program, buffer, offset, value, arrays) -> bool
+ *       Like pack, but arrays are appended to the list arrays (after the
+ *       same checks) instead of copied: the TCP stream sends them from
+ *       their own memory and only the scalars go through the buffer.
  *   unpack(program, buffer, offset, arrays) -> value
  *       Rebuild the value: scalars read from the buffer, arrays taken from
  *       the list arrays (views into the buffer, or copies of them).
@@ -65,6 +69,7 @@ typedef struct {
     Py_ssize_t room; /* bytes available from base */
     PyObject *views; /* list of array views at the data area (pack's copyto targets) */
     PyObject *copyto;
+    PyObject *collect; /* extract: arrays are appended here instead of copied (NULL: pack) */
 } pack_ctx;
 
 typedef struct {
@@ -312,6 +317,10 @@ pack_array(pack_ctx *ctx, PyObject *node, PyObject *value)
     if (strcmp(fmt, PyBytes_AS_STRING(format)) != 0 || view.len != nbytes || !same_shape(&view, shape)) {
         goto done;
     }
+    if (ctx->collect != NULL) { /* extract: the caller sends the array's own memory */
+        status = PyList_Append(ctx->collect, value) < 0 ? PACK_ERROR : PACK_OK;
+        goto done;
+    }
     char *dest = locate(ctx->base, ctx->room, off, nbytes);
     if (dest == NULL) {
         status = PACK_ERROR;
@@ -479,6 +488,26 @@ layout_pack(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
     }
     Py_buffer view;
     pack_ctx ctx = {.views = args[4], .copyto = args[5]};
+    if (acquire_region(args[1], args[2], 1, &view, &ctx.base, &ctx.room) < 0) {
+        return NULL;
+    }
+    int status = pack_node(&ctx, args[0], args[3], 0);
+    PyBuffer_Release(&view);
+    if (status == PACK_ERROR) {
+        return NULL;
+    }
+    return PyBool_FromLong(status == PACK_OK);
+}
+
+static PyObject *
+layout_extract(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5 || !PyList_CheckExact(args[4])) {
+        PyErr_SetString(PyExc_TypeError, "extract(program, buffer, offset, value, arrays: list)");
+        return NULL;
+    }
+    Py_buffer view;
+    pack_ctx ctx = {.views = Py_None, .copyto = Py_None, .collect = args[4]};
     if (acquire_region(args[1], args[2], 1, &view, &ctx.base, &ctx.room) < 0) {
         return NULL;
     }
@@ -697,6 +726,9 @@ static PyMethodDef layout_methods[] = {
     {"pack", (PyCFunction)(void (*)(void))layout_pack, METH_FASTCALL,
      "pack(program, buffer, offset, value, views, copyto) -> bool\n\n"
      "Write value at offset if it has the program's structure; False if it does not."},
+    {"extract", (PyCFunction)(void (*)(void))layout_extract, METH_FASTCALL,
+     "extract(program, buffer, offset, value, arrays) -> bool\n\n"
+     "Like pack, but only the scalars are written: the arrays (checked) are appended to the list arrays."},
     {"unpack", (PyCFunction)(void (*)(void))layout_unpack, METH_FASTCALL,
      "unpack(program, buffer, offset, arrays) -> value\n\nRebuild a value packed at offset."},
     {NULL, NULL, 0, NULL},

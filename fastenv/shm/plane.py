@@ -28,7 +28,7 @@ from typing import Any
 
 from fastenv import codec
 from fastenv.errors import DecodeError, EncodeError, FastEnvTimeout, FrameTooLarge, ProtocolError
-from fastenv.layout import Layout, LayoutMismatch, compile_spec, infer_spec
+from fastenv.layout import LayoutMismatch, ReceivedLayouts, SentLayouts
 from fastenv.shm.arena import (
     CALL,
     ENVELOPE,
@@ -77,8 +77,6 @@ DEFAULT_SHAPE = ArenaShape(request_capacity=64 * 1024, slot_capacity=256 * 1024,
 Executor = Callable[[str, tuple, dict], tuple[bool, Any]]
 
 
-MAX_LAYOUTS = 64  # per direction and session
-MAX_INFERENCES_PER_KEY = 8  # stop trying layouts for a call whose structure keeps changing
 FAST_DATA = 64  # a FAST envelope's data starts this far into its region
 
 
@@ -86,14 +84,12 @@ class LayoutSender:
     """Sends values through compiled layouts when their structure repeats (see :mod:`fastenv.layout`)."""
 
     def __init__(self) -> None:
-        self._by_key: dict[str, tuple[int, Layout]] = {}
-        self._inferences: dict[str, int] = {}
+        self._sent = SentLayouts()
         self._views: dict[tuple[int, int, int], list] = {}
-        self._next_id = 1
 
     def write_fast(self, arena: Arena, offset: int, capacity: int, key: str, kind: int, seq: int, value: Any) -> bool:
         """Write ``value`` as a FAST envelope if its key's layout fits it; False otherwise."""
-        known = self._by_key.get(key)
+        known = self._sent.get(key)
         if known is None:
             return False
         layout_id, layout = known
@@ -113,18 +109,7 @@ class LayoutSender:
 
     def define(self, key: str, value: Any) -> tuple[int, Any] | None:
         """A new layout for ``value`` (its id and spec), or None if it has none or we gave up."""
-        tries = self._inferences.get(key, 0)
-        if tries >= MAX_INFERENCES_PER_KEY or self._next_id > MAX_LAYOUTS:
-            return None
-        self._inferences[key] = tries + 1
-        try:
-            spec = infer_spec(value)
-            layout = Layout(spec)
-        except (LayoutMismatch, DecodeError):
-            return None
-        layout_id, self._next_id = self._next_id, self._next_id + 1
-        self._by_key[key] = (layout_id, layout)
-        return layout_id, spec
+        return self._sent.define(key, value)
 
     def forget_arena(self) -> None:
         """Drop cached views after a remap."""
@@ -135,20 +120,16 @@ class LayoutReceiver:
     """Rebuilds values sent by a :class:`LayoutSender`."""
 
     def __init__(self) -> None:
-        self._layouts: dict[int, Layout] = {}
+        self._received = ReceivedLayouts()
         self._views: dict[tuple[int, int, int], list] = {}
 
     def define(self, layout_id: Any, spec: Any) -> None:
         """Compile a layout announced by the peer (validated like any payload)."""
-        if type(layout_id) is not int or not 0 < layout_id <= MAX_LAYOUTS:
-            raise ProtocolError(f"invalid layout id {layout_id!r}")
-        self._layouts[layout_id] = compile_spec(spec)
+        self._received.define(layout_id, spec)
 
     def read(self, arena: Arena, offset: int, capacity: int, layout_id: int, *, readonly: bool, copy: bool) -> Any:
         """The value of the FAST envelope at ``offset``."""
-        layout = self._layouts.get(layout_id)
-        if layout is None:
-            raise ProtocolError(f"unknown layout id {layout_id}")
+        layout = self._received.get(layout_id)
         if FAST_DATA + layout.size > capacity:
             raise ProtocolError("layout larger than its region")
         cache_key = (layout_id, id(arena), offset)

@@ -5,8 +5,11 @@ One message on the stream::
     header   24 bytes  struct "<4sBBHQII"
              magic     b"FEs1"
              kind      u8   CALL=1, RESULT=2, ERROR=3
-             flags     u8   bit 0: at least one buffer is compressed
-             reserved  u16  0
+             flags     u8   bit 0: at least one buffer is compressed;
+                            bit 1: the skeleton defines a layout; bit 2: the
+                            message is a layout's scalars + arrays
+                            (see fastenv.tcp.layouts)
+             layout    u16  the layout id of a bit-2 message, else 0
              seq       u64  the call's sequence number (a reply repeats its call's)
              skeleton  u32  length of the codec skeleton
              buffers   u32  number of raw buffers
@@ -85,6 +88,7 @@ from typing import Any
 
 import numpy as np
 
+from fastenv.tcp.pool import ReceivePool
 from fastenv.errors import (
     ConnectionLost,
     DecodeError,
@@ -104,7 +108,9 @@ CALL, RESULT, ERROR = 1, 2, 3
 KINDS = frozenset((CALL, RESULT, ERROR))
 KIND_NAMES = {CALL: "CALL", RESULT: "RESULT", ERROR: "ERROR"}
 FLAG_COMPRESSED = 0x01
-KNOWN_FLAGS = FLAG_COMPRESSED
+FLAG_LAYOUT_DEF = 0x02
+FLAG_LAYOUT = 0x04
+KNOWN_FLAGS = FLAG_COMPRESSED | FLAG_LAYOUT_DEF | FLAG_LAYOUT
 
 RAW, LZ4, ZSTD = 0, 1, 2
 CODEC_IDS = {"lz4": LZ4, "zstd": ZSTD}
@@ -120,11 +126,20 @@ DEFAULT_MAX_MESSAGE_BYTES = 1 << 31
 MAX_BUFFERS = 1 << 16
 SMALL_MESSAGE = 64 * 1024  # joined and sent with one system call
 STAGING_BYTES = 64 * 1024  # reads of small parts go through this buffer
+POOLED_BYTES = 64 * 1024  # buffers from this size on are recycled (see fastenv.tcp.pool)
 COMPRESS_THRESHOLD = 64 * 1024
 SAMPLE_BYTES = 64 * 1024
 MAX_SAMPLE_RATIO = 0.9
 WAIT_SLICE_S = 0.05  # blocking waits are cut into slices to notice a dead peer or a stop
 IOV_BATCH = 512  # stay under IOV_MAX (1024 on Linux)
+# Kernel socket buffers (SO_SNDBUF / SO_RCVBUF, each side). Measured over loopback on the
+# 2-core VM, a 1.8 MB reply to an 8-byte request, p50 of 1,000 (benchmarks/bench_tcp_stream.py
+# --buffer-sweep): kernel autotuning from its defaults 1,254 us; 256 KiB 830 us; 512 KiB 442 us;
+# 1 MiB 368 us; 2 MiB 331 us. With a buffer smaller than a message the sender stalls until the
+# receiver drains it, one window at a time; 2 MiB holds a camera step. The kernel caps the
+# request at net.core.[rw]mem_max (4 MiB by default) and doubles it for its bookkeeping.
+DEFAULT_SOCKET_BUFFER = int(os.environ.get("FASTENV_TCP_SOCKET_BUFFER", str(2 << 20)))
+
 _WAITALL = getattr(socket, "MSG_WAITALL", 0)
 # Kernel send/receive timeouts (Linux): elsewhere, Python socket timeouts (poll + call).
 _OS_TIMEOUTS = sys.platform.startswith("linux") and os.environ.get("FASTENV_TCP_POLL", "") != "1"
@@ -165,6 +180,8 @@ class Message:
     seq: int
     skeleton: bytes | bytearray
     buffers: list[np.ndarray]
+    flags: int = 0  # FLAG_LAYOUT_DEF / FLAG_LAYOUT (compression is already undone)
+    layout_id: int = 0
 
 
 def _import_codec(name: str) -> Any:
@@ -270,6 +287,9 @@ class MessageStream:
             (any codec is accepted on receive if its module is installed).
         max_message_bytes: largest message accepted (header, table, skeleton
             and decompressed buffers together) and sent.
+        socket_buffer: SO_SNDBUF and SO_RCVBUF to ask the kernel for (see
+            :data:`DEFAULT_SOCKET_BUFFER`); None or 0 leaves the kernel's
+            autotuning in charge.
     """
 
     def __init__(
@@ -279,6 +299,7 @@ class MessageStream:
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         compression: str | bool | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        socket_buffer: int | None = DEFAULT_SOCKET_BUFFER,
     ) -> None:
         if chunk_size < MIN_CHUNK_SIZE:
             raise ValueError(f"chunk_size must be at least {MIN_CHUNK_SIZE} bytes")
@@ -289,6 +310,7 @@ class MessageStream:
         self.broken: BaseException | None = None
         self._timeout: float | None = -1.0
         self._staging = bytearray(STAGING_BYTES)
+        self._pool = ReceivePool()
         self._view = memoryview(self._staging)
         self._start = 0
         self._end = 0
@@ -305,6 +327,12 @@ class MessageStream:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass  # not TCP (a socketpair in a test): nothing to tune
+        if socket_buffer:
+            for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, option, int(socket_buffer))
+                except OSError:
+                    pass  # refused: the kernel's autotuning stays in charge
 
     # ------------------------------------------------------------------ state
 
@@ -388,8 +416,13 @@ class MessageStream:
         alive: Callable[[], None] | None = None,
         stall: float | None = None,
         label: str = "send",
+        flags: int = 0,
+        layout_id: int = 0,
     ) -> None:
         """Send one message; raises :class:`FrameTooLarge` (stream intact) if it exceeds the limit.
+
+        ``flags`` (:data:`FLAG_LAYOUT_DEF` or :data:`FLAG_LAYOUT`) and
+        ``layout_id`` describe a skeleton made by :mod:`fastenv.tcp.layouts`.
 
         ``deadline`` (monotonic) bounds the whole send; ``stall`` bounds each
         stretch without progress; ``alive`` is called after each idle slice.
@@ -400,7 +433,7 @@ class MessageStream:
         if count > MAX_BUFFERS:
             raise FrameTooLarge(f"a message of {count} arrays exceeds the limit of {MAX_BUFFERS}")
         compressor = self._compressor
-        fields: list[Any] = [MAGIC, kind, 0, 0, seq, len(skeleton), count]
+        fields: list[Any] = [MAGIC, kind, flags, layout_id, seq, len(skeleton), count]
         wires: list[Any] = []
         raw_total = 0
         payload = 0
@@ -417,7 +450,7 @@ class MessageStream:
                 payload += n
             else:
                 fields += (compressor.codec_id, n, len(packed))  # type: ignore[union-attr]
-                fields[2] = FLAG_COMPRESSED
+                fields[2] |= FLAG_COMPRESSED
                 wires.append(memoryview(packed))
                 payload += len(packed)
         head = _head_struct(count).pack(*fields)
@@ -557,13 +590,13 @@ class MessageStream:
     def _recv(self) -> Message:
         if self._end - self._start < HEADER.size:
             self._fill(HEADER.size)
-        magic, kind, flags, _, seq, skeleton_len, count = HEADER.unpack_from(self._view, self._start)
+        magic, kind, flags, layout_id, seq, skeleton_len, count = HEADER.unpack_from(self._view, self._start)
         self._start += HEADER.size
         if magic != MAGIC:
             raise ProtocolError(f"{self._label}: not a fastenv data stream (bad magic {bytes(magic)!r})")
         if kind not in KINDS:
             raise ProtocolError(f"{self._label}: unknown message kind {kind}")
-        if flags & ~KNOWN_FLAGS:
+        if flags & ~KNOWN_FLAGS or (flags & FLAG_LAYOUT and flags & FLAG_LAYOUT_DEF):
             raise ProtocolError(f"{self._label}: unknown message flags {flags:#x}")
         self.last_seq = seq
         limit = self.max_message_bytes
@@ -611,10 +644,17 @@ class MessageStream:
             self._start = self._end = 0
         buffers: list[np.ndarray] = []
         problem: str | None = None
+        pool = self._pool
+        if declared > pool.max_bytes // 2:
+            pool.max_bytes = 2 * declared  # keep up to two of the largest messages warm
         for codec_id, raw, wire in entries:
-            out = np.empty(wire, np.uint8)
+            if wire >= POOLED_BYTES:
+                out = np.frombuffer(pool.take(wire), np.uint8)
+            else:
+                out = np.empty(wire, np.uint8)
             if wire:
-                self._read_into(memoryview(out))
+                with memoryview(out) as view:
+                    self._read_into(view)
             if codec_id != RAW and problem is None:
                 try:
                     out = _decompressor(codec_id)(out, raw)
@@ -623,7 +663,7 @@ class MessageStream:
             buffers.append(out)
         if problem is not None:
             raise MessageRejected(problem, seq, kind)
-        return Message(kind, seq, skeleton, buffers)
+        return Message(kind, seq, skeleton, buffers, flags & (FLAG_LAYOUT_DEF | FLAG_LAYOUT), layout_id)
 
     def _read_bytes(self, n: int) -> bytearray:
         out = bytearray(n)

@@ -54,6 +54,7 @@ from fastenv.errors import (
     ProtocolError,
     TransportError,
 )
+from fastenv.tcp.layouts import StreamDecoder, StreamEncoder
 from fastenv.tcp.framing import (
     CALL,
     DEFAULT_CHUNK_SIZE,
@@ -127,6 +128,8 @@ class TcpClientPlane:
         self._stream = _open_stream(sock, chunk_size, compression, max_message_bytes)
         self._alive = alive
         self._limits = limits
+        self._encoder = StreamEncoder()
+        self._decoder = StreamDecoder(limits)
         self._seq = first_seq
         self.pending_seq: int | None = None  # the call sent and not yet answered, if any
         self._lock = threading.Lock()
@@ -145,14 +148,17 @@ class TcpClientPlane:
 
     def send(self, body: Any, deadline: float | None, what: str) -> int:
         """Send a CALL body without waiting for its reply; returns its sequence number."""
-        skeleton, buffers = codec.encode(body)
         with self._lock:
+            skeleton, buffers, flags, layout_id = self._encoder.encode(body[0], body)
             if self.pending_seq is not None and self._stream.broken is None:
                 raise ProtocolError(f"{what}: call {self.pending_seq} is still waiting for its reply")
             self._seq = (self._seq + 1) & 0xFFFFFFFFFFFFFFFF
             seq = self.pending_seq = self._seq
             try:
-                self._stream.send(CALL, seq, skeleton, buffers, deadline=deadline, alive=self._alive, label=what)
+                self._stream.send(
+                    CALL, seq, skeleton, buffers, deadline=deadline, alive=self._alive, label=what,
+                    flags=flags, layout_id=layout_id,
+                )
             except ProtocolError:
                 if self._stream.broken is None:  # refused before anything was sent (too large)
                     self.pending_seq = None
@@ -181,7 +187,7 @@ class TcpClientPlane:
                 stream._abort(exc)
                 raise exc
             self.pending_seq = None
-        value = codec.decode(reply.skeleton, reply.buffers, limits=self._limits)
+            value = self._decoder.decode(reply.skeleton, reply.buffers, reply.flags, reply.layout_id)
         return reply.kind == RESULT, value
 
     @property
@@ -251,6 +257,8 @@ class TcpServerWorker:
         self._sock = sock
         self._execute = execute
         self._limits = limits
+        self._encoder = StreamEncoder()
+        self._decoder = StreamDecoder(limits)
         self._io_timeout = io_timeout
         self._on_exit = on_exit
         self._stop = threading.Event()
@@ -301,9 +309,9 @@ class TcpServerWorker:
                     continue
                 self.calls += 1
                 seq = request.seq
-                kind, value = self._run_once(request)
+                kind, value, name = self._run_once(request)
                 del request
-                self._send(kind, seq, value)
+                self._send(kind, seq, value, name)
                 del value
         except _Stopped:
             pass
@@ -324,46 +332,51 @@ class TcpServerWorker:
                 except Exception:
                     log.exception("on_exit callback of a TCP worker failed")
 
-    def _run_once(self, request: Any) -> tuple[int, Any]:
-        def handle() -> tuple[int, Any]:
-            return self._handle(request.kind, request.skeleton, request.buffers)
+    def _run_once(self, request: Any) -> tuple[int, Any, str]:
+        """``(kind, value, call name)``: the reply to ``request`` (recorded, so a re-sent call is not run twice)."""
+
+        def handle() -> tuple[int, Any, str]:
+            return self._handle(request)
 
         if self._record is None:
             return handle()
         try:
             return self._record.run(request.seq, handle, self._check_stop)
         except StaleRequest as exc:
-            return ERROR, _error_body("protocol", exc)
+            return ERROR, _error_body("protocol", exc), ""
 
-    def _handle(self, kind: int, skeleton: Any, buffers: list) -> tuple[int, Any]:
-        if kind != CALL:
-            return ERROR, _error_body("protocol", ProtocolError(f"expected a CALL, got {KIND_NAMES[kind]}"))
+    def _handle(self, request: Any) -> tuple[int, Any, str]:
+        if request.kind != CALL:
+            error = ProtocolError(f"expected a CALL, got {KIND_NAMES[request.kind]}")
+            return ERROR, _error_body("protocol", error), ""
         try:
-            body = codec.decode(skeleton, buffers, limits=self._limits)
+            body = self._decoder.decode(request.skeleton, request.buffers, request.flags, request.layout_id)
             if not (isinstance(body, tuple) and len(body) == 3 and isinstance(body[0], str)):
                 raise ProtocolError("CALL body must be (name, args, kwargs)")
             name, args, kwargs = body
             if not isinstance(args, tuple) or not isinstance(kwargs, dict):
                 raise ProtocolError("CALL body must be (str, tuple, dict)")
         except (ProtocolError, ValueError, TypeError) as exc:
-            return ERROR, _error_body("protocol", exc)
-        del body, skeleton, buffers
+            return ERROR, _error_body("protocol", exc), ""
+        del body
         try:
             ok, value = self._execute(name, args, kwargs)
         except Exception as exc:  # the executor should not raise; if it does, say so
             log.exception("TCP data plane executor failed")
-            return ERROR, _error_body("internal", exc, traceback.format_exc())
-        return (RESULT if ok else ERROR), value
+            return ERROR, _error_body("internal", exc, traceback.format_exc()), name
+        return (RESULT if ok else ERROR), value, name
 
-    def _send(self, kind: int, seq: int, value: Any) -> None:
+    def _send(self, kind: int, seq: int, value: Any, name: str = "") -> None:
+        """Send the reply to call ``seq`` (a result through the layout of call ``name`` when it fits)."""
         try:
-            skeleton, buffers = codec.encode(value)
+            skeleton, buffers, flags, layout_id = self._encoder.encode(name, value, use_layouts=kind == RESULT)
         except EncodeError as exc:
-            kind = ERROR
+            kind, flags, layout_id = ERROR, 0, 0
             skeleton, buffers = codec.encode(_error_body("encode", exc))
         try:
             self._stream.send(
-                kind, seq, skeleton, buffers, alive=self._check_stop, stall=self._io_timeout, label="data stream reply"
+                kind, seq, skeleton, buffers, alive=self._check_stop, stall=self._io_timeout,
+                label="data stream reply", flags=flags, layout_id=layout_id,
             )
         except ProtocolError as exc:  # FrameTooLarge: nothing was sent, the stream is intact
             if self._stream.broken is not None:

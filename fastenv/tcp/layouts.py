@@ -1,0 +1,115 @@
+"""Compiled layouts on the TCP stream: a repeated step costs a struct, not a pickle.
+
+The first message for a call name (``"step"``, ``"reset"``, ...) travels
+through the general codec with its layout's spec (flag
+:data:`~fastenv.tcp.framing.FLAG_LAYOUT_DEF`); later messages of the same
+structure carry only the layout id (in the header), the packed scalars (as the
+skeleton) and the arrays' raw bytes as buffers (flag
+:data:`~fastenv.tcp.framing.FLAG_LAYOUT`). The arrays are sent from their own
+memory and land in the receive buffers without a copy, exactly like the
+codec's out-of-band buffers. A value whose structure changed falls back to the
+codec (and may announce a new layout), so nothing depends on the structure
+staying the same.
+
+The receiver checks a layout message strictly: the id must have been
+announced, the skeleton must be the scalars' exact size and every buffer its
+array's exact size; anything else is a :class:`~fastenv.errors.DecodeError`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from fastenv import codec
+from fastenv.errors import DecodeError
+from fastenv.layout import LayoutMismatch, ReceivedLayouts, SentLayouts
+from fastenv.tcp.framing import FLAG_LAYOUT, FLAG_LAYOUT_DEF
+
+
+def _wire(array: np.ndarray, fortran: bool) -> np.ndarray:
+    """The array as C-contiguous memory in the layout's order (a view when it already is)."""
+    if fortran:
+        array = array.T  # the F-order bytes of an array are the C-order bytes of its transpose
+    if not array.flags.c_contiguous:
+        array = np.ascontiguousarray(array)
+    return array
+
+
+class StreamEncoder:
+    """Encodes what one side sends: through a layout when one fits, otherwise with the codec."""
+
+    def __init__(self) -> None:
+        self._sent = SentLayouts()
+        self._scalars: dict[int, bytearray] = {}
+
+    def encode(self, key: str, value: Any, *, use_layouts: bool = True) -> tuple[Any, list[Any], int, int]:
+        """``(skeleton, buffers, flags, layout id)`` for :meth:`MessageStream.send`.
+
+        The skeleton of a layout message is a scratch buffer reused by the
+        next message with the same layout: send it before encoding again.
+        """
+        if use_layouts:
+            known = self._sent.get(key)
+            if known is not None:
+                layout_id, layout = known
+                scratch = self._scalars.get(layout_id)
+                if scratch is None:
+                    scratch = self._scalars[layout_id] = bytearray(layout.scalars.size)
+                try:
+                    arrays = layout.extract_into(scratch, value)
+                except LayoutMismatch:
+                    pass
+                else:
+                    wires = [_wire(array, entry[2] == "F") for array, entry in zip(arrays, layout.arrays)]
+                    return scratch, wires, FLAG_LAYOUT, layout_id
+            definition = self._sent.define(key, value)
+            if definition is not None:
+                skeleton, buffers = codec.encode((definition[0], definition[1], value))
+                return skeleton, buffers, FLAG_LAYOUT_DEF, 0
+        skeleton, buffers = codec.encode(value)
+        return skeleton, buffers, 0, 0
+
+
+class StreamDecoder:
+    """Decodes what the peer sent (see :class:`StreamEncoder`), under the codec's limits."""
+
+    def __init__(self, limits: codec.Limits) -> None:
+        self._limits = limits
+        self._received = ReceivedLayouts()
+        self._arrays: dict[int, list[tuple[np.dtype, tuple[int, ...], str, int]]] = {}  # id -> (dtype, shape, order, count)
+
+    def decode(self, skeleton: Any, buffers: list[np.ndarray], flags: int, layout_id: int) -> Any:
+        """The value of a received message; :class:`DecodeError` when it is malformed."""
+        if flags & FLAG_LAYOUT:
+            return self._rebuild(skeleton, buffers, layout_id)
+        value = codec.decode(skeleton, buffers, limits=self._limits)
+        if flags & FLAG_LAYOUT_DEF:
+            if not (isinstance(value, tuple) and len(value) == 3):
+                raise DecodeError("malformed layout definition")
+            self._received.define(value[0], value[1], self._limits.max_array_elements)
+            layout = self._received.get(value[0])
+            self._arrays[value[0]] = [
+                (dtype, shape, order, int(np.prod(shape, dtype=np.int64))) for dtype, shape, order, _ in layout.arrays
+            ]
+            value = value[2]
+        return value
+
+    def _rebuild(self, skeleton: Any, buffers: list[np.ndarray], layout_id: int) -> Any:
+        layout = self._received.get(layout_id)
+        specs = self._arrays[layout_id]
+        if len(skeleton) != layout.scalars.size or len(buffers) != len(specs):
+            raise DecodeError(f"message does not match layout {layout_id}")
+        arrays = []
+        for (dtype, shape, order, count), buffer in zip(specs, buffers):
+            if buffer.nbytes != count * dtype.itemsize:
+                raise DecodeError(f"array of layout {layout_id} needs {count * dtype.itemsize} bytes, got {buffer.nbytes}")
+            if count == 0:
+                arrays.append(np.empty(shape, dtype=dtype, order=order))
+            else:
+                arrays.append(np.frombuffer(buffer, dtype=dtype, count=count).reshape(shape, order=order))
+        return layout.unpack(skeleton, 0, arrays, False)
+
+
+__all__ = ["FLAG_LAYOUT", "FLAG_LAYOUT_DEF", "StreamDecoder", "StreamEncoder"]
