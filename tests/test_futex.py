@@ -563,3 +563,29 @@ def test_cross_process_ping_pong(
         parent_conn.close()
         child_conn.close()
     assert proc.exitcode == 0
+
+
+def test_ring_wakes_a_sleeper_and_the_sleepers_word_counts_it() -> None:
+    if futex.native_backend is None:
+        pytest.skip("fastenv._native is not built")
+    native = futex.native_backend
+    buf = bytearray(8)  # counter at 0, sleepers at 4
+    woke: list[bool] = []
+    waiter = threading.Thread(target=lambda: woke.append(native.wait(buf, 0, 0, WAIT_S, 0, 4)))
+    waiter.start()
+    deadline = time.monotonic() + WAIT_S
+    while native.load(buf, 4) != 1:  # the waiter announced its sleep
+        assert time.monotonic() < deadline, "the waiter never went to sleep"
+        time.sleep(0.001)
+    assert native.ring(buf, 0, 4) == 1
+    waiter.join(WAIT_S)
+    assert woke == [True] and native.load(buf, 4) == 0  # it left the count on the way out
+
+
+def test_ring_without_sleepers_only_counts(be: Any) -> None:
+    buf = bytearray(8)
+    assert be.ring(buf, 0, 4) == 1 and be.ring(buf, 0, 4) == 2
+    assert be.load(buf, 4) == 0
+    assert be.wait(buf, 0, 1, 0, 0, 4) is True  # already differs
+    with pytest.raises(ValueError):
+        be.ring(buf, 0, 8)  # sleepers word outside the buffer

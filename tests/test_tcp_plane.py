@@ -290,6 +290,59 @@ def test_returned_arrays_are_writable_and_owned(tcp: Any, executor: Executor) ->
     assert obs["left"].flags.writeable and obs["proprio"].flags.writeable
 
 
+def test_recycled_receive_buffers_never_overwrite_arrays_still_held(tcp: Any) -> None:
+    plane = tcp.client(tcp.serve())
+    held = []
+    for i in range(12):  # large enough to be pooled; distinct contents per call
+        ok, value = plane.call(("echo", (np.full(200_000, i, np.uint8),), {}), T, "echo")
+        assert ok
+        if i % 3 == 0:
+            held.append((i, value[10:]))  # a view keeps its buffer referenced too
+    for i, view in held:
+        assert (view == i).all(), f"the array of call {i} was overwritten"
+    pool = plane._stream._pool
+    assert 0 < pool.held_bytes <= pool.max_bytes <= 2 * (200_000 + 4096)
+
+
+def test_steps_travel_through_layouts_after_the_first(tcp: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    sent_flags: list[int] = []
+    original = MessageStream.send
+
+    def recording(self: MessageStream, kind: int, *args: Any, **kwargs: Any) -> None:
+        sent_flags.append(kwargs.get("flags", 0))
+        original(self, kind, *args, **kwargs)
+
+    monkeypatch.setattr(MessageStream, "send", recording)
+    plane = tcp.client(tcp.serve())
+    results = [plane.call(("step", (np.ones(20, np.float32),), {}), T, "step") for _ in range(4)]
+    for ok, (obs, reward, terminated, truncated, info) in results:
+        assert ok and obs["left"].shape == (48, 64, 3) and (obs["left"] == 7).all()
+        assert (reward, terminated, truncated, info) == (1.5, False, False, {"frame": 3})
+    assert sent_flags[:2] == [framing.FLAG_LAYOUT_DEF, framing.FLAG_LAYOUT_DEF]  # request, reply
+    assert set(sent_flags[2:]) == {framing.FLAG_LAYOUT}
+
+
+def test_malformed_layout_messages_get_protocol_errors_in_sync(tcp: Any) -> None:
+    served = tcp.serve()
+    with connect_data_stream(HOST, served.listener.port, TOKEN, T) as sock:
+        stream = MessageStream(sock)
+        cases = [
+            (b"\0" * 8, [], 3),  # layout 3 was never announced
+            (codec.encode((1, ("bogus",), ("echo", (), {})))[0], [], 0),  # invalid spec in a definition
+        ]
+        for seq, (skeleton, bufs, layout_id) in enumerate(cases, start=1):
+            flags = framing.FLAG_LAYOUT if layout_id else framing.FLAG_LAYOUT_DEF
+            stream.send(CALL, seq, skeleton, bufs, deadline=time.monotonic() + T, flags=flags, layout_id=layout_id)
+            reply = stream.recv(deadline=time.monotonic() + T)
+            assert (reply.kind, reply.seq) == (ERROR, seq)
+            assert codec.decode(reply.skeleton, reply.buffers)["kind"] == "protocol"
+        good, buffers = codec.encode(("echo", ("ok",), {}))
+        stream.send(CALL, 9, good, buffers, deadline=time.monotonic() + T)
+        reply = stream.recv(deadline=time.monotonic() + T)
+        assert reply.kind == RESULT
+        stream.close()
+
+
 def test_many_calls_keep_sequence(tcp: Any) -> None:
     plane = tcp.client(tcp.serve())
     for i in range(200):

@@ -21,9 +21,11 @@ measured round trip to the transport:
     read-only views (the rows' ``copy=False``). A message whose structure has
     no layout (and the first of each kind, which announces the layout) goes
     through the general codec into the arena, as on the plane.
-  - ``tcp`` (``fastenv-tcp``): the general codec, :func:`fastenv.codec.encode`
-    of request and reply, and :func:`fastenv.codec.decode` of both from
-    owned ``uint8`` buffers (where the stream's ``recv_into`` leaves them).
+  - ``tcp`` (``fastenv-tcp``): the stream's encoder and decoder
+    (:mod:`fastenv.tcp.layouts`): compiled layouts once the structure
+    repeats (the first message of each kind announces it through the general
+    codec), decoded from owned ``uint8`` buffers (where the stream's
+    ``recv_into`` leaves them).
 
   encode = request encode + reply encode; decode = request decode + reply
   decode (each side's read includes the envelope header).
@@ -63,6 +65,8 @@ from fastenv.shm.arena import (
     envelope_size,
 )
 from fastenv.shm.plane import DEFAULT_SHAPE, FAST_DATA, LayoutReceiver, LayoutSender
+from fastenv.tcp.framing import FLAG_LAYOUT
+from fastenv.tcp.layouts import StreamDecoder, StreamEncoder
 
 __all__ = [
     "PARTS",
@@ -85,7 +89,7 @@ PLANES: dict[str, str] = {"fastenv-shm": "shm", "fastenv-shm-py": "shm", "fasten
 #: How each plane encodes (for the table's footnote and the JSON).
 PLANE_METHODS: dict[str, str] = {
     "shm": "compiled layout (fastenv.layout) in a shared-memory arena",
-    "tcp": "general codec (fastenv.codec.encode / decode)",
+    "tcp": "compiled layout (fastenv.tcp.layouts): packed scalars + raw array buffers",
 }
 
 _KEY = "step"  # the plane keys layouts by call name
@@ -107,7 +111,7 @@ class InProcessCosts:
     ``encode_us`` / ``decode_us`` are medians of the per-step sums of request
     and reply; the ``request_*`` / ``reply_*`` fields are each side's own
     median. ``general_messages`` counts timed messages that went through the
-    general codec instead of a compiled layout (shm only; 0 in steady state).
+    general codec instead of a compiled layout (0 in steady state).
     ``samples`` counts timed steps over all ``repeats`` (see :func:`median_costs`).
     """
 
@@ -128,8 +132,6 @@ class InProcessCosts:
     @property
     def method(self) -> str:
         """How the plane encodes: ``layout``, ``codec`` or ``layout+codec`` (shm with fallbacks)."""
-        if self.plane == "tcp":
-            return "codec"
         if self.general_messages == 0:
             return "layout"
         return "codec" if self.general_messages >= 2 * self.samples else "layout+codec"
@@ -273,29 +275,35 @@ class _Path(Protocol):
 
 
 class _TcpPath:
-    """The TCP plane's codec work: encode to (skeleton, buffers); decode from owned uint8 buffers."""
+    """The TCP plane's encoding work (:mod:`fastenv.tcp.layouts`); decode from owned uint8 buffers."""
 
     def __init__(self) -> None:
         self.general_messages = 0
-        self._encoded: tuple[bytes, list[Any]] = (b"", [])
-        self._received: tuple[bytes, list[np.ndarray]] = (b"", [])
+        self._client, self._server = StreamEncoder(), StreamEncoder()
+        self._client_decoder = StreamDecoder(codec.DEFAULT_LIMITS)
+        self._server_decoder = StreamDecoder(codec.DEFAULT_LIMITS)
+        self._encoded: tuple[Any, list[Any], int, int] = (b"", [], 0, 0)
+        self._received: tuple[bytes, list[np.ndarray], int, int] = (b"", [], 0, 0)
 
     def deliver(self) -> None:
         """Copy the message to where the peer's stream leaves it after ``recv_into``."""
-        skeleton, buffers = self._encoded
-        self._received = bytes(skeleton), [np.frombuffer(buffer, dtype=np.uint8).copy() for buffer in buffers]
+        skeleton, buffers, flags, layout_id = self._encoded
+        if not flags & FLAG_LAYOUT:
+            self.general_messages += 1
+        arrays = [np.frombuffer(memoryview(buffer).cast("B"), dtype=np.uint8).copy() for buffer in buffers]
+        self._received = bytes(skeleton), arrays, flags, layout_id
 
     def encode_request(self, seq: int, body: Any) -> None:
-        self._encoded = codec.encode(body)
+        self._encoded = self._client.encode(_KEY, body)
 
     def decode_request(self, seq: int) -> Any:
-        return codec.decode(*self._received)
+        return self._server_decoder.decode(*self._received)
 
     def encode_reply(self, seq: int, value: Any) -> None:
-        self._encoded = codec.encode(value)
+        self._encoded = self._server.encode(_KEY, value)
 
     def decode_reply(self, seq: int) -> Any:
-        return codec.decode(*self._received)
+        return self._client_decoder.decode(*self._received)
 
 
 class _ShmPath:

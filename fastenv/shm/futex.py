@@ -236,7 +236,8 @@ def _py_wake(buf: Any, offset: int, count: int = 1) -> int:
 
 def _py_ring(buf: Any, offset: int, sleepers: int) -> int:
     """Increment the counter word and return its new value (fallback waiters poll: nothing to wake)."""
-    _check_offset(sleepers)
+    with _word_view(buf, sleepers):  # validates the sleepers word like the native backend
+        pass
     return (_py_add(buf, offset, 1) + 1) & _U32_MASK
 
 

@@ -29,12 +29,12 @@ from fastenv.tcp.framing import FLAG_LAYOUT, FLAG_LAYOUT_DEF
 
 
 def _wire(array: np.ndarray, fortran: bool) -> np.ndarray:
-    """The array as C-contiguous memory in the layout's order (a view when it already is)."""
+    """The array's bytes in the layout's order, as flat uint8 (a view when the memory already is)."""
     if fortran:
         array = array.T  # the F-order bytes of an array are the C-order bytes of its transpose
     if not array.flags.c_contiguous:
         array = np.ascontiguousarray(array)
-    return array
+    return array.reshape(-1).view(np.uint8)
 
 
 class StreamEncoder:
