@@ -731,7 +731,7 @@ def test_median_costs_and_methods() -> None:
     merged = breakdown.median_costs([_costs(env=10.0), _costs(env=30.0), _costs(env=20.0, general=2)])
     assert merged.env_us == 20.0 and merged.samples == 300 and merged.repeats == 3
     assert merged.general_messages == 2 and merged.method == "layout+codec"
-    assert _costs().method == "layout" and _costs("tcp").method == "codec"
+    assert _costs().method == "layout" and _costs("tcp").method == "layout"  # both planes use layouts
     assert _costs(samples=1, general=2).method == "codec"  # every timed message went through the codec
     with pytest.raises(ValueError):
         breakdown.median_costs([])
@@ -744,13 +744,14 @@ def test_median_costs_and_methods() -> None:
 def test_measure_costs_in_process(plane: str, payload: str) -> None:
     costs = breakdown.measure_costs(payload, plane, samples=20, warmup=2)
     assert (costs.payload, costs.plane, costs.samples, costs.repeats) == (payload, plane, 20, 1)
-    assert costs.method == ("layout" if plane == "shm" else "codec") and costs.general_messages == 0
+    assert costs.method == "layout" and costs.general_messages == 0
     assert costs.env_us > 0 and costs.encode_us > 0 and costs.decode_us > 0 and costs.clock_overhead_ns >= 0
     assert costs.request_encode_us > 0 and costs.reply_decode_us > 0
 
 
-def test_measure_costs_first_messages_announce_layouts() -> None:
-    costs = breakdown.measure_costs("small", "shm", samples=5, warmup=0)
+@pytest.mark.parametrize("plane", ["shm", "tcp"])
+def test_measure_costs_first_messages_announce_layouts(plane: str) -> None:
+    costs = breakdown.measure_costs("small", plane, samples=5, warmup=0)
     assert costs.general_messages == 2 and costs.method == "layout+codec"  # the first request and reply
 
 
