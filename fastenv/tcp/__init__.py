@@ -3,7 +3,7 @@
 Used when client and server are on different hosts (or ``transport="tcp"``):
 each session gets one raw TCP connection on which calls and replies travel as
 small framed headers followed by the arrays' raw bytes, sent scatter-gather
-from the arrays and received with ``recv_into`` into fresh arrays, in bounded
+from the arrays and received with ``recv_into`` into owned arrays, in bounded
 chunks (see :mod:`fastenv.tcp.framing` for the wire format and
 :mod:`fastenv.tcp.plane` for the client plane, the server worker and the
 listener).

@@ -28,9 +28,11 @@ one system call.
 
 Receiving: the header is read exactly and every declared length is checked
 against ``max_message_bytes`` *before* anything is allocated
-(:class:`~fastenv.errors.FrameTooLarge`); then each buffer gets a fresh
-``np.empty(n, np.uint8)`` that is filled with ``recv_into`` in chunks of at
-most ``chunk_size`` bytes. Small messages are read through a fixed 64 KiB
+(:class:`~fastenv.errors.FrameTooLarge`); then each buffer gets a ``uint8``
+array nobody else references (buffers of :data:`POOLED_BYTES` and more are
+recycled from a :class:`~fastenv.tcp.pool.ReceivePool` once every array built
+on them is gone, smaller ones are fresh ``np.empty``) that is filled with
+``recv_into`` in chunks of at most ``chunk_size`` bytes. Small messages are read through a fixed 64 KiB
 staging buffer, so a step's header, skeleton and small arrays usually arrive in
 one ``recv``.
 
@@ -45,7 +47,8 @@ returned. Errors found after a whole message was read (a buffer that does not
 decompress) leave the stream usable; they raise :class:`MessageRejected`.
 
 Memory: a receive holds the message's arrays (which it returns) plus at most
-one compressed copy of one buffer and the 64 KiB staging buffer; a send holds
+one compressed copy of one buffer and the 64 KiB staging buffer; its pool
+keeps at most twice the largest message received; a send holds
 nothing but the (optional) compressed copies of the message's buffers. Nothing
 is queued: the kernel's socket buffers are the only buffering between peers,
 so a peer that stops reading makes the sender block (TCP backpressure) until
@@ -174,7 +177,7 @@ class MessageRejected(ProtocolError):
 
 @dataclass(slots=True)
 class Message:
-    """One received message: buffers are fresh, owned, writable uint8 arrays."""
+    """One received message: buffers are owned, writable uint8 arrays nobody else references."""
 
     kind: int
     seq: int

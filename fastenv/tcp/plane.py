@@ -9,9 +9,12 @@ it to its session (a :class:`TcpServerWorker`).
 
 Then, one call at a time: the client sends a CALL (the codec's skeleton and
 raw array buffers, see :mod:`fastenv.tcp.framing`), the worker executes it and
-answers RESULT or ERROR with the same sequence number; arrays land in fresh
-``np.empty`` buffers through ``recv_into``, so the client owns them (writable,
-never reused).
+answers RESULT or ERROR with the same sequence number; arrays land in buffers
+nobody else references through ``recv_into`` (fresh, or recycled once every
+array built on them is gone, see :mod:`fastenv.tcp.pool`), so the client owns
+them: writable, and never overwritten while it holds them. From the second
+call of a kind on, calls and replies travel as compiled layouts
+(:mod:`fastenv.tcp.layouts`).
 
 Bounded memory and backpressure: neither side queues anything. The worker
 reads the next request only after the previous reply went out, and sends
