@@ -434,11 +434,11 @@ def test_targets_small_pass_miss_and_na() -> None:
 
 
 def test_targets_camera_use_memcpy() -> None:
-    targets = evaluate("camera", {"fastenv-shm": 120.0, "gym-async": 400.0}, {"fastenv-shm": 200.0},
-                       {"cached": 100.0, "fresh": 150.0})
+    p50 = {"fastenv-shm": 120.0, "gym-async": 400.0, "fastenv-tcp": 500.0, "tcp-raw": 400.0, "zmq-pickle": 1000.0}
+    targets = evaluate("camera", p50, {"fastenv-shm": 200.0}, {"cached": 100.0, "fresh": 150.0})
     assert [(t.measured, t.status) for t in targets] == [
         (pytest.approx(1.2), "PASS"), (pytest.approx(0.8), "PASS"), (pytest.approx(10 / 3), "MISS"),
-        (pytest.approx(5 / 3), "PASS")]
+        (pytest.approx(5 / 3), "PASS"), (pytest.approx(1.25), "PASS"), (pytest.approx(2.0), "MISS")]
     assert evaluate("camera", {"fastenv-shm": 1.0}, {})[0].status == "n/a"  # no memcpy reference
     assert targets[0].as_dict()["comparison"] == "<=" and targets[2].as_dict()["comparison"] == ">="
 

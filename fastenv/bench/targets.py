@@ -1,4 +1,4 @@
-"""The shared-memory issue's targets, evaluated on one run's medians (pure functions, no I/O).
+"""The data-plane issues' targets, evaluated on one run's medians (pure functions, no I/O).
 
 Per payload (p50 and p99 are the medians across repeats of each row):
 
@@ -9,7 +9,9 @@ Per payload (p50 and p99 are the medians across repeats of each row):
     ``fastenv-shm`` p50 ≤ 1.3 × one ``np.copyto`` of the observation (shown
     against the cached re-copy and against the fresh-source copy, see
     :mod:`fastenv.bench.floors`); ``gym-async`` p50 ≥ 4 × ``fastenv-shm`` p50;
-    ``fastenv-shm`` p99 ≤ 5 × its p50.
+    ``fastenv-shm`` p99 ≤ 5 × its p50; ``fastenv-tcp`` p50 ≤ 1.5 × ``tcp-raw``
+    p50 (the raw socket moving the same bytes, env step included on both);
+    ``zmq-pickle`` p50 ≥ 3 × ``fastenv-tcp`` p50.
 
 A target whose rows did not run (or the memcpy reference is missing) is
 ``n/a``, never a pass.
@@ -95,6 +97,10 @@ def evaluate(
             Target("camera: vs gym-async", _ratio(p50("gym-async"), shm), 4.0, "x", False,
                    "gym-async p50 / fastenv-shm p50"),
             tail,
+            Target("camera: fastenv-tcp vs tcp-raw", _ratio(p50("fastenv-tcp"), p50("tcp-raw")), 1.5, "x", True,
+                   "fastenv-tcp p50 / tcp-raw p50"),
+            Target("camera: fastenv-tcp vs zmq-pickle", _ratio(p50("zmq-pickle"), p50("fastenv-tcp")), 3.0, "x",
+                   False, "zmq-pickle p50 / fastenv-tcp p50"),
         ]  # fmt: skip
     return [tail]
 
