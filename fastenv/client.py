@@ -375,14 +375,16 @@ class FastRemoteEnv:
     def invoke(self, name: str, args: tuple = (), kwargs: dict | None = None, *, timeout: Any = _MISSING) -> Any:
         """Call the env's method ``name`` with an explicit per-call ``timeout``."""
         plane = self._plane
-        if plane.__class__ is ShmClientPlane and self._pending is None and self._lost_session is None:
-            return self._invoke_shm(plane, name, args, kwargs, timeout)  # type: ignore[arg-type]
+        if plane is not None and self._pending is None and self._lost_session is None:
+            return self._invoke_direct(plane, name, args, kwargs, timeout)
         self.send_call(name, args, kwargs, timeout=timeout)
         assert self._pending is not None
         return self._collect(self._pending.deadline, keep_on_timeout=False)  # one deadline for send and reply
 
-    def _invoke_shm(self, plane: ShmClientPlane, name: str, args: tuple, kwargs: dict | None, timeout: Any) -> Any:
-        """:meth:`invoke` on shared memory: what send_call + receive_result do, without their bookkeeping."""
+    def _invoke_direct(
+        self, plane: ShmClientPlane | TcpClientPlane, name: str, args: tuple, kwargs: dict | None, timeout: Any
+    ) -> Any:
+        """:meth:`invoke` on a data plane: what send_call + receive_result do, without their bookkeeping."""
         channel = self._channel
         if channel is None or channel.closed:
             raise ClientClosedError(f"FastRemoteEnv({self.address!r}) is closed")

@@ -589,3 +589,20 @@ def test_ring_without_sleepers_only_counts(be: Any) -> None:
     assert be.wait(buf, 0, 1, 0, 0, 4) is True  # already differs
     with pytest.raises(ValueError):
         be.ring(buf, 0, 8)  # sleepers word outside the buffer
+
+
+def test_spin_readable_polls_a_socket_without_consuming_it() -> None:
+    if futex.native_backend is None:
+        pytest.skip("fastenv._native is not built")
+    import socket
+
+    left, right = socket.socketpair()
+    with left, right:
+        start = time.monotonic()
+        assert futex.native_backend.spin_readable(left, 2000) is False  # nothing came within 2 ms
+        assert time.monotonic() - start >= 0.002
+        right.send(b"x")
+        assert futex.native_backend.spin_readable(left, 2000) is True
+        assert left.recv(1) == b"x"  # polling left the byte where it was
+        right.close()
+        assert futex.native_backend.spin_readable(left, 2000) is True  # EOF is readable too
