@@ -26,6 +26,7 @@ Spec nodes::
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 from collections import OrderedDict
@@ -46,6 +47,7 @@ if os.environ.get("FASTENV_NATIVE", "").strip() == "0":
 
 ALIGN = 64
 MAX_NODES = 4096
+MAX_ARRAY_BYTES = 1 << 40  # far above any message limit; keeps every size an exact int64
 
 # struct codes for numpy scalar dtypes that a layout may carry
 _NUMPY_SCALAR_CODES = {
@@ -130,7 +132,7 @@ class Layout:
         offset = _round_up(self.scalars.size)
         self.arrays: list[tuple[np.dtype, tuple[int, ...], str, int]] = []
         for dtype, shape, order in arrays:
-            nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            nbytes = math.prod(shape) * dtype.itemsize
             self.arrays.append((dtype, shape, order, offset))
             offset += _round_up(nbytes)
         self.size = offset
@@ -240,7 +242,7 @@ class _Program:
             dtype, shape, order, offset = self._arrays[self._array]
             index = self._array
             self._array += 1
-            nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            nbytes = math.prod(shape) * dtype.itemsize
             format_ = memoryview(np.empty((0,), dtype)).format.encode()
             return (ops.ARRAY, offset, np.ndarray, format_, tuple(shape), nbytes, index, order == "F")
         if tag in ("tuple", "list"):
@@ -332,6 +334,8 @@ def _compile_array(dtype_str: Any, shape: Any, order: Any, arrays: list) -> _Com
         raise DecodeError(f"invalid array dtype {dtype_str!r} in layout")
     if not isinstance(shape, tuple) or not all(type(dim) is int and dim >= 0 for dim in shape) or order not in ("C", "F"):
         raise DecodeError("invalid array shape or order in layout")
+    if math.prod(shape) * dtype.itemsize > MAX_ARRAY_BYTES:
+        raise DecodeError(f"layout array of shape {shape} is larger than any message")
     arrays.append((dtype, shape, order))
 
     def extract(value: Any, scalars: list, collected: list) -> None:
@@ -422,7 +426,7 @@ class ReceivedLayouts:
         layout = compile_spec(spec)
         if max_array_elements is not None:
             for dtype, shape, _order, _offset in layout.arrays:
-                if int(np.prod(shape, dtype=np.int64)) > max_array_elements:
+                if math.prod(shape) > max_array_elements:
                     raise DecodeError(f"layout array of shape {shape} exceeds the element limit")
         self._layouts[layout_id] = layout
 

@@ -137,6 +137,8 @@ def test_layout_registries_give_up_on_values_without_a_fixed_structure() -> None
         received.define(1, ("array", "<f4", (10**9,), "C"), max_array_elements=10**6)
     with pytest.raises(DecodeError):
         received.define(1, ("callable", "os.system"))
+    with pytest.raises(DecodeError):  # a product that would wrap around in int64
+        received.define(1, ("array", "<f8", (2**40, 2**40), "C"))
 
 
 def _through_stream(encoder: StreamEncoder, decoder: StreamDecoder, value: Any) -> tuple[Any, int]:

@@ -18,6 +18,7 @@ array's exact size; anything else is a :class:`~fastenv.errors.DecodeError`.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -91,7 +92,7 @@ class StreamDecoder:
             self._received.define(value[0], value[1], self._limits.max_array_elements)
             layout = self._received.get(value[0])
             self._arrays[value[0]] = [
-                (dtype, shape, order, int(np.prod(shape, dtype=np.int64))) for dtype, shape, order, _ in layout.arrays
+                (dtype, shape, order, math.prod(shape)) for dtype, shape, order, _ in layout.arrays
             ]
             value = value[2]
         return value
