@@ -23,6 +23,24 @@ def _native_backend() -> str:
     return f"{info['name']}{detail}"
 
 
+def _layout_packer() -> str:
+    from fastenv import layout
+
+    if layout._native_layout is not None:
+        return "native (fastenv._layout)"
+    if os.environ.get("FASTENV_NATIVE", "").strip() == "0":
+        return "python (FASTENV_NATIVE=0 forces the pure-Python packer)"
+    return "python (fastenv._layout is not built)"
+
+
+def _tcp_spin() -> str:
+    from fastenv.tcp import framing
+
+    if framing._spin_readable is None:
+        return "off (needs the native extension)"
+    return f"{framing.DEFAULT_SPIN_US} µs before blocking" if framing.DEFAULT_SPIN_US > 0 else "off (FASTENV_TCP_SPIN_US=0)"
+
+
 def _gymnasium() -> str:
     try:
         import gymnasium
@@ -40,5 +58,7 @@ def report() -> dict[str, str]:
         "pyzmq": f"{zmq.__version__} (libzmq {zmq.zmq_version()})",
         "gymnasium": _gymnasium(),
         "futex doorbell": _native_backend(),
+        "layout packer": _layout_packer(),
+        "tcp receive spin": _tcp_spin(),
         "/dev/shm": "writable" if os.access("/dev/shm", os.W_OK) else "not available",
     }

@@ -85,6 +85,7 @@ def test_doctor_reports_versions_and_backend() -> None:
     assert result.returncode == 0
     assert f"fastenv: {fastenv.__version__}" in result.stdout
     assert "futex doorbell:" in result.stdout and "pyzmq:" in result.stdout
+    assert "layout packer:" in result.stdout and "tcp receive spin:" in result.stdout
 
 
 def test_demo_runs_and_reports_speed() -> None:
