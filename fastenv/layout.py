@@ -152,6 +152,11 @@ class Layout:
         """Whether values are packed and rebuilt by the C extension."""
         return self._program is not None
 
+    @property
+    def program(self) -> tuple | None:
+        """The node tree the C packer walks (None: the pure-Python packer is in use)."""
+        return self._program
+
     def extract(self, value: Any) -> tuple[list, list]:
         """Scalars and arrays of ``value``; :class:`LayoutMismatch` if its structure differs."""
         scalars: list = []
@@ -162,7 +167,7 @@ class Layout:
     def pack_into(self, buffer: Any, offset: int, value: Any, array_views: list[np.ndarray]) -> None:
         """Write ``value`` at ``offset``; ``array_views`` are this layout's arrays at that offset."""
         if self._program is not None:
-            if not _native_layout.pack(self._program, buffer, offset, value, array_views, _copy_strided):
+            if not _native_layout.pack(self._program, buffer, offset, value, array_views, copy_strided):
                 raise LayoutMismatch
             return
         scalars, arrays = self.extract(value)
@@ -201,16 +206,22 @@ class Layout:
 
     def unpack(self, buffer: Any, offset: int, array_views: list[np.ndarray], copy: bool) -> Any:
         """Rebuild a value packed at ``offset`` (arrays are ``array_views``, or copies of them)."""
-        arrays = [view.copy(order="K") for view in array_views] if copy else array_views
         if self._program is not None:
-            return _native_layout.unpack(self._program, buffer, offset, arrays)
+            return _native_layout.unpack(self._program, buffer, offset, array_views, copy)
+        arrays = [view.copy(order="K") for view in array_views] if copy else array_views
         scalars = self.scalars.unpack_from(buffer, offset)
         return self._compiled.build(iter(scalars), iter(arrays))
 
 
-def _copy_strided(view: np.ndarray, array: np.ndarray) -> None:
+def copy_strided(view: np.ndarray, array: np.ndarray) -> None:
     """The C packer's way to copy an array that is not contiguous in the layout's order."""
     np.copyto(view, array, casting="no")
+
+
+#: ``put(program, buffer, offset, value, views, copy_strided, kind, layout id, seq) -> bool``:
+#: the C packer writing a shared-memory FAST envelope (data + header) in one call; None
+#: without the extension.
+native_put = None if _native_layout is None else _native_layout.put
 
 
 class _Program:

@@ -16,9 +16,10 @@
  *       Like pack, but arrays are appended to the list arrays (after the
  *       same checks) instead of copied: the TCP stream sends them from
  *       their own memory and only the scalars go through the buffer.
- *   unpack(program, buffer, offset, arrays) -> value
+ *   unpack(program, buffer, offset, arrays, copy=False) -> value
  *       Rebuild the value: scalars read from the buffer, arrays taken from
- *       the list arrays (views into the buffer, or copies of them).
+ *       the list arrays (views into the buffer), or with copy, copies of
+ *       them (arrays[i].copy('K')).
  *
  * Program nodes (first item: the opcode):
  *
@@ -76,6 +77,7 @@ typedef struct {
     const char *base;
     Py_ssize_t room;
     PyObject *arrays; /* list: the value of each ARRAY node, by index */
+    int copy;         /* take arrays[i].copy('K') instead of arrays[i] */
 } unpack_ctx;
 
 static int
@@ -499,6 +501,62 @@ layout_pack(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
     return PyBool_FromLong(status == PACK_OK);
 }
 
+/* The data plane's envelope header (fastenv.shm.arena.ENVELOPE, "<BBHIQ"). */
+typedef struct {
+    uint8_t kind;
+    uint8_t flags;
+    uint16_t buffers;
+    uint32_t skeleton;
+    uint64_t seq;
+} __attribute__((packed)) envelope_header;
+
+#define FAST_KIND 6      /* fastenv.shm.arena.FAST */
+#define FAST_DATA 64     /* fastenv.shm.plane.FAST_DATA: where the data area starts */
+
+static PyObject *
+layout_put(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError,
+                        "put(program, buffer, offset, value, views, copyto, kind, layout_id, seq)");
+        return NULL;
+    }
+    long kind = PyLong_AsLong(args[6]);
+    unsigned long layout_id = PyLong_AsUnsignedLong(args[7]);
+    unsigned long long seq = PyLong_AsUnsignedLongLong(args[8]);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_ssize_t offset = PyLong_AsSsize_t(args[2]);
+    if (offset == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_buffer view;
+    pack_ctx ctx = {.views = args[4], .copyto = args[5]};
+    char *region;
+    Py_ssize_t region_room;
+    if (acquire_region(args[1], args[2], 1, &view, &region, &region_room) < 0) {
+        return NULL;
+    }
+    if (region_room < FAST_DATA) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "put: region smaller than an envelope header");
+        return NULL;
+    }
+    ctx.base = region + FAST_DATA;
+    ctx.room = region_room - FAST_DATA;
+    int status = pack_node(&ctx, args[0], args[3], 0);
+    if (status == PACK_OK) {
+        envelope_header header = {FAST_KIND, (uint8_t)kind, 0, (uint32_t)layout_id, (uint64_t)seq};
+        memcpy(region, &header, sizeof header);
+    }
+    PyBuffer_Release(&view);
+    if (status == PACK_ERROR) {
+        return NULL;
+    }
+    return PyBool_FromLong(status == PACK_OK);
+}
+
 static PyObject *
 layout_extract(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
@@ -686,6 +744,19 @@ unpack_node(unpack_ctx *ctx, PyObject *node, int depth)
             PyErr_SetString(PyExc_ValueError, "unpack: fewer arrays than the layout has");
             return NULL;
         }
+        if (ctx->copy) { /* a view in the layout's order: copy() keeps C order, 'K' keeps F */
+            PyObject *source = PyList_GET_ITEM(ctx->arrays, index);
+            if (PyObject_IsTrue(PyTuple_GET_ITEM(node, 7))) {
+                return PyObject_CallMethod(source, "copy", "s", "K");
+            }
+            PyObject *name = PyUnicode_FromString("copy");
+            if (name == NULL) {
+                return NULL;
+            }
+            PyObject *copied = PyObject_CallMethodNoArgs(source, name);
+            Py_DECREF(name);
+            return copied;
+        }
         return Py_NewRef(PyList_GET_ITEM(ctx->arrays, index));
     case OP_TUPLE:
         return unpack_sequence(ctx, node, 0, depth);
@@ -704,13 +775,13 @@ unpack_node(unpack_ctx *ctx, PyObject *node, int depth)
 static PyObject *
 layout_unpack(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "unpack(program, buffer, offset, arrays)");
+    if (nargs != 4 && nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "unpack(program, buffer, offset, arrays, copy=False)");
         return NULL;
     }
     Py_buffer view;
     char *base;
-    unpack_ctx ctx = {.arrays = args[3]};
+    unpack_ctx ctx = {.arrays = args[3], .copy = nargs == 5 && PyObject_IsTrue(args[4]) == 1};
     if (acquire_region(args[1], args[2], 0, &view, &base, &ctx.room) < 0) {
         return NULL;
     }
@@ -726,11 +797,15 @@ static PyMethodDef layout_methods[] = {
     {"pack", (PyCFunction)(void (*)(void))layout_pack, METH_FASTCALL,
      "pack(program, buffer, offset, value, views, copyto) -> bool\n\n"
      "Write value at offset if it has the program's structure; False if it does not."},
+    {"put", (PyCFunction)(void (*)(void))layout_put, METH_FASTCALL,
+     "put(program, buffer, offset, value, views, copyto, kind, layout_id, seq) -> bool\n\n"
+     "pack() into the data area of the region at offset, then write its FAST envelope header."},
     {"extract", (PyCFunction)(void (*)(void))layout_extract, METH_FASTCALL,
      "extract(program, buffer, offset, value, arrays) -> bool\n\n"
      "Like pack, but only the scalars are written: the arrays (checked) are appended to the list arrays."},
     {"unpack", (PyCFunction)(void (*)(void))layout_unpack, METH_FASTCALL,
-     "unpack(program, buffer, offset, arrays) -> value\n\nRebuild a value packed at offset."},
+     "unpack(program, buffer, offset, arrays, copy=False) -> value\n\n"
+     "Rebuild a value packed at offset (copy: arrays are copies of arrays[i])."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from fastenv import codec
 from fastenv.errors import DecodeError, EncodeError, FastEnvTimeout, FrameTooLarge, ProtocolError
-from fastenv.layout import LayoutMismatch, ReceivedLayouts, SentLayouts
+from fastenv.layout import LayoutMismatch, ReceivedLayouts, SentLayouts, copy_strided, native_put
 from fastenv.shm.arena import (
     CALL,
     ENVELOPE,
@@ -85,7 +85,7 @@ class LayoutSender:
 
     def __init__(self) -> None:
         self._sent = SentLayouts()
-        self._views: dict[tuple[int, int, int], list] = {}
+        self._views: dict[tuple[int, int], list] = {}
 
     def write_fast(self, arena: Arena, offset: int, capacity: int, key: str, kind: int, seq: int, value: Any) -> bool:
         """Write ``value`` as a FAST envelope if its key's layout fits it; False otherwise."""
@@ -95,11 +95,14 @@ class LayoutSender:
         layout_id, layout = known
         if FAST_DATA + layout.size > capacity:
             return False
-        cache_key = (layout_id, id(arena), offset)
+        cache_key = (layout_id, offset)  # the cache is cleared whenever the arena changes
         views = self._views.get(cache_key)
-        if views is None:
-            views = self._views[cache_key] = layout.views(arena.buf, offset + FAST_DATA)
         buf = arena.buf
+        if views is None:
+            views = self._views[cache_key] = layout.views(buf, offset + FAST_DATA)
+        program = layout.program
+        if program is not None:  # the C packer writes the data and the envelope header in one call
+            return native_put(program, buf, offset, value, views, copy_strided, kind, layout_id, seq)
         try:
             layout.pack_into(buf, offset + FAST_DATA, value, views)
         except LayoutMismatch:
@@ -121,7 +124,7 @@ class LayoutReceiver:
 
     def __init__(self) -> None:
         self._received = ReceivedLayouts()
-        self._views: dict[tuple[int, int, int], list] = {}
+        self._views: dict[tuple[int, int, bool], tuple[Any, list]] = {}
 
     def define(self, layout_id: Any, spec: Any) -> None:
         """Compile a layout announced by the peer (validated like any payload)."""
@@ -129,14 +132,15 @@ class LayoutReceiver:
 
     def read(self, arena: Arena, offset: int, capacity: int, layout_id: int, *, readonly: bool, copy: bool) -> Any:
         """The value of the FAST envelope at ``offset``."""
-        layout = self._received.get(layout_id)
-        if FAST_DATA + layout.size > capacity:
-            raise ProtocolError("layout larger than its region")
-        cache_key = (layout_id, id(arena), offset)
-        views = self._views.get(cache_key)
+        cache_key = (layout_id, offset, readonly)  # the cache is cleared whenever the arena changes
+        cached = self._views.get(cache_key)
         buffer = arena.readonly if readonly else arena.buf
-        if views is None:
-            views = self._views[cache_key] = layout.views(buffer, offset + FAST_DATA)
+        if cached is None:
+            layout = self._received.get(layout_id)
+            if FAST_DATA + layout.size > capacity:
+                raise ProtocolError("layout larger than its region")
+            cached = self._views[cache_key] = (layout, layout.views(buffer, offset + FAST_DATA))
+        layout, views = cached
         return layout.unpack(buffer, offset + FAST_DATA, views, copy)
 
     def forget_arena(self) -> None:
