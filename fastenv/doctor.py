@@ -28,17 +28,17 @@ def _layout_packer() -> str:
 
     if layout._native_layout is not None:
         return "native (fastenv._layout)"
-    if os.environ.get("FASTENV_NATIVE", "").strip() == "0":
-        return "python (FASTENV_NATIVE=0 forces the pure-Python packer)"
-    return "python (fastenv._layout is not built)"
+    return "python (fastenv._layout is not built, or the native part is off: see the doorbell)"
 
 
 def _tcp_spin() -> str:
     from fastenv.tcp import framing
 
     if framing._spin_readable is None:
-        return "off (needs the native extension)"
-    return f"{framing.DEFAULT_SPIN_US} µs before blocking" if framing.DEFAULT_SPIN_US > 0 else "off (FASTENV_TCP_SPIN_US=0)"
+        return "off (needs the native part)"
+    if framing.DEFAULT_SPIN_US <= 0:
+        return "off (FASTENV_TCP_SPIN_US=0)"
+    return f"{framing.DEFAULT_SPIN_US} µs before blocking"
 
 
 def _gymnasium() -> str:

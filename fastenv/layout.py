@@ -27,7 +27,6 @@ Spec nodes::
 from __future__ import annotations
 
 import math
-import os
 import struct
 from collections import OrderedDict
 from collections.abc import Callable
@@ -38,11 +37,13 @@ import numpy as np
 
 from fastenv.errors import DecodeError
 
-try:  # the C packer (native/fastenv_layout.c); FASTENV_NATIVE=0 forces the Python one
+from fastenv.shm import futex
+
+try:  # the C packer (native/fastenv_layout.c), used with the rest of the native part
     from fastenv import _layout as _native_layout
 except ImportError:  # pragma: no cover - exercised when the extension is not built
     _native_layout = None
-if os.environ.get("FASTENV_NATIVE", "").strip() == "0":
+if futex.BACKEND != "native":  # FASTENV_NATIVE=0 (or no fastenv._native): pure Python throughout
     _native_layout = None
 
 ALIGN = 64
@@ -119,6 +120,7 @@ class Layout:
         spec: the plain-data spec (what the peer receives).
         scalars: the ``struct`` packing every scalar leaf, in tree order.
         arrays: ``(dtype, shape, order, offset)`` of each array leaf within the data area.
+        array_counts: the number of elements of each array leaf.
         size: bytes of the data area (scalars, then 64-byte aligned arrays).
     """
 
@@ -131,18 +133,20 @@ class Layout:
         self.scalars = struct.Struct("<" + "".join(codes))
         offset = _round_up(self.scalars.size)
         self.arrays: list[tuple[np.dtype, tuple[int, ...], str, int]] = []
+        self.array_counts: list[int] = []  # elements of each array
         for dtype, shape, order in arrays:
-            nbytes = math.prod(shape) * dtype.itemsize
+            count = math.prod(shape)
             self.arrays.append((dtype, shape, order, offset))
-            offset += _round_up(nbytes)
+            self.array_counts.append(count)
+            offset += _round_up(count * dtype.itemsize)
         self.size = offset
         use_native = _native_layout is not None if native is None else native
         if use_native and _native_layout is None:
-            raise ImportError("fastenv._layout (the C layout packer) is not built")
+            raise ImportError("the C layout packer is not in use (not built, or the native part is off)")
         self._program: tuple | None = None
         if use_native:
             try:
-                self._program = _Program(codes, self.arrays).node(spec)
+                self._program = _Program(codes, self.arrays, self.array_counts).node(spec)
             except (ValueError, TypeError, BufferError):  # a dtype without a buffer format (datetime64)
                 if native:
                     raise
@@ -227,10 +231,12 @@ native_put = None if _native_layout is None else _native_layout.put
 class _Program:
     """Turns a validated spec into the node tree the C packer walks (see native/fastenv_layout.c)."""
 
-    def __init__(self, codes: list[str], arrays: list[tuple[np.dtype, tuple[int, ...], str, int]]) -> None:
+    def __init__(
+        self, codes: list[str], arrays: list[tuple[np.dtype, tuple[int, ...], str, int]], counts: list[int]
+    ) -> None:
         self._scalar_offsets = [struct.calcsize("<" + "".join(codes[:i])) for i in range(len(codes))]
-        self._codes = codes
         self._arrays = arrays
+        self._counts = counts
         self._scalar = 0
         self._array = 0
 
@@ -253,7 +259,7 @@ class _Program:
             dtype, shape, order, offset = self._arrays[self._array]
             index = self._array
             self._array += 1
-            nbytes = math.prod(shape) * dtype.itemsize
+            nbytes = self._counts[index] * dtype.itemsize
             format_ = memoryview(np.empty((0,), dtype)).format.encode()
             return (ops.ARRAY, offset, np.ndarray, format_, tuple(shape), nbytes, index, order == "F")
         if tag in ("tuple", "list"):
@@ -431,14 +437,12 @@ class ReceivedLayouts:
         self._layouts: dict[int, Layout] = {}
 
     def define(self, layout_id: Any, spec: Any, max_array_elements: int | None = None) -> None:
-        """Compile a layout announced by the peer (validated like any payload); ProtocolError-like DecodeError otherwise."""
+        """Compile a layout announced by the peer, validated like any payload (:class:`DecodeError` otherwise)."""
         if type(layout_id) is not int or not 0 < layout_id <= MAX_LAYOUTS:
             raise DecodeError(f"invalid layout id {layout_id!r}")
         layout = compile_spec(spec)
-        if max_array_elements is not None:
-            for dtype, shape, _order, _offset in layout.arrays:
-                if math.prod(shape) > max_array_elements:
-                    raise DecodeError(f"layout array of shape {shape} exceeds the element limit")
+        if max_array_elements is not None and any(count > max_array_elements for count in layout.array_counts):
+            raise DecodeError("a layout array exceeds the element limit")
         self._layouts[layout_id] = layout
 
     def get(self, layout_id: int) -> Layout:

@@ -431,23 +431,15 @@ pack_node(pack_ctx *ctx, PyObject *node, PyObject *value, int depth)
     case OP_ARRAY:
         return pack_array(ctx, node, value);
     case OP_TUPLE:
-        if (node_size(node, 2) < 0) {
-            return PACK_ERROR;
-        }
-        if (!PyTuple_CheckExact(value)) {
-            return PACK_MISMATCH;
-        }
-        return pack_children(ctx, PyTuple_GET_ITEM(node, 1), &PyTuple_GET_ITEM(value, 0), PyTuple_GET_SIZE(value),
-                             depth);
     case OP_LIST:
         if (node_size(node, 2) < 0) {
             return PACK_ERROR;
         }
-        if (!PyList_CheckExact(value)) {
+        if (op == OP_TUPLE ? !PyTuple_CheckExact(value) : !PyList_CheckExact(value)) {
             return PACK_MISMATCH;
         }
-        return pack_children(ctx, PyTuple_GET_ITEM(node, 1), &PyList_GET_ITEM(value, 0), PyList_GET_SIZE(value),
-                             depth);
+        return pack_children(ctx, PyTuple_GET_ITEM(node, 1), PySequence_Fast_ITEMS(value),
+                             PySequence_Fast_GET_SIZE(value), depth);
     case OP_DICT:
         if (!PyDict_Check(value)) {
             return PACK_MISMATCH;
@@ -481,26 +473,6 @@ acquire_region(PyObject *buffer, PyObject *offset_obj, int writable, Py_buffer *
     return 0;
 }
 
-static PyObject *
-layout_pack(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs != 6) {
-        PyErr_SetString(PyExc_TypeError, "pack(program, buffer, offset, value, views, copyto)");
-        return NULL;
-    }
-    Py_buffer view;
-    pack_ctx ctx = {.views = args[4], .copyto = args[5]};
-    if (acquire_region(args[1], args[2], 1, &view, &ctx.base, &ctx.room) < 0) {
-        return NULL;
-    }
-    int status = pack_node(&ctx, args[0], args[3], 0);
-    PyBuffer_Release(&view);
-    if (status == PACK_ERROR) {
-        return NULL;
-    }
-    return PyBool_FromLong(status == PACK_OK);
-}
-
 /* The data plane's envelope header (fastenv.shm.arena.ENVELOPE, "<BBHIQ"). */
 typedef struct {
     uint8_t kind;
@@ -512,6 +484,46 @@ typedef struct {
 
 #define FAST_KIND 6      /* fastenv.shm.arena.FAST */
 #define FAST_DATA 64     /* fastenv.shm.plane.FAST_DATA: where the data area starts */
+
+/* Pack args[3] with program args[0] into buffer args[1] at offset args[2] + skip; with a
+ * header, write it at the offset once the value is packed.  Returns the bool to give back. */
+static PyObject *
+pack_region(PyObject *const *args, pack_ctx *ctx, Py_ssize_t skip, const envelope_header *header)
+{
+    Py_buffer view;
+    char *region;
+    Py_ssize_t room;
+    if (acquire_region(args[1], args[2], 1, &view, &region, &room) < 0) {
+        return NULL;
+    }
+    if (room < skip) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "region smaller than an envelope header");
+        return NULL;
+    }
+    ctx->base = region + skip;
+    ctx->room = room - skip;
+    int status = pack_node(ctx, args[0], args[3], 0);
+    if (status == PACK_OK && header != NULL) {
+        memcpy(region, header, sizeof *header);
+    }
+    PyBuffer_Release(&view);
+    if (status == PACK_ERROR) {
+        return NULL;
+    }
+    return PyBool_FromLong(status == PACK_OK);
+}
+
+static PyObject *
+layout_pack(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "pack(program, buffer, offset, value, views, copyto)");
+        return NULL;
+    }
+    pack_ctx ctx = {.views = args[4], .copyto = args[5]};
+    return pack_region(args, &ctx, 0, NULL);
+}
 
 static PyObject *
 layout_put(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
@@ -527,34 +539,9 @@ layout_put(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     if (PyErr_Occurred()) {
         return NULL;
     }
-    Py_ssize_t offset = PyLong_AsSsize_t(args[2]);
-    if (offset == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    Py_buffer view;
+    envelope_header header = {FAST_KIND, (uint8_t)kind, 0, (uint32_t)layout_id, (uint64_t)seq};
     pack_ctx ctx = {.views = args[4], .copyto = args[5]};
-    char *region;
-    Py_ssize_t region_room;
-    if (acquire_region(args[1], args[2], 1, &view, &region, &region_room) < 0) {
-        return NULL;
-    }
-    if (region_room < FAST_DATA) {
-        PyBuffer_Release(&view);
-        PyErr_SetString(PyExc_ValueError, "put: region smaller than an envelope header");
-        return NULL;
-    }
-    ctx.base = region + FAST_DATA;
-    ctx.room = region_room - FAST_DATA;
-    int status = pack_node(&ctx, args[0], args[3], 0);
-    if (status == PACK_OK) {
-        envelope_header header = {FAST_KIND, (uint8_t)kind, 0, (uint32_t)layout_id, (uint64_t)seq};
-        memcpy(region, &header, sizeof header);
-    }
-    PyBuffer_Release(&view);
-    if (status == PACK_ERROR) {
-        return NULL;
-    }
-    return PyBool_FromLong(status == PACK_OK);
+    return pack_region(args, &ctx, FAST_DATA, &header);
 }
 
 static PyObject *
@@ -564,17 +551,8 @@ layout_extract(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t na
         PyErr_SetString(PyExc_TypeError, "extract(program, buffer, offset, value, arrays: list)");
         return NULL;
     }
-    Py_buffer view;
     pack_ctx ctx = {.views = Py_None, .copyto = Py_None, .collect = args[4]};
-    if (acquire_region(args[1], args[2], 1, &view, &ctx.base, &ctx.room) < 0) {
-        return NULL;
-    }
-    int status = pack_node(&ctx, args[0], args[3], 0);
-    PyBuffer_Release(&view);
-    if (status == PACK_ERROR) {
-        return NULL;
-    }
-    return PyBool_FromLong(status == PACK_OK);
+    return pack_region(args, &ctx, 0, NULL);
 }
 
 /* ------------------------------------------------------------------ unpack */

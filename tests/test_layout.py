@@ -15,12 +15,10 @@ from fastenv.layout import Layout, LayoutMismatch, ReceivedLayouts, SentLayouts,
 from fastenv.tcp.framing import FLAG_LAYOUT, FLAG_LAYOUT_DEF
 from fastenv.tcp.layouts import StreamDecoder, StreamEncoder
 
-try:
-    from fastenv import _layout  # noqa: F401
+from fastenv import layout as layout_module
 
-    BACKENDS = [True, False]
-except ImportError:  # the extension is not built: the Python packer alone
-    BACKENDS = [False]
+# Both packers when the C one is in use; the Python packer alone otherwise.
+BACKENDS = [True, False] if layout_module._native_layout is not None else [False]
 
 
 @pytest.fixture(params=BACKENDS, ids=lambda native: "c-packer" if native else "python-packer")

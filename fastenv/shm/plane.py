@@ -260,21 +260,6 @@ class ShmServerWorker:
         if arena.linked:
             arena.unlink()  # the client wrote here, so it has mapped it: the name is no longer needed
 
-    def _serve_fast(self, arena: Arena, offset: int, layout_id: int, seq: int) -> Arena | None:
-        """The hot path: a call sent through a layout, answered through one (None: take the general path)."""
-        # Layout values are rebuilt with copies: the env may keep the action.
-        body = self._receiver.read(arena, offset, arena.shape.request_capacity, layout_id, readonly=False, copy=True)
-        self._consumed(arena, seq)
-        name, args, kwargs = body
-        if name.__class__ is not str or args.__class__ is not tuple or kwargs.__class__ is not dict:
-            raise ProtocolError("CALL body must be (str, tuple, dict)")
-        ok, value = self._execute(name, args, kwargs)
-        shape = arena.shape
-        if ok and self._sender.write_fast(arena, shape.slot_offset(seq % shape.slots), shape.slot_capacity, name, RESULT, seq, value):
-            self._reply_bell(arena).ring()
-            return arena
-        return self._reply(arena, seq, RESULT if ok else ERROR, value, name)
-
     def _serve_one(self, arena: Arena) -> Arena:
         """Serve the request waiting in ``arena``; every request gets a reply, whatever happens."""
         offset, capacity = arena.request_offset(), arena.shape.request_capacity
@@ -282,7 +267,9 @@ class ShmServerWorker:
         try:
             kind, flags, _, skeleton_len, seq = arena.read_header(offset)
             if kind == FAST:
-                return self._serve_fast(arena, offset, skeleton_len, seq)
+                # Layout values are rebuilt with copies: the env may keep the action.
+                body = self._receiver.read(arena, offset, capacity, skeleton_len, readonly=False, copy=True)
+                self._consumed(arena, seq)
             elif kind == GROW:
                 _, seq, skeleton, _ = arena.read_envelope(offset, capacity)
                 return self._grow(arena, seq, skeleton)
@@ -394,8 +381,6 @@ class ShmClientPlane:
         self._arenas.append(arena)
         self._request_bell = _bell(arena.buf, REQUEST_BELL, self._spin_us)
         self._reply_bell = _bell(arena.buf, REPLY_BELL, self._spin_us)
-        self._load = _words().load
-        self._request_offset = arena.request_offset()
         self._sender.forget_arena()
         self._receiver.forget_arena()
         self._fresh = True  # nothing sent to this generation yet
@@ -420,10 +405,9 @@ class ShmClientPlane:
     def send(self, body: Any, deadline: float | None, what: str) -> Any:
         """Put a CALL in the request region and ring; returns a ticket for :meth:`receive`."""
         key = body[0]
+        self._wait_consumed(deadline, what)
         arena = self.arena
-        if not self._fresh and self._load(arena.buf, CONSUMED_WORD) != self._seq & 0xFFFFFFFF:
-            self._wait_consumed(deadline, what)
-        offset, capacity = self._request_offset, arena.shape.request_capacity
+        offset, capacity = arena.request_offset(), arena.shape.request_capacity
         seq = self._seq + 1
         write: Callable[[int], None] | None = None
         if not self._sender.write_fast(arena, offset, capacity, key, CALL, seq, body):
@@ -448,7 +432,7 @@ class ShmClientPlane:
 
     def receive(self, ticket: Any, deadline: float | None, what: str) -> tuple[bool, Any]:
         """Wait for the reply to the call behind ``ticket`` (from :meth:`send`)."""
-        if ticket.__class__ is _Done:
+        if isinstance(ticket, _Done):
             return ticket.ok, ticket.value
         kind, value = self._collect(CALL, ticket, deadline, what)
         return kind != ERROR, value
@@ -475,19 +459,11 @@ class ShmClientPlane:
         seq, seen = posted
         arena = self.arena
         slot = arena.shape.slot_offset(seq % arena.shape.slots)
-        bell = self._reply_bell
         while True:
             # Read the slot only after a ring: the ring publishes a complete reply.
-            if deadline is None or deadline - time.monotonic() > WAIT_SLICE_S:
-                try:
-                    current = bell.wait(seen, WAIT_SLICE_S)
-                except FastEnvTimeout:  # a wait slice passed: check the peer, keep waiting
-                    self._alive()
-                    continue
-            else:  # the deadline is near: _wait raises when it passes
-                current = self._wait(bell, seen, deadline, what)
+            current = self._wait(self._reply_bell, seen, deadline, what)
             if current == seen:
-                continue
+                continue  # a wait slice passed: the peer is alive, keep waiting
             seen = current
             reply_kind, flags, _, skeleton_len, reply_seq = arena.read_header(slot)
             if reply_seq == seq:

@@ -91,13 +91,6 @@ from typing import Any
 
 import numpy as np
 
-from fastenv.tcp.pool import ReceivePool
-
-try:  # the native poll loop; without it the stream blocks at once
-    from fastenv._native import spin_readable as _native_spin_readable
-except ImportError:  # pragma: no cover - exercised when the extension is not built
-    _native_spin_readable = None
-_spin_readable = None if os.environ.get("FASTENV_NATIVE", "").strip() == "0" else _native_spin_readable
 from fastenv.errors import (
     ConnectionLost,
     DecodeError,
@@ -106,8 +99,13 @@ from fastenv.errors import (
     MissingDependency,
     ProtocolError,
 )
+from fastenv.shm import futex
+from fastenv.tcp.pool import ReceivePool
 
 log = logging.getLogger("fastenv.tcp")
+
+# The native poll loop (with the rest of the native part); without it the stream blocks at once.
+_spin_readable = futex.native_backend.spin_readable if futex.BACKEND == "native" else None
 
 MAGIC = b"FEs1"
 HEADER = struct.Struct("<4sBBHQII")

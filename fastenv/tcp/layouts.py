@@ -18,7 +18,6 @@ array's exact size; anything else is a :class:`~fastenv.errors.DecodeError`.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -79,7 +78,6 @@ class StreamDecoder:
     def __init__(self, limits: codec.Limits) -> None:
         self._limits = limits
         self._received = ReceivedLayouts()
-        self._arrays: dict[int, list[tuple[np.dtype, tuple[int, ...], str, int]]] = {}  # id -> (dtype, shape, order, count)
 
     def decode(self, skeleton: Any, buffers: list[np.ndarray], flags: int, layout_id: int) -> Any:
         """The value of a received message; :class:`DecodeError` when it is malformed."""
@@ -90,22 +88,18 @@ class StreamDecoder:
             if not (isinstance(value, tuple) and len(value) == 3):
                 raise DecodeError("malformed layout definition")
             self._received.define(value[0], value[1], self._limits.max_array_elements)
-            layout = self._received.get(value[0])
-            self._arrays[value[0]] = [
-                (dtype, shape, order, math.prod(shape)) for dtype, shape, order, _ in layout.arrays
-            ]
             value = value[2]
         return value
 
     def _rebuild(self, skeleton: Any, buffers: list[np.ndarray], layout_id: int) -> Any:
         layout = self._received.get(layout_id)
-        specs = self._arrays[layout_id]
-        if len(skeleton) != layout.scalars.size or len(buffers) != len(specs):
+        if len(skeleton) != layout.scalars.size or len(buffers) != len(layout.arrays):
             raise DecodeError(f"message does not match layout {layout_id}")
         arrays = []
-        for (dtype, shape, order, count), buffer in zip(specs, buffers):
+        for (dtype, shape, order, _offset), count, buffer in zip(layout.arrays, layout.array_counts, buffers):
             if buffer.nbytes != count * dtype.itemsize:
-                raise DecodeError(f"array of layout {layout_id} needs {count * dtype.itemsize} bytes, got {buffer.nbytes}")
+                needed = count * dtype.itemsize
+                raise DecodeError(f"array of layout {layout_id} needs {needed} bytes, got {buffer.nbytes}")
             if count == 0:
                 arrays.append(np.empty(shape, dtype=dtype, order=order))
             else:

@@ -57,7 +57,6 @@ from fastenv.errors import (
     ProtocolError,
     TransportError,
 )
-from fastenv.tcp.layouts import StreamDecoder, StreamEncoder
 from fastenv.tcp.framing import (
     CALL,
     DEFAULT_CHUNK_SIZE,
@@ -68,6 +67,7 @@ from fastenv.tcp.framing import (
     MessageRejected,
     MessageStream,
 )
+from fastenv.tcp.layouts import StreamDecoder, StreamEncoder
 
 log = logging.getLogger("fastenv.tcp")
 

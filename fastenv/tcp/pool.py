@@ -65,10 +65,5 @@ class ReceivePool:
             self._held += size
         return fresh
 
-    def clear(self) -> None:
-        """Forget every buffer (arrays built on them stay valid)."""
-        self._buffers.clear()
-        self._held = 0
-
 
 __all__ = ["ReceivePool"]
