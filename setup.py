@@ -12,12 +12,14 @@ setup(
         Extension(
             "fastenv._native",
             sources=["native/fastenv_native.c"],
+            depends=["native/fastenv_wait.h"],
             extra_compile_args=["-O2", "-std=c11"],
             optional=True,
         ),
         Extension(
             "fastenv._layout",
             sources=["native/fastenv_layout.c"],
+            depends=["native/fastenv_wait.h"],
             extra_compile_args=["-O2", "-std=c11"],
             optional=True,
         ),

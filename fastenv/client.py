@@ -395,7 +395,7 @@ class FastRemoteEnv:
         if name == "reset":
             self._last_reset = (body[1], body[2])
         try:
-            ok, value = plane.receive(plane.send(body, deadline, what), deadline, what)
+            ok, value = plane.exchange(body, deadline, what)
         except ConnectionLost as exc:
             if not self.reconnect or isinstance(exc, SessionLost):
                 raise

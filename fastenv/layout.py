@@ -222,10 +222,14 @@ def copy_strided(view: np.ndarray, array: np.ndarray) -> None:
     np.copyto(view, array, casting="no")
 
 
-#: ``put(program, buffer, offset, value, views, copy_strided, kind, layout id, seq) -> bool``:
-#: the C packer writing a shared-memory FAST envelope (data + header) in one call; None
+#: ``put(program, buffer, offset, value, views, copy_strided, kind, layout id, seq, bell=-1) -> bool``:
+#: the C packer writing a shared-memory FAST envelope (data + header, then the ring) in one call; None
 #: without the extension.
 native_put = None if _native_layout is None else _native_layout.put
+#: ``take(buffer, bell, seen, spin_us, timeout, region, layouts, copy, consumed)``: wait for a
+#: doorbell, then unpack the FAST envelope it announced in C (see native/fastenv_layout.c);
+#: None without the extension.
+native_take = None if _native_layout is None else _native_layout.take
 
 
 class _Program:

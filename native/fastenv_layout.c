@@ -21,6 +21,16 @@
  *       the list arrays (views into the buffer), or with copy, copies of
  *       them (arrays[i].copy('K')).
  *
+ * and, for the shared-memory plane's fast path (one C call per side and
+ * direction instead of a chain of Python calls):
+ *
+ *   put(program, buffer, offset, value, views, copyto, kind, layout_id, seq, bell=-1)
+ *       pack into a region's data area, write its FAST envelope header, and
+ *       with bell >= 0 ring that doorbell.
+ *   take(buffer, bell, seen, spin_us, timeout, region, layouts, copy, consumed)
+ *       wait for a doorbell ring, then unpack the FAST envelope it announced
+ *       if its layout is one the caller prepared (see take_doc).
+ *
  * Program nodes (first item: the opcode):
  *
  *   (NONE,)                         None
@@ -42,6 +52,8 @@
 
 #include <stdint.h>
 #include <string.h>
+
+#include "fastenv_wait.h"  /* the doorbells that put() rings and take() waits on */
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "fastenv._layout assumes a little-endian target"
@@ -525,23 +537,62 @@ layout_pack(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
     return pack_region(args, &ctx, 0, NULL);
 }
 
+/* The doorbell (counter, then sleepers word) at bell inside a buffer of len bytes, or NULL with
+ * ValueError set. */
+static uint32_t *
+locate_bell(char *buf, Py_ssize_t len, Py_ssize_t bell)
+{
+    if (bell < 0 || bell % 4 != 0 || bell > len - 8) {
+        PyErr_Format(PyExc_ValueError, "doorbell offset %zd misaligned or outside a buffer of %zd bytes", bell, len);
+        return NULL;
+    }
+    return (uint32_t *)(buf + bell);
+}
+
 static PyObject *
 layout_put(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 9) {
+    if (nargs != 9 && nargs != 10) {
         PyErr_SetString(PyExc_TypeError,
-                        "put(program, buffer, offset, value, views, copyto, kind, layout_id, seq)");
+                        "put(program, buffer, offset, value, views, copyto, kind, layout_id, seq, bell=-1)");
         return NULL;
     }
     long kind = PyLong_AsLong(args[6]);
     unsigned long layout_id = PyLong_AsUnsignedLong(args[7]);
     unsigned long long seq = PyLong_AsUnsignedLongLong(args[8]);
+    Py_ssize_t bell = nargs == 10 ? PyLong_AsSsize_t(args[9]) : -1;
     if (PyErr_Occurred()) {
         return NULL;
     }
     envelope_header header = {FAST_KIND, (uint8_t)kind, 0, (uint32_t)layout_id, (uint64_t)seq};
     pack_ctx ctx = {.views = args[4], .copyto = args[5]};
-    return pack_region(args, &ctx, FAST_DATA, &header);
+    PyObject *written = pack_region(args, &ctx, FAST_DATA, &header);
+    if (written != Py_True || bell == -1) {
+        return written;
+    }
+    /* Ring only after the envelope is complete: the ring's seq_cst add publishes it. */
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[1], &view, PyBUF_WRITABLE) < 0) {
+        Py_DECREF(written);
+        return NULL;
+    }
+    uint32_t *word = locate_bell(view.buf, view.len, bell);
+    long woken = 0;
+    if (word != NULL) {
+        doorbell_ring(word, word + 1, &woken);
+    }
+    int saved_errno = errno;
+    PyBuffer_Release(&view);
+    if (word == NULL) {
+        Py_DECREF(written);
+        return NULL;
+    }
+    if (woken < 0) {
+        Py_DECREF(written);
+        errno = saved_errno;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return written;
 }
 
 static PyObject *
@@ -769,6 +820,119 @@ layout_unpack(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nar
     return value;
 }
 
+
+PyDoc_STRVAR(take_doc,
+"take(buffer, bell, seen, spin_us, timeout, region, layouts, copy, consumed) -> tuple | None\n"
+"\n"
+"Wait (spinning for spin_us, then in FUTEX_WAIT, at most timeout seconds; GIL\n"
+"released) until the doorbell counter at bell differs from seen, then read the\n"
+"envelope header of the region at offset region.  None when the timeout passed.\n"
+"Otherwise (counter, kind, flags, seq, taken, value): when the envelope is FAST\n"
+"and layouts (a dict) maps its layout id to (program, views, ...), the value is\n"
+"unpacked (copy as in unpack), taken is True, and with consumed >= 0 the\n"
+"envelope's seq is stored (release) in the u32 at consumed; else taken is False\n"
+"and value None: the caller reads the envelope its own way.");
+
+static PyObject *
+layout_take(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 9 || !PyDict_CheckExact(args[6])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "take(buffer, bell, seen, spin_us, timeout, region, layouts: dict, copy, consumed)");
+        return NULL;
+    }
+    Py_ssize_t bell = PyLong_AsSsize_t(args[1]);
+    unsigned long seen_arg = PyLong_AsUnsignedLong(args[2]);
+    Py_ssize_t spin_us = PyLong_AsSsize_t(args[3]);
+    double timeout = PyFloat_AsDouble(args[4]);
+    Py_ssize_t region = PyLong_AsSsize_t(args[5]);
+    int copy = PyObject_IsTrue(args[7]);
+    Py_ssize_t consumed = PyLong_AsSsize_t(args[8]);
+    if (PyErr_Occurred() || copy < 0) {
+        return NULL;
+    }
+    if (seen_arg > UINT32_MAX || spin_us < 0 || timeout != timeout) {
+        PyErr_SetString(PyExc_ValueError, "seen must be a u32, spin_us >= 0 and timeout a number");
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_WRITABLE) < 0) {
+        return NULL;
+    }
+    char *buf = view.buf;
+    uint32_t *word = locate_bell(buf, view.len, bell);
+    if (word == NULL) {
+        goto fail;
+    }
+    if (region < 0 || region > view.len - FAST_DATA) {
+        PyErr_Format(PyExc_ValueError, "region %zd outside a buffer of %zd bytes", region, view.len);
+        goto fail;
+    }
+    if (consumed >= 0 && (consumed % 4 != 0 || consumed > view.len - 4)) {
+        PyErr_Format(PyExc_ValueError, "consumed word %zd misaligned or out of bounds", consumed);
+        goto fail;
+    }
+    uint32_t seen = (uint32_t)seen_arg;
+    if (word_load(word) == seen) {
+        if (timeout <= 0.0) {
+            PyBuffer_Release(&view);
+            Py_RETURN_NONE;
+        }
+        int forever = timeout > 1e9;
+        int64_t deadline = forever ? INT64_MAX : monotonic_ns() + (int64_t)(timeout * 1e9);
+        int changed = wait_for_ring(word, word + 1, seen, spin_us > 1000000 ? 1000000 : spin_us, forever, deadline);
+        if (changed <= 0) {
+            PyBuffer_Release(&view);
+            if (changed < 0) {
+                return NULL;
+            }
+            Py_RETURN_NONE;
+        }
+    }
+    uint32_t counter = word_load(word); /* acquire: the envelope read below is the one rung */
+    envelope_header header;
+    memcpy(&header, buf + region, sizeof header);
+    PyObject *value = NULL;
+    if (header.kind == FAST_KIND) {
+        PyObject *key = PyLong_FromUnsignedLong(header.skeleton);
+        if (key == NULL) {
+            goto fail;
+        }
+        PyObject *entry = PyDict_GetItemWithError(args[6], key); /* borrowed */
+        Py_DECREF(key);
+        if (entry == NULL && PyErr_Occurred()) {
+            goto fail;
+        }
+        if (entry != NULL) {
+            if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) < 2) {
+                bad_program("layouts entries must be (program, views, ...)");
+                goto fail;
+            }
+            unpack_ctx ctx = {
+                .base = buf + region + FAST_DATA,
+                .room = view.len - region - FAST_DATA,
+                .arrays = PyTuple_GET_ITEM(entry, 1),
+                .copy = copy,
+            };
+            value = unpack_node(&ctx, PyTuple_GET_ITEM(entry, 0), 0);
+            if (value == NULL) {
+                goto fail;
+            }
+            if (consumed >= 0) {
+                __atomic_store_n((uint32_t *)(buf + consumed), (uint32_t)header.seq, __ATOMIC_RELEASE);
+            }
+        }
+    }
+    PyBuffer_Release(&view);
+    PyObject *taken = value != NULL ? Py_True : Py_False;
+    return Py_BuildValue("(kiiKON)", (unsigned long)counter, (int)header.kind, (int)header.flags,
+                         (unsigned long long)header.seq, taken, value != NULL ? value : Py_NewRef(Py_None));
+
+fail:
+    PyBuffer_Release(&view);
+    return NULL;
+}
+
 /* ------------------------------------------------------------------ module */
 
 static PyMethodDef layout_methods[] = {
@@ -776,8 +940,10 @@ static PyMethodDef layout_methods[] = {
      "pack(program, buffer, offset, value, views, copyto) -> bool\n\n"
      "Write value at offset if it has the program's structure; False if it does not."},
     {"put", (PyCFunction)(void (*)(void))layout_put, METH_FASTCALL,
-     "put(program, buffer, offset, value, views, copyto, kind, layout_id, seq) -> bool\n\n"
-     "pack() into the data area of the region at offset, then write its FAST envelope header."},
+     "put(program, buffer, offset, value, views, copyto, kind, layout_id, seq, bell=-1) -> bool\n\n"
+     "pack() into the data area of the region at offset, then write its FAST envelope header;\n"
+     "with bell >= 0, then ring the doorbell at that offset (counter, sleepers word)."},
+    {"take", (PyCFunction)(void (*)(void))layout_take, METH_FASTCALL, take_doc},
     {"extract", (PyCFunction)(void (*)(void))layout_extract, METH_FASTCALL,
      "extract(program, buffer, offset, value, arrays) -> bool\n\n"
      "Like pack, but only the scalars are written: the arrays (checked) are appended to the list arrays."},

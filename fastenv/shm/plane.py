@@ -28,7 +28,7 @@ from typing import Any
 
 from fastenv import codec
 from fastenv.errors import DecodeError, EncodeError, FastEnvTimeout, FrameTooLarge, ProtocolError
-from fastenv.layout import LayoutMismatch, ReceivedLayouts, SentLayouts, copy_strided, native_put
+from fastenv.layout import LayoutMismatch, ReceivedLayouts, SentLayouts, copy_strided, native_put, native_take
 from fastenv.shm.arena import (
     CALL,
     ENVELOPE,
@@ -85,38 +85,60 @@ class LayoutSender:
 
     def __init__(self) -> None:
         self._sent = SentLayouts()
-        self._views: dict[tuple[int, int], list] = {}
+        self._prepared: dict[tuple[str, int], tuple[Any, list, int, Any]] = {}
 
-    def write_fast(self, arena: Arena, offset: int, capacity: int, key: str, kind: int, seq: int, value: Any) -> bool:
-        """Write ``value`` as a FAST envelope if its key's layout fits it; False otherwise."""
-        known = self._sent.get(key)
-        if known is None:
+    def prepared(self, arena: Arena, offset: int, capacity: int, key: str) -> tuple[Any, list, int, Any] | None:
+        """``(program, views, layout id, layout)`` writing ``key``'s layout into the region at ``offset``.
+
+        None while ``key`` has no layout, or when its layout does not fit the region.
+        ``program`` is None without the C packer.
+        """
+        entry = self._prepared.get((key, offset))  # cleared whenever the arena or key's layout changes
+        if entry is None:
+            known = self._sent.get(key)
+            if known is None:
+                return None
+            layout_id, layout = known
+            if FAST_DATA + layout.size > capacity:
+                return None
+            entry = (layout.program, layout.views(arena.buf, offset + FAST_DATA), layout_id, layout)
+            self._prepared[(key, offset)] = entry
+        return entry
+
+    def write_fast(
+        self, arena: Arena, offset: int, capacity: int, key: str, kind: int, seq: int, value: Any, bell: int = -1
+    ) -> bool:
+        """Write ``value`` as a FAST envelope if its key's layout fits it; False otherwise.
+
+        With ``bell`` (a doorbell offset), ring that doorbell once the envelope is complete.
+        """
+        entry = self.prepared(arena, offset, capacity, key)
+        if entry is None:
             return False
-        layout_id, layout = known
-        if FAST_DATA + layout.size > capacity:
-            return False
-        cache_key = (layout_id, offset)  # the cache is cleared whenever the arena changes
-        views = self._views.get(cache_key)
+        program, views, layout_id, layout = entry
         buf = arena.buf
-        if views is None:
-            views = self._views[cache_key] = layout.views(buf, offset + FAST_DATA)
-        program = layout.program
-        if program is not None:  # the C packer writes the data and the envelope header in one call
-            return native_put(program, buf, offset, value, views, copy_strided, kind, layout_id, seq)
+        if program is not None:  # the C packer writes the data and the envelope header, and rings, in one call
+            return native_put(program, buf, offset, value, views, copy_strided, kind, layout_id, seq, bell)
         try:
             layout.pack_into(buf, offset + FAST_DATA, value, views)
         except LayoutMismatch:
             return False
         ENVELOPE.pack_into(buf, offset, FAST, kind, 0, layout_id, seq)
+        if bell >= 0:
+            _words().ring(buf, bell, bell + 4)
         return True
 
     def define(self, key: str, value: Any) -> tuple[int, Any] | None:
         """A new layout for ``value`` (its id and spec), or None if it has none or we gave up."""
-        return self._sent.define(key, value)
+        definition = self._sent.define(key, value)
+        if definition is not None:
+            for prepared in [prepared for prepared in self._prepared if prepared[0] == key]:
+                del self._prepared[prepared]
+        return definition
 
     def forget_arena(self) -> None:
         """Drop cached views after a remap."""
-        self._views.clear()
+        self._prepared.clear()
 
 
 class LayoutReceiver:
@@ -124,28 +146,40 @@ class LayoutReceiver:
 
     def __init__(self) -> None:
         self._received = ReceivedLayouts()
-        self._views: dict[tuple[int, int, bool], tuple[Any, list]] = {}
+        self._regions: dict[tuple[int, bool], dict[int, tuple[Any, list, Any]]] = {}
 
     def define(self, layout_id: Any, spec: Any) -> None:
         """Compile a layout announced by the peer (validated like any payload)."""
         self._received.define(layout_id, spec)
+        for prepared in self._regions.values():  # an id the peer announces again means what it says now
+            prepared.pop(layout_id, None)
+
+    def region(self, offset: int, readonly: bool) -> dict[int, tuple[Any, list, Any]]:
+        """The layouts prepared for the region at ``offset``: ``{layout id: (program, views, layout)}``.
+
+        :meth:`read` fills it; ``fastenv._layout.take`` unpacks the layouts it holds.
+        """
+        prepared = self._regions.get((offset, readonly))  # cleared whenever the arena changes
+        if prepared is None:
+            prepared = self._regions[(offset, readonly)] = {}
+        return prepared
 
     def read(self, arena: Arena, offset: int, capacity: int, layout_id: int, *, readonly: bool, copy: bool) -> Any:
         """The value of the FAST envelope at ``offset``."""
-        cache_key = (layout_id, offset, readonly)  # the cache is cleared whenever the arena changes
-        cached = self._views.get(cache_key)
+        prepared = self.region(offset, readonly)
+        entry = prepared.get(layout_id)
         buffer = arena.readonly if readonly else arena.buf
-        if cached is None:
+        if entry is None:
             layout = self._received.get(layout_id)
             if FAST_DATA + layout.size > capacity:
                 raise ProtocolError("layout larger than its region")
-            cached = self._views[cache_key] = (layout, layout.views(buffer, offset + FAST_DATA))
-        layout, views = cached
+            entry = prepared[layout_id] = (layout.program, layout.views(buffer, offset + FAST_DATA), layout)
+        _, views, layout = entry
         return layout.unpack(buffer, offset + FAST_DATA, views, copy)
 
     def forget_arena(self) -> None:
         """Drop cached views after a remap."""
-        self._views.clear()
+        self._regions.clear()
 
 
 def _grown(current: int, needed: int) -> int:
@@ -242,12 +276,27 @@ class ShmServerWorker:
         arena = self.arena
         bell = _bell(arena.buf, REQUEST_BELL, self._spin_us)
         seen = bell.value()
+        # The C fast path: take() waits and unpacks a FAST request with a layout already
+        # prepared for the request region; anything else goes through _serve_one.
+        fast = native_take is not None and bell.backend is futex.native_backend
         while not self._stop.is_set():
-            try:
-                seen = bell.wait(seen, WAIT_SLICE_S)
-            except FastEnvTimeout:
-                continue
-            arena = self._serve_one(arena)
+            if fast:
+                region = arena.request_offset()
+                got = native_take(
+                    arena.buf, REQUEST_BELL, seen, self._spin_us, WAIT_SLICE_S, region,
+                    self._receiver.region(region, False), True, CONSUMED_WORD,
+                )
+                if got is None:
+                    continue
+                seen = got[0]
+                taken = got[4] and not arena.linked  # a first request in an arena goes the long way (unlink)
+                arena = self._serve_call(arena, got[3], got[5]) if taken else self._serve_one(arena)
+            else:
+                try:
+                    seen = bell.wait(seen, WAIT_SLICE_S)
+                except FastEnvTimeout:
+                    continue
+                arena = self._serve_one(arena)
             if arena is not self.arena:  # remapped: wait on the new arena's doorbell
                 self.arena = arena
                 bell = _bell(arena.buf, REQUEST_BELL, self._spin_us)
@@ -286,10 +335,18 @@ class ShmServerWorker:
                     body = body[2]
             else:
                 raise ProtocolError(f"unexpected envelope kind {kind}")
-            name, args, kwargs = _check_call(body)
         except Exception as exc:  # a bad request must not kill the worker or leave the client waiting
             log.debug("shared-memory request %d failed", seq, exc_info=True)
             self._consumed(arena, seq)
+            return self._reply(arena, seq, ERROR, _protocol_error(exc), "")
+        return self._serve_call(arena, seq, body)
+
+    def _serve_call(self, arena: Arena, seq: int, body: Any) -> Arena:
+        """Run the call ``body`` (already copied out of the request region) and reply."""
+        try:
+            name, args, kwargs = _check_call(body)
+        except ProtocolError as exc:
+            log.debug("shared-memory request %d is not a call", seq, exc_info=True)
             return self._reply(arena, seq, ERROR, _protocol_error(exc), "")
         ok, value = self._execute(name, args, kwargs)
         return self._reply(arena, seq, RESULT if ok else ERROR, value, name)
@@ -310,8 +367,7 @@ class ShmServerWorker:
     def _reply(self, arena: Arena, seq: int, kind: int, value: Any, key: str) -> Arena:
         shape = arena.shape
         offset = shape.slot_offset(seq % shape.slots)
-        if kind == RESULT and self._sender.write_fast(arena, offset, shape.slot_capacity, key, RESULT, seq, value):
-            self._reply_bell(arena).ring()
+        if kind == RESULT and self._sender.write_fast(arena, offset, shape.slot_capacity, key, RESULT, seq, value, REPLY_BELL):
             return arena
         try:
             encoded = _encode_general(kind, value, self._sender, key)
@@ -383,6 +439,12 @@ class ShmClientPlane:
         self._reply_bell = _bell(arena.buf, REPLY_BELL, self._spin_us)
         self._sender.forget_arena()
         self._receiver.forget_arena()
+        shape = arena.shape
+        self._request_offset = arena.request_offset()
+        self._slot_offsets = [shape.slot_offset(slot) for slot in range(shape.slots)]
+        self._slot_layouts = [self._receiver.region(offset, True) for offset in self._slot_offsets]
+        self._fast = native_take is not None and self._reply_bell.backend is futex.native_backend
+        self._load = self._reply_bell.backend.load
         self._fresh = True  # nothing sent to this generation yet
         while len(self._arenas) > 2:  # views into older generations keep their memory alive
             self._arenas.pop(0).close()
@@ -400,7 +462,47 @@ class ShmClientPlane:
     def call(self, body: Any, timeout: float | None, what: str) -> tuple[bool, Any]:
         """Send a CALL body; returns ``(True, result)`` or ``(False, error body)``."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        return self.receive(self.send(body, deadline, what), deadline, what)
+        return self.exchange(body, deadline, what)
+
+    def exchange(self, body: Any, deadline: float | None, what: str) -> tuple[bool, Any]:
+        """:meth:`send` then :meth:`receive`, with one C call each way when layouts cover both.
+
+        That fast path (``fastenv._layout.put`` and ``take``) applies once the call's
+        request and its reply each have a layout and the C packer and native doorbell
+        are in use; a call it does not cover, at any point, continues on the general
+        path with the same semantics (timeouts, remaps, liveness checks).
+        """
+        ticket = self._send_fast(body) if self._fast else None
+        if ticket is None:
+            return self.receive(self.send(body, deadline, what), deadline, what)
+        seq, seen = ticket
+        remaining = WAIT_SLICE_S if deadline is None else min(WAIT_SLICE_S, deadline - time.monotonic())
+        if remaining > 0:
+            slot = seq % len(self._slot_offsets)
+            got = native_take(
+                self.arena.buf, REPLY_BELL, seen, self._spin_us, remaining,
+                self._slot_offsets[slot], self._slot_layouts[slot], self._copy, -1,
+            )
+            if got is not None and got[4] and got[3] == seq:
+                return got[2] != ERROR, got[5]
+        return self.receive(ticket, deadline, what)
+
+    def _send_fast(self, body: Any) -> tuple[int, int] | None:
+        """Put a CALL whose layout is known and ring, in C; None (nothing rung) when that does not apply."""
+        if self._fresh:
+            return None
+        arena = self.arena
+        prepared = self._sender.prepared(arena, self._request_offset, arena.shape.request_capacity, body[0])
+        buf = arena.buf
+        if prepared is None or self._load(buf, CONSUMED_WORD) != self._seq & 0xFFFFFFFF:
+            return None  # no layout yet, or the server still reads our last request: the general path waits
+        seq = self._seq + 1
+        seen = self._load(buf, REPLY_BELL)
+        program, views, layout_id, _ = prepared
+        if not native_put(program, buf, self._request_offset, body, views, copy_strided, CALL, layout_id, seq, REQUEST_BELL):
+            return None
+        self._seq = seq
+        return seq, seen
 
     def send(self, body: Any, deadline: float | None, what: str) -> Any:
         """Put a CALL in the request region and ring; returns a ticket for :meth:`receive`."""

@@ -146,8 +146,11 @@ class TcpClientPlane:
         an earlier call); after either, the stream is unusable.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        seq = self.send(body, deadline, what)
-        return self.receive(seq, deadline, what)
+        return self.exchange(body, deadline, what)
+
+    def exchange(self, body: Any, deadline: float | None, what: str) -> tuple[bool, Any]:
+        """:meth:`send` then :meth:`receive` (``deadline`` on the monotonic clock)."""
+        return self.receive(self.send(body, deadline, what), deadline, what)
 
     def send(self, body: Any, deadline: float | None, what: str) -> int:
         """Send a CALL body without waiting for its reply; returns its sequence number."""
