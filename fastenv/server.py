@@ -42,6 +42,7 @@ client only.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hmac
 import logging
 import os
@@ -654,15 +655,13 @@ class EnvServer:
             self._reply_error(identity, message.request_id, "protocol", exc)
             return
         try:
-            kind, value = session.call_record.run(
-                message.request_id, lambda: self._execute(session, name, args, kwargs)
-            )
+            ok, value = session.call_record.run(message.request_id, lambda: self._execute(session, name, args, kwargs))
         except StaleRequest:
             return  # a duplicate of a request the client has given up on: nobody waits for a reply
-        self._reply(identity, kind, message.request_id, value)
+        self._reply(identity, Kind.RESULT if ok else Kind.ERROR, message.request_id, value)
 
-    def _execute(self, session: Session, name: str, args: tuple, kwargs: dict) -> tuple[Kind, Any]:
-        """Run one call on the session's env; ``(RESULT, value)`` or ``(ERROR, error body)``.
+    def _execute(self, session: Session, name: str, args: tuple, kwargs: dict) -> tuple[bool, Any]:
+        """Run one call on the session's env; ``(True, value)`` or ``(False, error body)``.
 
         Used by the ZeroMQ path and by the data-plane workers; the env lock
         applies calls one at a time, checks the control lease, serves a
@@ -673,8 +672,16 @@ class EnvServer:
         handle = session.handle
         try:
             with handle.lock:
+                method = session.methods.get(name)
+                if method is not None:  # reset or step, already resolved: the hot path
+                    if session.role == "observer" or handle.lease not in (None, session.session_id):
+                        self._check_control(session)  # raises the reason
+                    handle.cached_state = None
+                    result = method(*args, **kwargs)
+                    self._publish(session, name, args, kwargs, result)
+                    return True, result
                 if name == LEASE:
-                    return Kind.RESULT, self._lease(session, args)
+                    return True, self._lease(session, args)
                 changes_env = name not in READ_ONLY_CALLS
                 if changes_env:
                     self._check_control(session)
@@ -682,23 +689,22 @@ class EnvServer:
                 elif name == "get_state" and not args and not kwargs:
                     cached = handle.cached_state
                     if cached is not None and cached[0] == id(session.env):
-                        return Kind.RESULT, cached[1]
+                        return True, cached[1]
                 if name == BATCH_STEP:
-                    return Kind.RESULT, self._batch_step(session, args, kwargs)
-                method = session.methods.get(name)
-                result = method(*args, **kwargs) if method is not None else self._invoke(session, name, args, kwargs)
+                    return True, self._batch_step(session, args, kwargs)
+                result = self._invoke(session, name, args, kwargs)
                 if changes_env:
                     self._publish(session, name, args, kwargs, result)
                 elif name == "get_state" and not args and not kwargs:
                     handle.cached_state = (id(session.env), result)
-                return Kind.RESULT, result
+                return True, result
         except ControlDenied as exc:
-            return Kind.ERROR, protocol.error_body("control", _type_name(exc), str(exc))
+            return False, protocol.error_body("control", _type_name(exc), str(exc))
         except UnknownMethodError as exc:
-            return Kind.ERROR, protocol.error_body("unknown_method", _type_name(exc), str(exc))
+            return False, protocol.error_body("unknown_method", _type_name(exc), str(exc))
         except Exception as exc:
             self.stats["env_errors"] += 1
-            return Kind.ERROR, protocol.error_body("remote", _type_name(exc), str(exc), traceback.format_exc())
+            return False, protocol.error_body("remote", _type_name(exc), str(exc), traceback.format_exc())
 
     def _check_control(self, session: Session) -> None:
         """Raise :class:`ControlDenied` if ``session`` may not change the env now (env lock held)."""
@@ -790,7 +796,7 @@ class EnvServer:
                 self._by_token.pop(session.data_token, None)  # no TCP stream for this session
             session.worker = ShmServerWorker(
                 arena,
-                lambda name, args, kwargs: _succeeded(self._execute(session, name, args, kwargs)),
+                functools.partial(self._execute, session),
                 limits=self.limits,
                 max_message_bytes=self.max_message_bytes,
                 spin_us=self.shm_spin_us,
@@ -884,7 +890,7 @@ class EnvServer:
             previous = session.worker
             worker = TcpServerWorker(
                 sock,
-                lambda name, args, kwargs: _succeeded(self._execute(session, name, args, kwargs)),
+                functools.partial(self._execute, session),
                 limits=self.limits,
                 max_message_bytes=self.max_message_bytes,
                 compression=session.peer.get("compression"),
@@ -964,11 +970,6 @@ def _process_alive(pid: Any) -> bool:
         return False
     except psutil.Error:
         return True
-
-
-def _succeeded(outcome: tuple[Kind, Any]) -> tuple[bool, Any]:
-    kind, value = outcome
-    return kind is Kind.RESULT, value
 
 
 def _type_name(exc: BaseException) -> str:
