@@ -678,7 +678,10 @@ class EnvServer:
                         self._check_control(session)  # raises the reason
                     handle.cached_state = None
                     result = method(*args, **kwargs)
-                    self._publish(session, name, args, kwargs, result)
+                    if self._publisher is None:  # no observers: only count the transition
+                        handle.transitions += 1
+                    else:
+                        self._publish(session, name, args, kwargs, result)
                     return True, result
                 if name == LEASE:
                     return True, self._lease(session, args)
@@ -732,6 +735,7 @@ class EnvServer:
         raise UnknownMethodError("the lease takes one of 'acquire', 'release', 'holder'")
 
     def _publish(self, session: Session, name: str, args: tuple, kwargs: dict, result: Any) -> None:
+        """Count a call that changed the env, and tell the observers about it."""
         handle = session.handle
         handle.transitions += 1
         publisher = self._publisher

@@ -74,6 +74,12 @@ enum {
 
 #define MAX_DEPTH 64
 
+/* Interned method names (set by layout_exec): an interned name is what lets
+ * CPython's method cache find ndarray.copy without walking the type's MRO,
+ * about half the cost of a small array's copy. */
+static PyObject *str_copy;       /* "copy" */
+static PyObject *str_keep_order; /* "K" */
+
 /* What a pack step found: written, the structure differs, or a Python error. */
 enum { PACK_OK = 0, PACK_MISMATCH = 1, PACK_ERROR = -1 };
 
@@ -776,15 +782,9 @@ unpack_node(unpack_ctx *ctx, PyObject *node, int depth)
         if (ctx->copy) { /* a view in the layout's order: copy() keeps C order, 'K' keeps F */
             PyObject *source = PyList_GET_ITEM(ctx->arrays, index);
             if (PyObject_IsTrue(PyTuple_GET_ITEM(node, 7))) {
-                return PyObject_CallMethod(source, "copy", "s", "K");
+                return PyObject_CallMethodOneArg(source, str_copy, str_keep_order);
             }
-            PyObject *name = PyUnicode_FromString("copy");
-            if (name == NULL) {
-                return NULL;
-            }
-            PyObject *copied = PyObject_CallMethodNoArgs(source, name);
-            Py_DECREF(name);
-            return copied;
+            return PyObject_CallMethodNoArgs(source, str_copy);
         }
         return Py_NewRef(PyList_GET_ITEM(ctx->arrays, index));
     case OP_TUPLE:
@@ -956,6 +956,13 @@ static PyMethodDef layout_methods[] = {
 static int
 layout_exec(PyObject *module)
 {
+    if (str_copy == NULL) {
+        str_copy = PyUnicode_InternFromString("copy");
+        str_keep_order = PyUnicode_InternFromString("K");
+        if (str_copy == NULL || str_keep_order == NULL) {
+            return -1;
+        }
+    }
     static const struct { const char *name; int value; } opcodes[] = {
         {"NONE", OP_NONE}, {"CONST", OP_CONST}, {"BOOL", OP_BOOL}, {"INT", OP_INT},
         {"FLOAT", OP_FLOAT}, {"NPSCALAR", OP_NPSCALAR}, {"ARRAY", OP_ARRAY},

@@ -279,12 +279,12 @@ class ShmServerWorker:
         # The C fast path: take() waits and unpacks a FAST request with a layout already
         # prepared for the request region; anything else goes through _serve_one.
         fast = native_take is not None and bell.backend is futex.native_backend
+        region = arena.request_offset()
+        requests = self._receiver.region(region, False)
         while not self._stop.is_set():
             if fast:
-                region = arena.request_offset()
                 got = native_take(
-                    arena.buf, REQUEST_BELL, seen, self._spin_us, WAIT_SLICE_S, region,
-                    self._receiver.region(region, False), True, CONSUMED_WORD,
+                    arena.buf, REQUEST_BELL, seen, self._spin_us, WAIT_SLICE_S, region, requests, True, CONSUMED_WORD
                 )
                 if got is None:
                     continue
@@ -300,6 +300,8 @@ class ShmServerWorker:
             if arena is not self.arena:  # remapped: wait on the new arena's doorbell
                 self.arena = arena
                 bell = _bell(arena.buf, REQUEST_BELL, self._spin_us)
+                region = arena.request_offset()
+                requests = self._receiver.region(region, False)
                 # A new arena's counter starts at 0; the client may already have rung it
                 # (it can attach as soon as the REMAP is visible), so never re-read it here.
                 seen = 0
