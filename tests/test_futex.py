@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from fastenv.errors import FastEnvError, FastEnvTimeout
+from fastenv.layout import _native_layout as _layout
 from fastenv.shm import futex
 from fastenv.shm.doorbell import Doorbell
 
@@ -332,7 +333,11 @@ _SIGINT_CHILD = textwrap.dedent(
     m = mmap.mmap(-1, 4096)
     try:
         print("waiting", flush=True)
-        be.wait(m, 0, 0, None)
+        if sys.argv[2] == "take":  # the shared-memory fast path's wait (fastenv._layout.take)
+            from fastenv import _layout
+            _layout.take(m, 0, 0, 0, 1e12, 64, {}, False, -1)
+        else:
+            be.wait(m, 0, 0, None)
     except KeyboardInterrupt:
         print("KeyboardInterrupt", flush=True)
         sys.exit(42)
@@ -347,9 +352,12 @@ def _proc_state(pid: int) -> str:
         return f.read().rsplit(")", 1)[1].split()[0]
 
 
-def test_sigint_interrupts_blocked_wait(backend_name: str) -> None:
+@pytest.mark.parametrize("waiter", ["wait", "take"])
+def test_sigint_interrupts_blocked_wait(backend_name: str, waiter: str) -> None:
+    if waiter == "take" and (backend_name != "native" or _layout is None):
+        pytest.skip("take() is part of the native fast path")
     child = subprocess.Popen(
-        [sys.executable, "-c", _SIGINT_CHILD, backend_name],
+        [sys.executable, "-c", _SIGINT_CHILD, backend_name, waiter],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
