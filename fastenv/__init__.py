@@ -54,6 +54,7 @@ from fastenv.errors import (
     TransportError,
     UnknownMethodError,
 )
+from fastenv.loans import reply_array
 from fastenv.server import EnvServer
 
 __all__ = [
@@ -99,6 +100,7 @@ __all__ = [
     "decode",
     "encode",
     "register_type",
+    "reply_array",
 ]
 
 

@@ -348,7 +348,9 @@ pack_array(pack_ctx *ctx, PyObject *node, PyObject *value)
     }
     char order = PyObject_IsTrue(PyTuple_GET_ITEM(node, 7)) ? 'F' : 'C';
     if (PyBuffer_IsContiguous(&view, order)) {
-        memcpy(dest, view.buf, (size_t)nbytes);
+        if (dest != view.buf) { /* an array lent from this very place (fastenv.reply_array) is already there */
+            memmove(dest, view.buf, (size_t)nbytes);
+        }
         status = PACK_OK;
         goto done;
     }

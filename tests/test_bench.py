@@ -108,7 +108,7 @@ def test_spread_and_median_summary() -> None:
 
 
 def test_workloads_build_env_and_action() -> None:
-    assert set(PAYLOADS) == {"small", "camera"}
+    assert set(PAYLOADS) == {"small", "camera", "camera-alloc"}
     env, action = build("small")
     assert action.dtype == np.float32 and action.shape == (4,)
     obs, _ = env.reset(seed=0)
@@ -116,6 +116,7 @@ def test_workloads_build_env_and_action() -> None:
     env, action = build("camera")
     assert action.shape == (20,)
     assert env.height == 480 and env.width == 640 and env.proprio_dim == 20
+    assert env.reply_arrays and not build("camera-alloc")[0].reply_arrays
     with pytest.raises(KeyError, match="small"):
         get_workload("nope")
 

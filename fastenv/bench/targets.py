@@ -5,7 +5,7 @@ Per payload (p50 and p99 are the medians across repeats of each row):
 ``small``
     ``fastenv-shm`` p50 ≤ 10 µs; ``gym-async`` p50 ≥ 10 × ``fastenv-shm`` p50;
     ``fastenv-shm`` p99 ≤ 5 × its p50; ``fastenv-tcp`` p50 ≤ 0.6 × ``zmq-pickle`` p50.
-``camera``
+``camera`` (and ``camera-alloc``, the same frames without :func:`fastenv.reply_array`)
     ``fastenv-shm`` p50 ≤ 1.3 × one ``np.copyto`` of the observation (shown
     against the cached re-copy and against the fresh-source copy, see
     :mod:`fastenv.bench.floors`); ``gym-async`` p50 ≥ 4 × ``fastenv-shm`` p50;
@@ -87,7 +87,7 @@ def evaluate(
             Target("small step: fastenv-tcp vs zmq-pickle", _ratio(p50("fastenv-tcp"), p50("zmq-pickle")), 0.6,
                    "x", True, "fastenv-tcp p50 / zmq-pickle p50"),
         ]  # fmt: skip
-    if payload == "camera":
+    if payload in ("camera", "camera-alloc"):
         memcpy_us = memcpy_us or {}
         return [
             Target("camera: fastenv-shm vs memcpy (cached)", _ratio(shm, memcpy_us.get("cached", math.nan)), 1.3,

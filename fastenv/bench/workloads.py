@@ -2,7 +2,10 @@
 
 - ``small``: :class:`fastenv.examples.VectorEnv` (4 float32 in, 4 float32 out).
 - ``camera``: :class:`fastenv.examples.CameraEnv` with its defaults (two
-  480×640×3 uint8 frames and 20 float32 per step, about 1.8 MB).
+  480×640×3 uint8 frames and 20 float32 per step, about 1.8 MB), rendered
+  into :func:`fastenv.reply_array` arrays (zero-copy over shared memory).
+- ``camera-alloc``: the same env allocating its frames (``reply_arrays=False``),
+  so every transport copies them into its reply.
 - ``camera-<H>x<W>`` (any size, for example ``camera-120x160``, 115 kB):
   the same env with two H×W×3 frames, for payload-size sweeps
   (:data:`SWEEP_PAYLOADS`). Not listed in :data:`PAYLOADS`;
@@ -72,6 +75,9 @@ class Workload:
 PAYLOADS: dict[str, Workload] = {
     "small": Workload("small", "fastenv.examples:VectorEnv", {"max_steps": NEVER_TRUNCATE}, action_dim=4),
     "camera": Workload("camera", "fastenv.examples:CameraEnv", {"max_steps": NEVER_TRUNCATE}, action_dim=20),
+    "camera-alloc": Workload(
+        "camera-alloc", "fastenv.examples:CameraEnv", {"max_steps": NEVER_TRUNCATE, "reply_arrays": False}, action_dim=20
+    ),
 }
 
 

@@ -7,14 +7,22 @@ from typing import Any
 import numpy as np
 
 from fastenv.examples import _spaces
+from fastenv.loans import reply_array
 
 
 class CameraEnv:
     """Returns ``{"left": uint8[H,W,3], "right": uint8[H,W,3], "proprio": float32[P]}``.
 
-    Frames are freshly allocated every step (as a renderer would produce them),
+    Frames are new arrays every step (as a renderer would produce them),
     derived from a seeded noise texture so that trajectories are reproducible.
     Defaults match a 480×640 stereo camera plus 20 floats (about 1.8 MB/step).
+
+    With ``reply_arrays`` (the default) the frames are rendered into arrays
+    from :func:`fastenv.reply_array`: served over shared memory, that is the
+    reply slot itself, so the frames reach the client without a copy; anywhere
+    else it is ``np.empty``. ``reply_arrays=False`` allocates them with
+    ``texture + shift`` instead (the same values), so that every frame is
+    copied into the reply: the ``camera-alloc`` benchmark payload.
     """
 
     metadata: dict[str, Any] = {"render_modes": ["rgb_array"], "render_fps": 30}
@@ -26,8 +34,10 @@ class CameraEnv:
         proprio_dim: int = 20,
         max_steps: int = 500,
         render_mode: str | None = None,
+        reply_arrays: bool = True,
     ) -> None:
         self.height, self.width, self.proprio_dim = int(height), int(width), int(proprio_dim)
+        self.reply_arrays = bool(reply_arrays)
         self.max_steps = int(max_steps)
         self.render_mode = render_mode
         image = _spaces.box(0, 255, (self.height, self.width, 3), np.uint8)
@@ -46,10 +56,18 @@ class CameraEnv:
     def _observe(self) -> dict[str, np.ndarray]:
         shift = np.uint8(self._steps % 256)
         return {
-            "left": self._texture + shift,
-            "right": self._texture[::-1] + shift,
+            "left": self._frame(self._texture, shift),
+            "right": self._frame(self._texture[::-1], shift),
             "proprio": self._proprio.copy(),
         }
+
+    def _frame(self, texture: np.ndarray, shift: np.uint8) -> np.ndarray:
+        """``texture + shift`` (modulo 256), rendered into a reply array when asked to."""
+        if not self.reply_arrays:
+            return texture + shift
+        frame = reply_array(texture.shape, np.uint8)
+        np.add(texture, shift, out=frame)
+        return frame
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
         """Start an episode; ``seed`` fixes the texture and the initial proprio state."""

@@ -28,6 +28,7 @@ from typing import Any
 
 from fastenv import codec
 from fastenv.errors import DecodeError, EncodeError, FastEnvTimeout, FrameTooLarge, ProtocolError
+from fastenv.loans import ReplyLoans
 from fastenv.layout import LayoutMismatch, ReceivedLayouts, SentLayouts, copy_strided, native_put, native_take
 from fastenv.shm.arena import (
     CALL,
@@ -255,6 +256,7 @@ class ShmServerWorker:
         self._sender = LayoutSender()
         self._receiver = LayoutReceiver()
         self._reply_bells: dict[int, Doorbell] = {}
+        self._loans = ReplyLoans(self._reply_views)  # fastenv.reply_array() during this worker's calls
         self._store = _words().store
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fastenv-shm-worker", daemon=True)
@@ -273,6 +275,7 @@ class ShmServerWorker:
             arena.close()
 
     def _run(self) -> None:
+        self._loans.bind()
         arena = self.arena
         bell = _bell(arena.buf, REQUEST_BELL, self._spin_us)
         seen = bell.value()
@@ -350,8 +353,30 @@ class ShmServerWorker:
         except ProtocolError as exc:
             log.debug("shared-memory request %d is not a call", seq, exc_info=True)
             return self._reply(arena, seq, ERROR, _protocol_error(exc), "")
+        loans = self._loans
+        loans.call = (name, arena, seq)
         ok, value = self._execute(name, args, kwargs)
-        return self._reply(arena, seq, RESULT if ok else ERROR, value, name)
+        if not loans.lent:
+            loans.call = None
+            return self._reply(arena, seq, RESULT if ok else ERROR, value, name)
+        # The env wrote into arrays from fastenv.reply_array(): some may be the reply slot itself.
+        shape = arena.shape
+        if ok and loans.in_place(value) and self._sender.write_fast(
+            arena, shape.slot_offset(seq % shape.slots), shape.slot_capacity, name, RESULT, seq, value, REPLY_BELL
+        ):
+            loans.end(value, settled=True)
+            return arena
+        target = self._reply(arena, seq, RESULT if ok else ERROR, value, name, fast=False)
+        loans.call = (name, target, seq)  # learn the places in the arena the reply went to
+        loans.end(value, settled=False)
+        return target
+
+    def _reply_views(self, call: tuple[str, Arena, int]) -> tuple[list, Any] | None:
+        """The reply layout's arrays in the slot of ``call`` = (key, arena, seq), and the layout."""
+        key, arena, seq = call
+        shape = arena.shape
+        prepared = self._sender.prepared(arena, shape.slot_offset(seq % shape.slots), shape.slot_capacity, key)
+        return None if prepared is None else (prepared[1], prepared[3])
 
     def _grow(self, arena: Arena, seq: int, skeleton: memoryview) -> Arena:
         wanted = codec.decode(bytes(skeleton), limits=self._limits)
@@ -366,16 +391,24 @@ class ShmServerWorker:
         self._announce(arena, new, seq)
         return new
 
-    def _reply(self, arena: Arena, seq: int, kind: int, value: Any, key: str) -> Arena:
+    def _reply(self, arena: Arena, seq: int, kind: int, value: Any, key: str, *, fast: bool = True) -> Arena:
+        """Write the reply to ``seq`` and ring; the arena it is in (a new one when it outgrew the slot).
+
+        ``fast`` False: skip the layout (already tried, or not allowed).
+        """
         shape = arena.shape
         offset = shape.slot_offset(seq % shape.slots)
-        if kind == RESULT and self._sender.write_fast(arena, offset, shape.slot_capacity, key, RESULT, seq, value, REPLY_BELL):
+        if kind == RESULT and fast and self._sender.write_fast(
+            arena, offset, shape.slot_capacity, key, RESULT, seq, value, REPLY_BELL
+        ):
             return arena
         try:
             encoded = _encode_general(kind, value, self._sender, key)
         except EncodeError as exc:
             error = {"kind": "encode", "type": "EncodeError", "message": str(exc), "traceback": ""}
             encoded = _encode_general(ERROR, error, self._sender, "")
+        if self._loans.from_slot:  # the envelope is about to overwrite the slot these arrays live in
+            encoded.buffers = [bytes(memoryview(buffer)) for buffer in encoded.buffers]
         target = arena
         if encoded.size > shape.slot_capacity:
             grown = ArenaShape(shape.request_capacity, _grown(shape.slot_capacity, encoded.size), shape.slots)

@@ -76,3 +76,66 @@ class Growing:
             return action, float(action.sum()), False, False, {"n": int(action.size)}
         n = int(action)
         return np.arange(n, dtype=np.uint32), 0.0, False, False, {"n": n}
+
+
+class Lending:
+    """Renders two frames into :func:`fastenv.reply_array` arrays, and misuses them on a schedule.
+
+    ``schedule`` names what each step does (cycled); every pattern is what a
+    careless env might do with lent arrays, and none may change the reply:
+
+    - ``normal``: render into the two arrays and return them in order;
+    - ``swapped``: return them the other way round;
+    - ``fresh_first``: return a fresh array where the first one belongs, the first one second;
+    - ``unused``: borrow both, return fresh arrays;
+    - ``extra``: return an extra key (another structure);
+    - ``odd_shape``: ask for a differently shaped first array;
+    - ``mixed_into_scalar``: also return a lent array's sum (reads it after it is in place).
+
+    ``slot_hits`` counts the arrays that were slot memory (their base is not None).
+    """
+
+    PATTERNS = ("normal", "swapped", "fresh_first", "unused", "extra", "odd_shape", "mixed_into_scalar")
+
+    def __init__(self, schedule: tuple[str, ...] = ("normal",), height: int = 8, width: int = 12) -> None:
+        unknown = set(schedule) - set(self.PATTERNS)
+        if unknown:
+            raise ValueError(f"unknown patterns {sorted(unknown)}")
+        self.schedule = tuple(schedule)
+        self.shape = (height, width, 3)
+        self.steps = 0
+        self.slot_hits = 0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
+        self.steps = 0
+        return self._observe("normal"), {}
+
+    def step(self, action: Any) -> tuple[dict, float, bool, bool, dict]:
+        self.steps += 1
+        pattern = self.schedule[(self.steps - 1) % len(self.schedule)]
+        observation = self._observe(pattern)
+        reward = float(observation.pop("sum")) if "sum" in observation else 0.0
+        return observation, reward, False, False, {"pattern": pattern}
+
+    def _render(self, frame: np.ndarray, salt: int) -> np.ndarray:
+        frame[...] = (np.arange(frame.size, dtype=np.uint32).reshape(frame.shape) * 7 + self.steps * 13 + salt) % 251
+        return frame
+
+    def _observe(self, pattern: str) -> dict:
+        from fastenv import reply_array
+
+        first_shape = (self.shape[0] + 1, *self.shape[1:]) if pattern == "odd_shape" else self.shape
+        first = self._render(reply_array(first_shape, np.uint8), 1)
+        second = self._render(reply_array(self.shape, np.uint8), 2)
+        self.slot_hits += (first.base is not None) + (second.base is not None)
+        if pattern == "swapped":
+            return {"left": second, "right": first}
+        if pattern == "fresh_first":
+            return {"left": self._render(np.empty(self.shape, np.uint8), 3), "right": first}
+        if pattern == "unused":
+            return {"left": first.copy() + 1, "right": second.copy() + 2}
+        if pattern == "extra":
+            return {"left": first, "right": second, "extra": np.full(3, self.steps, np.int64)}
+        if pattern == "mixed_into_scalar":
+            return {"left": first, "right": second, "sum": int(first.sum())}
+        return {"left": first, "right": second}
