@@ -39,6 +39,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from fastenv.errors import FastEnvTimeout, MissingDependency
+from fastenv.loans import reply_array
 
 try:
     import gymnasium
@@ -226,14 +227,20 @@ class _RenderThread:
             raise FastEnvTimeout(f"MuJoCo rendering took longer than {RENDER_TIMEOUT_S:.0f}s") from None
 
     def render(self, data: Any, cameras: Sequence[str]) -> list[np.ndarray]:
-        """One freshly allocated uint8[H, W, 3] image per camera, for the state in ``data``."""
-        return self._run(self._render, data, tuple(cameras))
+        """One new uint8[H, W, 3] image per camera, for the state in ``data``.
 
-    def _render(self, data: Any, cameras: tuple[str, ...]) -> list[np.ndarray]:
-        images = []
-        for camera in cameras:
+        The images are :func:`fastenv.reply_array` arrays, taken here on the
+        caller's thread (the one fastenv serves the call on): served over
+        shared memory, MuJoCo renders straight into the reply.
+        """
+        renderer = self._renderer
+        images = [reply_array((renderer.height, renderer.width, 3), np.uint8) for _ in cameras]
+        return self._run(self._render, data, tuple(cameras), images)
+
+    def _render(self, data: Any, cameras: tuple[str, ...], images: list[np.ndarray]) -> list[np.ndarray]:
+        for camera, image in zip(cameras, images):
             self._renderer.update_scene(data, camera=camera)
-            images.append(self._renderer.render())
+            self._renderer.render(out=image)
         return images
 
     def close(self) -> None:
