@@ -90,6 +90,11 @@ class ReplyLoans:
         """Route :func:`reply_array` calls made on this thread to these loans."""
         _current.loans = self
 
+    @staticmethod
+    def unbind() -> None:
+        """:func:`reply_array` on this thread is ``np.empty`` again."""
+        _current.loans = None
+
     def lend(self, shape: int | tuple[int, ...], dtype: Any) -> np.ndarray | None:
         """The array for the next :func:`reply_array` of this call, or None outside a call."""
         call = self.call

@@ -20,7 +20,10 @@ measured round trip to the transport:
     slot (slots in turn, as on the plane), and the client reads it back as
     read-only views (the rows' ``copy=False``). A message whose structure has
     no layout (and the first of each kind, which announces the layout) goes
-    through the general codec into the arena, as on the plane.
+    through the general codec into the arena, as on the plane. The env's
+    :func:`fastenv.reply_array` arrays are lent from the reply slot as the
+    worker lends them, so an env that renders into them is timed rendering
+    into the slot, and the reply encode skips their copy.
   - ``tcp`` (``fastenv-tcp``): the stream's encoder and decoder
     (:mod:`fastenv.tcp.layouts`): compiled layouts once the structure
     repeats (the first message of each kind announces it through the general
@@ -64,6 +67,7 @@ from fastenv.shm.arena import (
     ArenaShape,
     envelope_size,
 )
+from fastenv.loans import ReplyLoans
 from fastenv.shm.plane import DEFAULT_SHAPE, FAST_DATA, LayoutReceiver, LayoutSender
 from fastenv.tcp.framing import FLAG_LAYOUT
 from fastenv.tcp.layouts import StreamDecoder, StreamEncoder
@@ -272,6 +276,7 @@ class _Path(Protocol):
     def encode_reply(self, seq: int, value: Any) -> None: ...
     def decode_reply(self, seq: int) -> Any: ...
     def deliver(self) -> None: ...
+    def start_call(self, seq: int) -> None: ...
 
 
 class _TcpPath:
@@ -292,6 +297,9 @@ class _TcpPath:
             self.general_messages += 1
         arrays = [np.frombuffer(memoryview(buffer).cast("B"), dtype=np.uint8).copy() for buffer in buffers]
         self._received = bytes(skeleton), arrays, flags, layout_id
+
+    def start_call(self, seq: int) -> None:
+        """Nothing to prepare: reply arrays are plain arrays on the stream."""
 
     def encode_request(self, seq: int, body: Any) -> None:
         self._encoded = self._client.encode(_KEY, body)
@@ -320,6 +328,18 @@ class _ShmPath:
         self.general_messages = 0
         self._client_sender, self._client_receiver = LayoutSender(), LayoutReceiver()
         self._server_sender, self._server_receiver = LayoutSender(), LayoutReceiver()
+        # The env's fastenv.reply_array() calls during a step get reply-slot memory, as on the plane.
+        self._loans = ReplyLoans(self._reply_views)
+        self._loans.bind()
+
+    def _reply_views(self, call: tuple[str, Arena, int]) -> tuple[list, Any] | None:
+        _, arena, seq = call
+        prepared = self._server_sender.prepared(arena, *self._slot(seq), _KEY)
+        return None if prepared is None else (prepared[1], prepared[3])
+
+    def start_call(self, seq: int) -> None:
+        """The env step of ``seq`` is about to run (its reply arrays come from that reply's slot)."""
+        self._loans.call = (_KEY, self.arena, seq)
 
     def deliver(self) -> None:
         """Nothing to move: the peer reads the same memory (the doorbell is the transport's part)."""
@@ -331,15 +351,20 @@ class _ShmPath:
     def _request_region(self) -> tuple[int, int]:
         return self.arena.request_offset(), self.arena.shape.request_capacity
 
-    def _write(self, sender: LayoutSender, offset: int, capacity: int, kind: int, seq: int, value: Any) -> None:
-        """As the plane sends: a FAST envelope when the key's layout fits, else the general codec."""
-        if sender.write_fast(self.arena, offset, capacity, _KEY, kind, seq, value):
-            return
+    def _write(
+        self, sender: LayoutSender, offset: int, capacity: int, kind: int, seq: int, value: Any, fast: bool = True
+    ) -> bool:
+        """As the plane sends: a FAST envelope when the key's layout fits (True), else the general codec."""
+        if fast and sender.write_fast(self.arena, offset, capacity, _KEY, kind, seq, value):
+            return True
         self.general_messages += 1
         definition = sender.define(_KEY, value)
         payload = value if definition is None else (definition[0], definition[1], value)
         skeleton, buffers = codec.encode(payload)
+        if self._loans.from_slot:  # as the worker does: the envelope overwrites the slot the arrays live in
+            buffers = [bytes(memoryview(buffer)) for buffer in buffers]
         self.arena.write_envelope(offset, capacity, kind, seq, skeleton, buffers, WITH_LAYOUT if definition else 0)
+        return False
 
     def _read(self, receiver: LayoutReceiver, offset: int, capacity: int, *, server: bool) -> Any:
         """As the plane receives: the server copies (the env may keep it), the client takes views."""
@@ -364,14 +389,22 @@ class _ShmPath:
         return self._read(self._server_receiver, *self._request_region(), server=True)
 
     def encode_reply(self, seq: int, value: Any) -> None:
-        self._write(self._server_sender, *self._slot(seq), RESULT, seq, value)
+        loans = self._loans
+        if not loans.lent:
+            loans.call = None
+            self._write(self._server_sender, *self._slot(seq), RESULT, seq, value)
+            return
+        in_place = loans.in_place(value)
+        settled = self._write(self._server_sender, *self._slot(seq), RESULT, seq, value, fast=in_place)
+        loans.end(value, settled=settled)
 
     def decode_reply(self, seq: int) -> Any:
         return self._read(self._client_receiver, *self._slot(seq), server=False)
 
     def close(self) -> None:
         """Drop the cached views, then the mapping (a view still alive keeps it until collected)."""
-        del self._client_sender, self._client_receiver, self._server_sender, self._server_receiver
+        self._loans.unbind()
+        del self._client_sender, self._client_receiver, self._server_sender, self._server_receiver, self._loans
         with contextlib.suppress(BufferError):  # a caller still holds a view: the GC unmaps later
             self.arena.close()
 
@@ -490,6 +523,7 @@ def _measure(
         path.deliver()
         t2 = clock()
         request = path.decode_request(seq)
+        path.start_call(seq)
         t3 = clock()
         result = env.step(*request[1], **request[2])
         t4 = clock()
