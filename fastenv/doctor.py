@@ -27,7 +27,7 @@ def _layout_packer() -> str:
     from fastenv import layout
 
     if layout._native_layout is not None:
-        return "native (fastenv._layout)"
+        return "native (fastenv._layout; shm steps: one C call each way)"
     return "python (fastenv._layout is not built, or the native part is off: see the doorbell)"
 
 

@@ -200,3 +200,47 @@ def test_structure_changes_fall_back_and_stay_exact(serve, test_env_target, coun
         obs, *_ = env.step(4)
         np.testing.assert_array_equal(obs, np.arange(4, dtype=np.uint32))
     assert len(counted_takes) >= 4  # repeated structures went through take() once their slots knew them
+
+
+def test_a_failing_fast_path_on_the_server_answers_the_request_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A take() that raises on the server (say, MemoryError copying the action) leaves the request to the long way."""
+    from fastenv import codec
+    from fastenv.shm.arena import Arena
+
+    monkeypatch.setattr(plane_module, "DOORBELL_BACKEND", "native")
+    real = plane_module.native_take
+    failing = {5, 9}  # request sequence numbers whose take() always fails on the server
+
+    def flaky(*args: Any) -> Any:
+        if args[8] >= 0:  # the server's take (it marks requests consumed)
+            flaky.server_calls += 1
+            peek = real(*args[:6], {}, False, -1)  # wait for the ring, take nothing
+            if peek is not None and peek[3] in failing:
+                raise MemoryError("injected")
+        return real(*args)
+
+    flaky.server_calls = 0
+    monkeypatch.setattr(plane_module, "native_take", flaky)
+    env, local = VectorEnv(), VectorEnv()
+    calls: list[str] = []
+
+    def execute(name: str, args: tuple, kwargs: dict) -> tuple[bool, Any]:
+        calls.append(name)
+        return True, getattr(env, name)(*args, **kwargs)
+
+    with Arena.create(plane_module.DEFAULT_SHAPE) as arena, Arena.attach(arena.name) as attached:
+        worker = plane_module.ShmServerWorker(arena, execute, limits=codec.DEFAULT_LIMITS, max_message_bytes=1 << 20)
+        worker.start()
+        try:
+            client = plane_module.ShmClientPlane(attached, lambda: None)
+            assert_same(client.call(("reset", (), {"seed": 1}), WAIT_S, "reset()"), (True, local.reset(seed=1)))
+            for step in range(12):
+                action = np.full(4, step / 12, np.float32)
+                ok, value = client.call(("step", (action,), {}), WAIT_S, "step()")
+                assert ok
+                assert_same(value, local.step(action))
+            client.close()
+        finally:
+            worker.stop()
+    assert calls == ["reset"] + ["step"] * 12  # every request ran exactly once
+    assert flaky.server_calls >= 13

@@ -286,9 +286,16 @@ class ShmServerWorker:
         requests = self._receiver.region(region, False)
         while not self._stop.is_set():
             if fast:
-                got = native_take(
-                    arena.buf, REQUEST_BELL, seen, self._spin_us, WAIT_SLICE_S, region, requests, True, CONSUMED_WORD
-                )
+                try:
+                    got = native_take(
+                        arena.buf, REQUEST_BELL, seen, self._spin_us, WAIT_SLICE_S, region, requests, True, CONSUMED_WORD
+                    )
+                except Exception:  # e.g. MemoryError copying the action: the long way answers, or reports it
+                    log.debug("shared-memory fast path failed; serving the request the long way", exc_info=True)
+                    current = bell.value()
+                    if current == seen:
+                        continue  # it failed while waiting: no request yet
+                    got = (current, 0, 0, 0, False, None)  # the client rings once per request
                 if got is None:
                     continue
                 seen = got[0]
