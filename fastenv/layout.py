@@ -183,9 +183,16 @@ class Layout:
             np.copyto(view, array, casting="no")
 
     def views(self, buffer: Any, offset: int) -> list[np.ndarray]:
-        """Numpy views of this layout's arrays in ``buffer`` at ``offset`` (cache them per slot)."""
+        """Numpy views of this layout's arrays in ``buffer`` at ``offset`` (cache them per slot).
+
+        Each view holds a buffer export of ``buffer`` (through one ``np.frombuffer``
+        base), so the memory behind it cannot be unmapped while the view lives:
+        ``np.ndarray(buffer=memoryview)`` alone keeps only the mapping object and
+        would let ``mmap.close()`` pull the memory out from under it.
+        """
+        whole = np.frombuffer(buffer, dtype=np.uint8)
         return [
-            np.ndarray(shape, dtype=dtype, buffer=buffer, offset=offset + array_offset, order=order)
+            np.ndarray(shape, dtype=dtype, buffer=whole, offset=offset + array_offset, order=order)
             for dtype, shape, order, array_offset in self.arrays
         ]
 

@@ -16,6 +16,7 @@ import zmq
 import fastenv
 from fastenv import protocol
 from fastenv.errors import TransportError
+from fastenv.examples import CameraEnv
 from fastenv.protocol import Kind
 from fastenv.shm import futex, plane
 from fastenv.shm.arena import SHM_DIR, list_segments, segment_owner
@@ -81,6 +82,35 @@ def test_views_are_read_only_and_valid_for_the_documented_number_of_calls(serve)
             assert np.array_equal(frame, snapshot)  # still valid
         env.step(action)  # its slot is now reused: documented, frames change every step
         assert not np.array_equal(frame, snapshot)
+
+
+_VIEWS_AFTER_CLOSE = """
+import gc, sys, numpy as np, fastenv
+with fastenv.FastRemoteEnv(sys.argv[1], transport="shm") as env:
+    env.reset(seed=0)
+    for _ in range(20):  # every later reply is a layout reply: views prepared once per slot
+        obs = env.step(np.zeros(20, np.float32))[0]
+    left, proprio = obs["left"], obs["proprio"]
+    del obs
+gc.collect()  # nothing else refers to the arena any more
+print(int(left.astype(np.int64).sum()), float(proprio.sum()))
+"""
+
+
+def test_views_outlive_close_without_a_segfault(serve) -> None:
+    """A view kept past close() keeps its memory mapped (a crash here is a subprocess exit, not ours)."""
+    kwargs = {"height": 16, "width": 16}
+    server = serve("fastenv.examples:CameraEnv", env_kwargs=kwargs)
+    child = subprocess.run(
+        [sys.executable, "-c", _VIEWS_AFTER_CLOSE, server.address],
+        capture_output=True, text=True, timeout=60, env={**os.environ},
+    )
+    assert child.returncode == 0, (child.returncode, child.stderr[-2000:])
+    local = CameraEnv(**kwargs)
+    local.reset(seed=0)
+    for _ in range(20):
+        obs = local.step(np.zeros(20, np.float32))[0]
+    assert child.stdout.split() == [str(int(obs["left"].astype(np.int64).sum())), str(float(obs["proprio"].sum()))]
 
 
 def test_copy_true_gives_owned_arrays_forever(serve) -> None:
