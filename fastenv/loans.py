@@ -18,10 +18,11 @@ gets ordinary arrays; once its reply has a compiled layout
 (:mod:`fastenv.layout`), the server records at which array of the reply each
 lent array ended up (by identity). From then on, the n-th ``reply_array`` of
 that call is the slot memory of that place, when its shape and dtype match.
-Before the reply is written the server checks that every lent array is still
-in its place; if the env did something else (returned arrays in another
-order, changed the structure), the reply goes the general way from copies of
-its arrays and the places are learnt again. Nothing the env does with these
+The packer writing the reply checks that each lent place still holds the
+array lent from it, before it writes over any lent place; if the env did
+something else (returned arrays in another order, changed the structure), the
+reply goes the general way from copies of its arrays and the places are
+learnt again. Nothing the env does with these
 arrays can make a reply wrong; only the copy is saved or not.
 
 The contract for the env: a reply array is yours until the call returns.
@@ -117,17 +118,15 @@ class ReplyLoans:
         self.lent.append((array, place))
         return array
 
-    def in_place(self, value: Any) -> bool:
-        """Whether every slot array lent in this call is where the reply layout puts it in ``value``."""
+    def places(self) -> bytes | None:
+        """A flag per reply array whose place was lent in this call (what the packers check), or None."""
         if not self.from_slot:
-            return True
-        arrays = self._arrays(value, self.call)
-        if arrays is None:
-            return False
-        for array, place in self.lent:
-            if place is not None and (place >= len(arrays) or arrays[place] is not array):
-                return False
-        return True
+            return None
+        flags = bytearray(max(place for _, place in self.lent if place is not None) + 1)
+        for _, place in self.lent:
+            if place is not None:
+                flags[place] = 1
+        return bytes(flags)
 
     def end(self, value: Any, settled: bool) -> None:
         """Close a call that lent arrays; ``settled``: its reply went through the layout, every loan in place.

@@ -24,9 +24,12 @@
  * and, for the shared-memory plane's fast path (one C call per side and
  * direction instead of a chain of Python calls):
  *
- *   put(program, buffer, offset, value, views, copyto, kind, layout_id, seq, bell=-1)
+ *   put(program, buffer, offset, value, views, copyto, kind, layout_id, seq, bell=-1, lent=None)
  *       pack into a region's data area, write its FAST envelope header, and
- *       with bell >= 0 ring that doorbell.
+ *       with bell >= 0 ring that doorbell.  lent (bytes, a flag per array)
+ *       marks places whose memory the env was lent: the value must have an
+ *       array at that very memory there, or put returns False without
+ *       having written over any lent place.
  *   take(buffer, bell, seen, spin_us, timeout, region, layouts, copy, consumed)
  *       wait for a doorbell ring, then unpack the FAST envelope it announced
  *       if its layout is one the caller prepared (see take_doc).
@@ -89,6 +92,8 @@ typedef struct {
     PyObject *views; /* list of array views at the data area (pack's copyto targets) */
     PyObject *copyto;
     PyObject *collect; /* extract: arrays are appended here instead of copied (NULL: pack) */
+    const char *lent;  /* put: lent[i] != 0 if array i was lent from its place (must already be there) */
+    Py_ssize_t lent_len;
 } pack_ctx;
 
 typedef struct {
@@ -346,6 +351,12 @@ pack_array(pack_ctx *ctx, PyObject *node, PyObject *value)
         status = PACK_ERROR;
         goto done;
     }
+    if (index < ctx->lent_len && ctx->lent[index] && view.buf != dest) {
+        /* The memory of this place was lent to the env (fastenv.reply_array) and the value has
+         * something else here: writing it could destroy a lent array that sits elsewhere in the
+         * value. Nothing lent has been written over so far (only places that were not lent). */
+        goto done;
+    }
     char order = PyObject_IsTrue(PyTuple_GET_ITEM(node, 7)) ? 'F' : 'C';
     if (PyBuffer_IsContiguous(&view, order)) {
         if (dest != view.buf) { /* an array lent from this very place (fastenv.reply_array) is already there */
@@ -560,20 +571,28 @@ locate_bell(char *buf, Py_ssize_t len, Py_ssize_t bell)
 static PyObject *
 layout_put(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 9 && nargs != 10) {
+    if (nargs < 9 || nargs > 11) {
         PyErr_SetString(PyExc_TypeError,
-                        "put(program, buffer, offset, value, views, copyto, kind, layout_id, seq, bell=-1)");
+                        "put(program, buffer, offset, value, views, copyto, kind, layout_id, seq, bell=-1, lent=None)");
         return NULL;
     }
     long kind = PyLong_AsLong(args[6]);
     unsigned long layout_id = PyLong_AsUnsignedLong(args[7]);
     unsigned long long seq = PyLong_AsUnsignedLongLong(args[8]);
-    Py_ssize_t bell = nargs == 10 ? PyLong_AsSsize_t(args[9]) : -1;
+    Py_ssize_t bell = nargs >= 10 ? PyLong_AsSsize_t(args[9]) : -1;
     if (PyErr_Occurred()) {
         return NULL;
     }
     envelope_header header = {FAST_KIND, (uint8_t)kind, 0, (uint32_t)layout_id, (uint64_t)seq};
     pack_ctx ctx = {.views = args[4], .copyto = args[5]};
+    if (nargs == 11 && args[10] != Py_None) {
+        if (!PyBytes_CheckExact(args[10])) {
+            PyErr_SetString(PyExc_TypeError, "put: lent must be bytes (one flag per array) or None");
+            return NULL;
+        }
+        ctx.lent = PyBytes_AS_STRING(args[10]);
+        ctx.lent_len = PyBytes_GET_SIZE(args[10]);
+    }
     PyObject *written = pack_region(args, &ctx, FAST_DATA, &header);
     if (written != Py_True || bell == -1) {
         return written;
@@ -942,9 +961,10 @@ static PyMethodDef layout_methods[] = {
      "pack(program, buffer, offset, value, views, copyto) -> bool\n\n"
      "Write value at offset if it has the program's structure; False if it does not."},
     {"put", (PyCFunction)(void (*)(void))layout_put, METH_FASTCALL,
-     "put(program, buffer, offset, value, views, copyto, kind, layout_id, seq, bell=-1) -> bool\n\n"
+     "put(program, buffer, offset, value, views, copyto, kind, layout_id, seq, bell=-1, lent=None) -> bool\n\n"
      "pack() into the data area of the region at offset, then write its FAST envelope header;\n"
-     "with bell >= 0, then ring the doorbell at that offset (counter, sleepers word)."},
+     "with bell >= 0, then ring the doorbell at that offset (counter, sleepers word). lent: bytes\n"
+     "with a flag per array whose place was lent to the env: False unless each is already there."},
     {"take", (PyCFunction)(void (*)(void))layout_take, METH_FASTCALL, take_doc},
     {"extract", (PyCFunction)(void (*)(void))layout_extract, METH_FASTCALL,
      "extract(program, buffer, offset, value, arrays) -> bool\n\n"

@@ -351,11 +351,9 @@ class _ShmPath:
     def _request_region(self) -> tuple[int, int]:
         return self.arena.request_offset(), self.arena.shape.request_capacity
 
-    def _write(
-        self, sender: LayoutSender, offset: int, capacity: int, kind: int, seq: int, value: Any, fast: bool = True
-    ) -> bool:
+    def _write(self, sender: LayoutSender, offset: int, capacity: int, kind: int, seq: int, value: Any) -> bool:
         """As the plane sends: a FAST envelope when the key's layout fits (True), else the general codec."""
-        if fast and sender.write_fast(self.arena, offset, capacity, _KEY, kind, seq, value):
+        if sender.write_fast(self.arena, offset, capacity, _KEY, kind, seq, value, -1, self._loans.places()):
             return True
         self.general_messages += 1
         definition = sender.define(_KEY, value)
@@ -394,8 +392,7 @@ class _ShmPath:
             loans.call = None
             self._write(self._server_sender, *self._slot(seq), RESULT, seq, value)
             return
-        in_place = loans.in_place(value)
-        settled = self._write(self._server_sender, *self._slot(seq), RESULT, seq, value, fast=in_place)
+        settled = self._write(self._server_sender, *self._slot(seq), RESULT, seq, value)
         loans.end(value, settled=settled)
 
     def decode_reply(self, seq: int) -> Any:

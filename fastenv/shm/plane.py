@@ -107,11 +107,22 @@ class LayoutSender:
         return entry
 
     def write_fast(
-        self, arena: Arena, offset: int, capacity: int, key: str, kind: int, seq: int, value: Any, bell: int = -1
+        self,
+        arena: Arena,
+        offset: int,
+        capacity: int,
+        key: str,
+        kind: int,
+        seq: int,
+        value: Any,
+        bell: int = -1,
+        lent: bytes | None = None,
     ) -> bool:
         """Write ``value`` as a FAST envelope if its key's layout fits it; False otherwise.
 
         With ``bell`` (a doorbell offset), ring that doorbell once the envelope is complete.
+        ``lent`` flags the arrays whose place was lent to the env (:mod:`fastenv.loans`):
+        False, with no lent place written over, unless each already holds its array.
         """
         entry = self.prepared(arena, offset, capacity, key)
         if entry is None:
@@ -119,8 +130,10 @@ class LayoutSender:
         program, views, layout_id, layout = entry
         buf = arena.buf
         if program is not None:  # the C packer writes the data and the envelope header, and rings, in one call
-            return native_put(program, buf, offset, value, views, copy_strided, kind, layout_id, seq, bell)
+            return native_put(program, buf, offset, value, views, copy_strided, kind, layout_id, seq, bell, lent)
         try:
+            if lent is not None and not _lent_in_place(layout, views, value, lent):
+                return False
             layout.pack_into(buf, offset + FAST_DATA, value, views)
         except LayoutMismatch:
             return False
@@ -140,6 +153,15 @@ class LayoutSender:
     def forget_arena(self) -> None:
         """Drop cached views after a remap."""
         self._prepared.clear()
+
+
+def _lent_in_place(layout: Any, views: list, value: Any, lent: bytes) -> bool:
+    """Whether each array place flagged in ``lent`` holds an array at that very memory (Python packer)."""
+    _, arrays = layout.extract(value)
+    for index, flag in enumerate(lent):
+        if flag and (index >= len(arrays) or arrays[index].ctypes.data != views[index].ctypes.data):
+            return False
+    return True
 
 
 class LayoutReceiver:
@@ -368,8 +390,9 @@ class ShmServerWorker:
             return self._reply(arena, seq, RESULT if ok else ERROR, value, name)
         # The env wrote into arrays from fastenv.reply_array(): some may be the reply slot itself.
         shape = arena.shape
-        if ok and loans.in_place(value) and self._sender.write_fast(
-            arena, shape.slot_offset(seq % shape.slots), shape.slot_capacity, name, RESULT, seq, value, REPLY_BELL
+        if ok and self._sender.write_fast(
+            arena, shape.slot_offset(seq % shape.slots), shape.slot_capacity, name, RESULT, seq, value, REPLY_BELL,
+            loans.places(),
         ):
             loans.end(value, settled=True)
             return arena

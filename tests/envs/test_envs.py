@@ -115,7 +115,8 @@ class Lending:
         pattern = self.schedule[(self.steps - 1) % len(self.schedule)]
         observation = self._observe(pattern)
         reward = float(observation.pop("sum")) if "sum" in observation else 0.0
-        return observation, reward, False, False, {"pattern": pattern}
+        # the pattern as a number: a changing string would change the structure and hide the misuse
+        return observation, reward, False, False, {"pattern": self.PATTERNS.index(pattern)}
 
     def _render(self, frame: np.ndarray, salt: int) -> np.ndarray:
         frame[...] = (np.arange(frame.size, dtype=np.uint32).reshape(frame.shape) * 7 + self.steps * 13 + salt) % 251
