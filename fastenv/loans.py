@@ -134,10 +134,12 @@ class ReplyLoans:
         Otherwise the places are learnt (again) from ``value`` and the layout
         now current for the call.
         """
-        lent, call, from_slot = self.lent, self.call, self.from_slot
+        lent, call = self.lent, self.call
         self.lent, self.call, self.from_slot = [], None, 0
-        if call is None or (settled and from_slot == len(lent)):
+        if call is None:
             return
+        if settled and [place for _, place in lent] == self._places.get(call[0]):
+            return  # every loan went where the places said (a loan kept out of the reply stays out)
         arrays = self._arrays(value, call)
         if arrays is None:
             self._places.pop(call[0], None)
