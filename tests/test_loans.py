@@ -11,13 +11,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from assertions import assert_same
+from envs.test_envs import Lending
 
 import fastenv
 from fastenv.examples import CameraEnv
 from fastenv.shm import futex
 from fastenv.shm import plane as plane_module
-
-from envs.test_envs import Lending
 
 
 @pytest.fixture(params=["native", "python"], ids=["native", "python-fallback"])

@@ -58,6 +58,7 @@ from fastenv import codec
 from fastenv.bench.workloads import get_workload, observations_equal, snapshot
 from fastenv.errors import FastEnvError
 from fastenv.layout import Layout, LayoutMismatch, infer_spec
+from fastenv.loans import ReplyLoans
 from fastenv.shm.arena import (
     CALL,
     FAST,
@@ -67,7 +68,6 @@ from fastenv.shm.arena import (
     ArenaShape,
     envelope_size,
 )
-from fastenv.loans import ReplyLoans
 from fastenv.shm.plane import DEFAULT_SHAPE, FAST_DATA, LayoutReceiver, LayoutSender
 from fastenv.tcp.framing import FLAG_LAYOUT
 from fastenv.tcp.layouts import StreamDecoder, StreamEncoder

@@ -20,16 +20,30 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from fastenv import codec
-from fastenv.errors import DecodeError, EncodeError, FastEnvTimeout, FrameTooLarge, ProtocolError
+from fastenv.errors import (
+    DecodeError,
+    EncodeError,
+    FastEnvTimeout,
+    FrameTooLarge,
+    ProtocolError,
+)
+from fastenv.layout import (
+    LayoutMismatch,
+    ReceivedLayouts,
+    SentLayouts,
+    copy_strided,
+    native_put,
+    native_take,
+)
 from fastenv.loans import ReplyLoans
-from fastenv.layout import LayoutMismatch, ReceivedLayouts, SentLayouts, copy_strided, native_put, native_take
+from fastenv.shm import futex
 from fastenv.shm.arena import (
     CALL,
     ENVELOPE,
@@ -46,7 +60,6 @@ from fastenv.shm.arena import (
     envelope_size,
 )
 from fastenv.shm.doorbell import Doorbell
-from fastenv.shm import futex
 
 log = logging.getLogger("fastenv.shm")
 
