@@ -11,7 +11,8 @@ which ones it missed (:attr:`TransitionSubscriber.skipped`).
 Skipping costs the controller almost nothing: the publisher socket refuses
 (rather than drops) a message that some observer has no room for, and from
 then on transitions are not even encoded, except one probe every
-:data:`PROBE_INTERVAL_S`, until a probe goes through. So while an observer is
+:data:`PROBE_INTERVAL_S` (and what follows it until the publisher thread has
+tried it), until a probe goes through. So while an observer is
 stalled, all observers skip (they share one queue position); a
 fast observer next to a stalled one sees the same gaps.
 
@@ -101,6 +102,11 @@ class TransitionPublisher:
         self.dropped = 0
         self.backlogged = False  # the last message was refused: observers are behind
         self._last_try = 0.0
+        # A probe is on its way to the publisher thread: until that thread has tried it, the
+        # backlog may already be gone, so transitions are still handed over (the handoff
+        # queue bounds them). Without this, the transition right after a successful probe
+        # was dropped whenever the controller stepped faster than the thread forwarded.
+        self._probing = False
         host = f"[{bind}]" if ":" in bind and not bind.startswith("[") else bind
         with translate_zmq_errors(f"tcp://{host}"):
             self._xpub = self._context.socket(zmq.XPUB)
@@ -126,12 +132,13 @@ class TransitionPublisher:
 
     def publish(self, seq: int, method: str, args: tuple, kwargs: dict, result: Any, session: str) -> None:
         """Hand one transition to the publisher thread; never blocks (a full queue drops it)."""
-        if self.backlogged:
+        if self.backlogged and not self._probing:
             now = time.monotonic()
             if now - self._last_try < PROBE_INTERVAL_S:
                 self.dropped += 1
                 return
             self._last_try = now
+            self._probing = True
         body = {"seq": seq, "method": method, "args": args, "kwargs": kwargs, "result": result, "session": session}
         try:
             frames = protocol.pack(Kind.TRANSITION, seq, body)
@@ -191,6 +198,7 @@ class TransitionPublisher:
             except zmq.Again:  # an observer's queue is full: skip, and stop encoding for a while
                 self.dropped += 1
                 self.backlogged = True
+            self._probing = False
 
     def close(self, timeout: float = 2.0) -> None:
         """Stop the thread and close the sockets (idempotent)."""
