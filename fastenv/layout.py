@@ -440,6 +440,10 @@ class SentLayouts:
         self._by_key[key] = (layout_id, layout)
         return layout_id, spec
 
+    def forget(self, key: str) -> None:
+        """Drop ``key``'s layout: its definition never reached the peer (the message was refused)."""
+        self._by_key.pop(key, None)
+
 
 class ReceivedLayouts:
     """The layouts the peer has announced, by id, compiled and validated."""

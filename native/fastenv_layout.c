@@ -899,9 +899,9 @@ layout_take(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
             PyBuffer_Release(&view);
             Py_RETURN_NONE;
         }
-        int forever = timeout > 1e9;
-        int64_t deadline = forever ? INT64_MAX : monotonic_ns() + (int64_t)(timeout * 1e9);
-        int changed = wait_for_ring(word, word + 1, seen, spin_us > 1000000 ? 1000000 : spin_us, forever, deadline);
+        int forever = timeout > FASTENV_MAX_TIMEOUT_S;
+        int64_t deadline = forever ? INT64_MAX : monotonic_ns() + (int64_t)(timeout * (double)NS_PER_S);
+        int changed = wait_for_ring(word, word + 1, seen, spin_us, forever, deadline);
         if (changed <= 0) {
             PyBuffer_Release(&view);
             if (changed < 0) {

@@ -269,9 +269,6 @@ native_wait(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
         PyErr_SetString(PyExc_ValueError, "spin_us must be >= 0");
         return NULL;
     }
-    if (spin_us > 1000000) {
-        spin_us = 1000000; /* a second of spinning is never what anyone wants */
-    }
 
     Py_buffer view;
     uint32_t *word;

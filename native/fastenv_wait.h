@@ -209,7 +209,7 @@ block_phase(uint32_t *word, uint32_t *sleepers, uint32_t expected, int forever, 
 
 /* Wait while *word == expected: spin for up to spin_us, then block in
  * FUTEX_WAIT (counted in *sleepers when not NULL) until deadline (ignored when
- * forever).  Call with the GIL held: it is released while waiting and taken
+ * forever); spin_us is capped at a second.  Call with the GIL held: it is released while waiting and taken
  * back to run the Python signal handlers between slices (Ctrl-C raises
  * KeyboardInterrupt).  Returns 1 when the word changed, 0 on timeout, -1 with
  * a Python exception set.  The caller keeps the buffer holding word alive. */
@@ -217,6 +217,9 @@ static int
 wait_for_ring(uint32_t *word, uint32_t *sleepers, uint32_t expected, Py_ssize_t spin_us, int forever,
               int64_t deadline)
 {
+    if (spin_us > 1000000) {
+        spin_us = 1000000; /* a second of spinning is never what anyone wants */
+    }
     int64_t start = monotonic_ns();
     int spinning = spin_us > 0;
     wait_status status;

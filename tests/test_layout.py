@@ -119,6 +119,23 @@ def test_c_packer_never_writes_outside_its_buffer() -> None:
         layout.unpack(bytearray(2), 0, [np.zeros(4, np.float32)], False)
 
 
+def test_shm_sender_forgets_a_layout_whose_definition_was_not_written() -> None:
+    from fastenv.shm.arena import Arena
+    from fastenv.shm.plane import DEFAULT_SHAPE, LayoutSender
+
+    sender = LayoutSender()
+    value = (np.zeros(4, np.float32), 1.0)
+    with Arena.create(DEFAULT_SHAPE) as arena:
+        arena.unlink()
+        first, _ = sender.define("step", value)
+        assert sender.prepared(arena, 4096, 65536, "step") is not None
+        sender.forget("step")
+        assert sender.prepared(arena, 4096, 65536, "step") is None  # nothing refers to the unsent id
+        assert not sender.write_fast(arena, 4096, 65536, "step", 1, 1, value)
+        second, _ = sender.define("step", value)
+        assert second != first
+
+
 def test_layout_registries_give_up_on_values_without_a_fixed_structure() -> None:
     sent = SentLayouts()
     assert sent.define("step", object()) is None  # no layout for an arbitrary object

@@ -46,7 +46,8 @@ from fastenv.tcp import (
     connect_data_stream,
     framing,
 )
-from fastenv.tcp.layouts import StreamDecoder
+from fastenv.tcp.framing import FLAG_LAYOUT, FLAG_LAYOUT_DEF
+from fastenv.tcp.layouts import StreamDecoder, StreamEncoder
 from fastenv.tcp.framing import CALL, ENTRY, ERROR, HEADER, MAGIC, RESULT
 from fastenv.tcp.plane import HELLO
 
@@ -422,6 +423,34 @@ def test_request_over_the_server_limit_closes_the_connection(tcp: Any) -> None:
     assert isinstance(served.workers[0].exit_reason, FrameTooLarge)
     with pytest.raises(ConnectionLost):
         plane.call(("echo", (1,), {}), None, "echo")
+
+
+def test_a_call_refused_while_one_is_pending_announces_nothing(tcp: Any) -> None:
+    """A refused send must not leave its layout recorded as announced: the next call would use an id
+    the server never received."""
+    plane = tcp.client(tcp.serve())
+    deadline = time.monotonic() + T
+    ticket = plane.send(("echo", (1,), {}), deadline, "echo")
+    array_call = ("echo", (np.arange(3.0),), {})  # another structure: would define a new layout
+    with pytest.raises(ProtocolError, match="still waiting"):
+        plane.send(array_call, deadline, "echo")
+    assert plane.receive(ticket, deadline, "echo") == (True, 1)
+    for _ in range(3):  # the definition, then layout messages the server can read
+        ok, value = plane.call(array_call, T, "echo")
+        assert ok, value
+        np.testing.assert_array_equal(value, np.arange(3.0))
+
+
+def test_stream_encoder_forgets_a_definition_that_was_not_sent() -> None:
+    encoder = StreamEncoder()
+    body = ("step", (np.zeros(4, np.float32),), {})
+    _, _, flags, _ = encoder.encode("step", body)
+    assert flags == FLAG_LAYOUT_DEF
+    encoder.refused("step", flags)
+    _, _, flags, _ = encoder.encode("step", body)
+    assert flags == FLAG_LAYOUT_DEF  # announced again, not referenced by an id the peer lacks
+    encoder.refused("step", FLAG_LAYOUT)  # a refused layout message leaves the layout in place
+    assert encoder.encode("step", body)[2] == FLAG_LAYOUT
 
 
 def test_request_over_the_client_limit_is_refused_before_sending(tcp: Any) -> None:

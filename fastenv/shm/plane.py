@@ -159,9 +159,17 @@ class LayoutSender:
         """A new layout for ``value`` (its id and spec), or None if it has none or we gave up."""
         definition = self._sent.define(key, value)
         if definition is not None:
-            for prepared in [prepared for prepared in self._prepared if prepared[0] == key]:
-                del self._prepared[prepared]
+            self._drop_prepared(key)
         return definition
+
+    def forget(self, key: str) -> None:
+        """Drop ``key``'s layout: the envelope defining it was never written for the peer."""
+        self._sent.forget(key)
+        self._drop_prepared(key)
+
+    def _drop_prepared(self, key: str) -> None:
+        for prepared in [prepared for prepared in self._prepared if prepared[0] == key]:
+            del self._prepared[prepared]
 
     def forget_arena(self) -> None:
         """Drop cached views after a remap."""
@@ -258,7 +266,12 @@ def _encode_general(kind: int, value: Any, sender: LayoutSender, key: str) -> _E
     """Encode ``value`` with the general codec, announcing a layout for ``key`` when one fits it."""
     definition = sender.define(key, value) if kind in (CALL, RESULT) else None
     payload = value if definition is None else (definition[0], definition[1], value)
-    skeleton, buffers = codec.encode(payload)
+    try:
+        skeleton, buffers = codec.encode(payload)
+    except BaseException:
+        if definition is not None:
+            sender.forget(key)
+        raise
     return _Encoded(kind, skeleton, buffers, WITH_LAYOUT if definition else 0)
 
 
@@ -402,11 +415,7 @@ class ShmServerWorker:
             loans.call = None
             return self._reply(arena, seq, RESULT if ok else ERROR, value, name)
         # The env wrote into arrays from fastenv.reply_array(): some may be the reply slot itself.
-        shape = arena.shape
-        if ok and self._sender.write_fast(
-            arena, shape.slot_offset(seq % shape.slots), shape.slot_capacity, name, RESULT, seq, value, REPLY_BELL,
-            loans.places(),
-        ):
+        if ok and self._reply_fast(arena, seq, value, name, loans.places()):
             loans.end(value, settled=True)
             return arena
         target = self._reply(arena, seq, RESULT if ok else ERROR, value, name, fast=False)
@@ -434,17 +443,20 @@ class ShmServerWorker:
         self._announce(arena, new, seq)
         return new
 
+    def _reply_fast(self, arena: Arena, seq: int, value: Any, key: str, lent: bytes | None = None) -> bool:
+        """Write the RESULT ``value`` for ``seq`` through ``key``'s layout and ring; False if it has none that fits."""
+        shape = arena.shape
+        offset = shape.slot_offset(seq % shape.slots)
+        return self._sender.write_fast(arena, offset, shape.slot_capacity, key, RESULT, seq, value, REPLY_BELL, lent)
+
     def _reply(self, arena: Arena, seq: int, kind: int, value: Any, key: str, *, fast: bool = True) -> Arena:
         """Write the reply to ``seq`` and ring; the arena it is in (a new one when it outgrew the slot).
 
         ``fast`` False: skip the layout (already tried, or not allowed).
         """
-        shape = arena.shape
-        offset = shape.slot_offset(seq % shape.slots)
-        if kind == RESULT and fast and self._sender.write_fast(
-            arena, offset, shape.slot_capacity, key, RESULT, seq, value, REPLY_BELL
-        ):
+        if kind == RESULT and fast and self._reply_fast(arena, seq, value, key):
             return arena
+        shape = arena.shape
         try:
             encoded = _encode_general(kind, value, self._sender, key)
         except EncodeError as exc:
@@ -570,15 +582,14 @@ class ShmClientPlane:
         if self._fresh:
             return None
         arena = self.arena
-        prepared = self._sender.prepared(arena, self._request_offset, arena.shape.request_capacity, body[0])
         buf = arena.buf
-        if prepared is None or self._load(buf, CONSUMED_WORD) != self._seq & 0xFFFFFFFF:
-            return None  # no layout yet, or the server still reads our last request: the general path waits
+        if self._load(buf, CONSUMED_WORD) != self._seq & 0xFFFFFFFF:
+            return None  # the server still reads our last request: the general path waits
         seq = self._seq + 1
         seen = self._load(buf, REPLY_BELL)
-        program, views, layout_id, _ = prepared
-        if not native_put(program, buf, self._request_offset, body, views, copy_strided, CALL, layout_id, seq, REQUEST_BELL):
-            return None
+        capacity = arena.shape.request_capacity
+        if not self._sender.write_fast(arena, self._request_offset, capacity, body[0], CALL, seq, body, REQUEST_BELL):
+            return None  # no layout yet, or another structure: nothing was rung
         self._seq = seq
         return seq, seen
 
@@ -598,6 +609,8 @@ class ShmClientPlane:
                     GROW, lambda seq: arena.write_envelope(offset, capacity, GROW, seq, grow, []), deadline, what
                 )
                 if kind == ERROR:
+                    if encoded.flags & WITH_LAYOUT:
+                        self._sender.forget(key)  # the definition never reached the server
                     return _Done(False, value)
                 if kind != REMAP:
                     raise ProtocolError("server did not grow the request region")

@@ -66,10 +66,19 @@ class StreamEncoder:
                     return scratch, wires, FLAG_LAYOUT, layout_id
             definition = self._sent.define(key, value)
             if definition is not None:
-                skeleton, buffers = codec.encode((definition[0], definition[1], value))
+                try:
+                    skeleton, buffers = codec.encode((definition[0], definition[1], value))
+                except BaseException:
+                    self._sent.forget(key)
+                    raise
                 return skeleton, buffers, FLAG_LAYOUT_DEF, 0
         skeleton, buffers = codec.encode(value)
         return skeleton, buffers, 0, 0
+
+    def refused(self, key: str, flags: int) -> None:
+        """A message from :meth:`encode` was not sent: a layout it announced does not exist for the peer."""
+        if flags & FLAG_LAYOUT_DEF:
+            self._sent.forget(key)
 
 
 class StreamDecoder:

@@ -155,9 +155,9 @@ class TcpClientPlane:
     def send(self, body: Any, deadline: float | None, what: str) -> int:
         """Send a CALL body without waiting for its reply; returns its sequence number."""
         with self._lock:
-            skeleton, buffers, flags, layout_id = self._encoder.encode(body[0], body)
             if self.pending_seq is not None and self._stream.broken is None:
                 raise ProtocolError(f"{what}: call {self.pending_seq} is still waiting for its reply")
+            skeleton, buffers, flags, layout_id = self._encoder.encode(body[0], body)
             self._seq = (self._seq + 1) & 0xFFFFFFFFFFFFFFFF
             seq = self.pending_seq = self._seq
             try:
@@ -169,6 +169,7 @@ class TcpClientPlane:
                 if self._stream.broken is None:  # refused before anything was sent (too large)
                     self.pending_seq = None
                     self._seq = (seq - 1) & 0xFFFFFFFFFFFFFFFF
+                    self._encoder.refused(body[0], flags)
                 raise
         return seq
 
@@ -387,6 +388,7 @@ class TcpServerWorker:
         except ProtocolError as exc:  # FrameTooLarge: nothing was sent, the stream is intact
             if self._stream.broken is not None:
                 raise
+            self._encoder.refused(name, flags)
             skeleton, _ = codec.encode(_error_body("encode", exc))
             self._stream.send(ERROR, seq, skeleton, [], alive=self._check_stop, stall=self._io_timeout)
 
