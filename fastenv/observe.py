@@ -40,7 +40,8 @@ from typing import Any
 import zmq
 
 from fastenv import protocol
-from fastenv.control.auth import AuthConfig
+from fastenv.control.auth import AuthConfig, refuse_unversioned_peers
+from fastenv.control.router import HANDSHAKE_TIMEOUT_S
 from fastenv.errors import ConnectionLost, FastEnvTimeout, ProtocolError, translate_zmq_errors
 from fastenv.protocol import Kind
 
@@ -113,6 +114,8 @@ class TransitionPublisher:
             self._xpub.setsockopt(zmq.LINGER, 0)
             self._xpub.setsockopt(zmq.SNDHWM, queue)
             self._xpub.setsockopt(zmq.XPUB_NODROP, 1)  # refuse instead of dropping: see backlogged
+            self._xpub.setsockopt(zmq.HANDSHAKE_IVL, int(HANDSHAKE_TIMEOUT_S * 1000))
+            refuse_unversioned_peers(self._xpub)
             if auth is not None:
                 auth.configure_server(self._xpub)
             if ":" in bind:

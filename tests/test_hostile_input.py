@@ -209,6 +209,47 @@ def test_random_bytes_on_the_raw_port(server) -> None:
     _still_serves(server)
 
 
+def _hung_up_within(sock: socket.socket, timeout: float) -> bool:
+    """Whether the peer closes ``sock`` (EOF or reset) within ``timeout`` seconds, reading what it sends."""
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        sock.settimeout(remaining)
+        try:
+            if not sock.recv(65536):
+                return True
+        except TimeoutError:
+            return False
+        except OSError:  # reset
+            return True
+
+
+JUNK_THAT_STAYS_OPEN = {
+    "http": b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    "text": b"hello\n",
+    "binary": bytes(range(1, 200)),
+    "short": b"\x01\x00",
+}
+
+
+@pytest.mark.parametrize("port_kind", ["control", "observer"])
+def test_junk_that_stays_open_is_hung_up_on_at_once(serve, port_kind: str) -> None:
+    # Not a ZMTP 3 greeting: libzmq would take each for a ZMTP 1.0 peer and keep it for good.
+    server = serve(COUNTER)
+    host, port = split_address(server.address)
+    if port_kind == "observer":
+        with raw_dealer(server.address) as sock:
+            port = _hello_fields(sock)["observe"]["port"]
+    with contextlib.ExitStack() as held:
+        junk = {name: held.enter_context(raw_connection(host, port, payload)) for name, payload in JUNK_THAT_STAYS_OPEN.items()}
+        # well inside the handshake timeout (10 s), which only drops silent connections
+        kept = [name for name, sock in junk.items() if not _hung_up_within(sock, 3.0)]
+        assert not kept, f"the server kept junk connections open: {kept}"
+    _still_serves(server)
+
+
 def test_zmtp_frame_declaring_a_huge_size(server) -> None:
     host, port = server.address.removeprefix("tcp://").rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=5) as raw:

@@ -52,6 +52,21 @@ KEY_LENGTH = 40  # a Z85-encoded CURVE key
 AuthLike = Union["AuthConfig", str, os.PathLike]
 
 
+def refuse_unversioned_peers(socket: zmq.Socket) -> None:
+    """Make a listening ``socket`` (before bind) hang up at once on peers that do not speak ZMTP 3.
+
+    libzmq takes a peer whose first byte is not the ZMTP 3 signature for an
+    unversioned ZMTP 1.0 peer: its handshake completes at once, its bytes (an
+    HTTP request line, a port scanner's probe) become messages, and neither
+    the handshake timeout nor heartbeats ever drop it, so each one would hold
+    a file descriptor for as long as it stays open. libzmq refuses such peers
+    on any socket that names a ZAP domain. Without authentication the domain
+    is not enforced and no ZAP handler runs, so every ZMTP 3 peer is admitted
+    as before; with authentication :meth:`AuthConfig.configure_server` sets it too.
+    """
+    socket.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
+
+
 @dataclass(frozen=True)
 class AuthConfig:
     """The CURVE keys of one side of fastenv's connections.

@@ -10,7 +10,7 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from fastenv import protocol
-from fastenv.control.auth import AuthConfig
+from fastenv.control.auth import AuthConfig, refuse_unversioned_peers
 from fastenv.control.dealer import HEARTBEAT_INTERVAL_S, heartbeat_options
 from fastenv.errors import AddressInUse, TransportError
 
@@ -60,6 +60,7 @@ class ServerSocket:
         self.socket = self._context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.HANDSHAKE_IVL, max(1, int(handshake_timeout * 1000)))
+        refuse_unversioned_peers(self.socket)
         if auth is not None:
             auth.configure_server(self.socket)
         self.socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
