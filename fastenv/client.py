@@ -17,7 +17,7 @@ from fastenv import (
 )
 from fastenv._version import __version__
 from fastenv.batching import pack_column, unpack_results
-from fastenv.control.address import host_identity, normalize_address
+from fastenv.control.address import host_identity, normalize_address, refuses_connections, split_endpoint
 from fastenv.control.auth import AuthLike, client_auth
 from fastenv.control.dealer import ClientChannel
 from fastenv.errors import (
@@ -47,14 +47,16 @@ from fastenv.observe import Transition, TransitionSubscriber
 from fastenv.protocol import BATCH_STEP, GETATTR, LEASE, Kind, Message
 from fastenv.shm.arena import Arena
 from fastenv.shm.plane import ShmClientPlane
-from fastenv.tcp.plane import TcpClientPlane, connect_data_stream
+from fastenv.tcp.plane import StreamRefused, TcpClientPlane, connect_data_stream
 from fastenv.trusted import NOT_AUTHENTICATED, pack_factory
 
 TRANSPORTS = ("auto", "shm", "tcp")
 ROLES = ("shared", "controller", "observer")
 SESSION_LOST_POLICIES = ("raise", "recreate")
-RECONNECT_BACKOFF_S = (0.02, 0.5)
-UNREACHABLE_AFTER_RETRIES = 3  # failed reconnections in a row (~0.35 s) that mean the server is not running  # first and longest pause between attempts to resume a session
+RECONNECT_BACKOFF_S = (0.02, 0.5)  # first and longest pause between attempts to resume a session
+UNREACHABLE_AFTER_RETRIES = 3  # failed reconnections in a row (~0.35 s) that mean the server is not running
+REFUSAL_PROBE_S = 0.5  # how long a check that the server's port refuses connections may take
+SESSION_GONE_KINDS = ("no_session", "session_lost")  # error kinds saying the server holds no session for us
 _MISSING = object()
 
 
@@ -192,7 +194,7 @@ class FastRemoteEnv:
             channel_options["heartbeat_interval"] = heartbeat_interval
         self._channel = ClientChannel(self.address, **channel_options)
         try:
-            self._open_session(connect_timeout)
+            self._connect_session(connect_timeout, retry_timeouts=False)
             if role == "controller":
                 self.acquire_control(lease_timeout)
             elif role == "observer":
@@ -235,6 +237,28 @@ class FastRemoteEnv:
         """
         return cls(address, auth=auth, factory=factory, **kwargs)
 
+    def _connect_session(self, timeout: float, *, retry_timeouts: bool) -> None:
+        """:meth:`_open_session`, again with backoff while the connection drops on the way, for ``timeout`` seconds.
+
+        A HELLO sent again replaces the session the first one may have opened
+        (the server keys sessions by connection). ``retry_timeouts``: also try
+        again after an attempt that got no answer in time.
+        """
+        deadline = time.monotonic() + timeout
+        pause, longest = RECONNECT_BACKOFF_S
+        while True:
+            try:
+                self._open_session(max(0.001, deadline - time.monotonic()))
+                return
+            except (ConnectionLost, FastEnvTimeout) as exc:
+                self._close_planes()
+                if isinstance(exc, SessionLost) or (isinstance(exc, FastEnvTimeout) and not retry_timeouts):
+                    raise
+                if time.monotonic() + pause >= deadline:
+                    raise
+                time.sleep(pause)
+                pause = min(pause * 2, longest)
+
     def _open_session(self, timeout: float) -> None:
         """Handshake, shared-memory probe and data plane: a new session on the server."""
         transport, compression = self._options["transport"], self._options["compression"]
@@ -260,7 +284,7 @@ class FastRemoteEnv:
         offer = self._welcome.get("observe")
         if not offer:
             raise ProtocolError("the server offers no transition stream")
-        host = self.address.removeprefix("tcp://").rsplit(":", 1)[0]
+        host = self.address.removeprefix("tcp://").rpartition(":")[0]  # brackets kept: a ZeroMQ endpoint
         self._observer = TransitionSubscriber(f"tcp://{host}:{int(offer['port'])}", timeout=timeout, auth=self._auth)
 
     # ------------------------------------------------------------------ plumbing
@@ -333,11 +357,22 @@ class FastRemoteEnv:
                     "(a server with authentication offers no raw data stream)"
                 )
             return "calls travel as frames on the ZeroMQ connection (the server offers no data stream)"
-        host = self.address.removeprefix("tcp://").rsplit(":", 1)[0].strip("[]")
-        try:
-            sock = connect_data_stream(host, int(offer["port"]), offer["token"], timeout)
-        except (FastEnvError, OSError) as exc:  # refused, unreachable or filtered: stay on the control connection
-            return f"calls travel as frames on the ZeroMQ connection (data stream unreachable: {exc})"
+        host, _ = split_endpoint(self.address)
+        deadline = time.monotonic() + timeout
+        pause, longest = RECONNECT_BACKOFF_S
+        while True:
+            try:
+                sock = connect_data_stream(host, int(offer["port"]), offer["token"], max(0.001, deadline - time.monotonic()))
+                break
+            except StreamRefused as exc:
+                return f"calls travel as frames on the ZeroMQ connection ({exc})"
+            except ConnectionLost as exc:  # reached, then cut on the way: try again while the handshake's time lasts
+                if time.monotonic() + pause >= deadline:
+                    return f"calls travel as frames on the ZeroMQ connection (data stream cut repeatedly: {exc})"
+                time.sleep(pause)
+                pause = min(pause * 2, longest)
+            except (FastEnvError, OSError) as exc:  # refused, unreachable or filtered: stay on the control connection
+                return f"calls travel as frames on the ZeroMQ connection (data stream unreachable: {exc})"
         self._plane = TcpClientPlane(
             sock, self._channel.check_alive, compression=compression, first_seq=first_seq, **self._stream_limits()
         )
@@ -475,16 +510,25 @@ class FastRemoteEnv:
         return self._channel.send(Kind.CALL, body)
 
     def _receive(self, pending: _Pending, deadline: float | None) -> tuple[bool, Any]:
-        """Wait for ``pending``'s reply, resuming the session after a dropped connection."""
+        """Wait for ``pending``'s reply, resuming the session after a dropped connection.
+
+        A reply saying the server holds no session for this client (it ended
+        the session, or it is a new server) goes through ``on_session_lost``.
+        """
         while True:
             try:
                 if not pending.sent:
                     raise ConnectionLost(f"the connection dropped before {pending.what} was sent")
-                return self._receive_once(pending, deadline)
+                ok, value = self._receive_once(pending, deadline)
             except ConnectionLost as exc:
                 if not self.reconnect or isinstance(exc, SessionLost):
                     raise
                 self._resume(pending, deadline, exc)
+                continue
+            if ok or not (isinstance(value, dict) and value.get("kind") in SESSION_GONE_KINDS):
+                return ok, value
+            lost = SessionLost(f"the server at {self.address} no longer holds this session ({value.get('message')})")
+            self._session_lost(pending, deadline, lost)  # raises, or re-sent an interrupted reset
 
     def _receive_once(self, pending: _Pending, deadline: float | None) -> tuple[bool, Any]:
         plane = self._plane
@@ -511,14 +555,39 @@ class FastRemoteEnv:
                 # The arena does not drop: the client only gets here when the server process died.
                 raise SessionLost(f"{cause}; the server process is gone, and the session with it") from cause
             self._resume_session(deadline, cause)
+            if isinstance(self._plane, TcpClientPlane):
+                self._resume_stream(deadline, cause)
         except SessionLost as lost:
             self._session_lost(pending, deadline, lost)  # raises, or re-sent an interrupted reset
             return
-        if isinstance(self._plane, TcpClientPlane):
-            self._reconnect_stream(deadline)
         pending.sent = False
-        pending.ticket = self._resend(pending)
+        try:
+            pending.ticket = self._resend(pending)
+        except ConnectionLost:
+            return  # cut again before it went out: the caller resumes once more (within the deadline)
         pending.sent = True
+
+    def _resume_stream(self, deadline: float | None, cause: ConnectionLost) -> None:
+        """Reconnect the data stream of the resumed session, until the call's deadline.
+
+        A reconnection that fails (its own connection cut, a refused token
+        after the server ended the session meanwhile) is followed by a new
+        RESUME, which raises :class:`~fastenv.SessionLost` when the session is gone.
+        """
+        pause, longest = RECONNECT_BACKOFF_S
+        while True:
+            try:
+                self._reconnect_stream(deadline)
+                return
+            except (TransportError, FastEnvTimeout) as exc:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise ConnectionLost(
+                        f"{cause}; the data stream could not be reconnected within the call's timeout ({exc})"
+                    ) from exc
+                time.sleep(pause if remaining is None else min(pause, remaining))
+                pause = min(pause * 2, longest)
+                self._resume_session(deadline, cause)
 
     def _resume_session(self, deadline: float | None, cause: ConnectionLost) -> None:
         """RESUME on the control channel, with backoff, until the call's deadline."""
@@ -534,6 +603,9 @@ class FastRemoteEnv:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise ConnectionLost(f"{cause}; the session could not be resumed within the call's timeout") from cause
+            probe_s = REFUSAL_PROBE_S if remaining is None else min(REFUSAL_PROBE_S, remaining)
+            if not channel.connected and refuses_connections(self.address, probe_s):
+                raise ConnectionLost(f"{cause}; the server at {self.address} is not running (connection refused)") from cause
             try:
                 attempt = 1.0 if remaining is None else min(1.0, max(remaining, 0.001))
                 token = (self._welcome.get("tcp") or {}).get("token", b"")
@@ -558,7 +630,7 @@ class FastRemoteEnv:
         old = self._plane
         assert isinstance(old, TcpClientPlane)
         offer = self._welcome.get("tcp") or {}
-        host = self.address.removeprefix("tcp://").rsplit(":", 1)[0].strip("[]")
+        host, _ = split_endpoint(self.address)
         timeout = 10.0 if deadline is None else max(0.001, deadline - time.monotonic())
         assert self._channel is not None
         sock = connect_data_stream(host, int(offer["port"]), offer["token"], timeout)
@@ -605,16 +677,7 @@ class FastRemoteEnv:
         self._lost_session = None
         self._pending = None  # the interrupted call is answered (or re-sent) by the caller
         deadline = time.monotonic() + timeout
-        pause, longest = RECONNECT_BACKOFF_S
-        while True:
-            try:
-                self._open_session(max(0.001, deadline - time.monotonic()))
-                break
-            except (FastEnvTimeout, ConnectionLost):
-                if time.monotonic() >= deadline:
-                    raise
-                time.sleep(pause)
-                pause = min(pause * 2, longest)
+        self._connect_session(timeout, retry_timeouts=True)
         if self.role == "controller":
             self.acquire_control(max(0.0, deadline - time.monotonic()))
 
@@ -854,7 +917,7 @@ def _error_from(body: Any) -> FastEnvError:
         return UnknownMethodError(message)
     if kind == "control":
         return LeaseHeld(message) if type_name.endswith("LeaseHeld") else ControlDenied(message)
-    if kind == "session_lost":
+    if kind in SESSION_GONE_KINDS:
         return SessionLost(message)
     if kind == "encode":
         return EncodeError(f"the server could not send the result: {message}")

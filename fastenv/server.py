@@ -95,7 +95,7 @@ ROLES = ("shared", "controller", "observer")
 # Calls that leave the env as it was: allowed to observers and while another client holds
 # the lease, and not published as transitions. Everything else counts as changing the env.
 READ_ONLY_CALLS = frozenset({GETATTR, "get_state", "render"})
-ATTACH_GRACE_S = 10.0  # a session that never chose a data plane is ended after this long
+ATTACH_GRACE_S = 10.0  # a session that leaves its shared-memory offer unanswered is ended after this long
 DEFAULT_MAX_SESSIONS = 256
 MAX_BATCH_STEPS = 1 << 16  # most actions in one batch_step
 DEFAULT_MAX_PENDING = 64
@@ -132,7 +132,7 @@ class Session:
     data_token: bytes = b""  # presented by the client's TCP data stream and by RESUME
     worker: ShmServerWorker | TcpServerWorker | None = None
     ended: bool = False
-    attached: bool = False  # the client chose its data plane (ATTACH)
+    attached: bool = False  # the client answered the shared-memory offer (ATTACH), or none was made
     created: float = field(default_factory=time.monotonic)
     disconnected_since: float | None = None
     call_record: ReplyRecord = field(default_factory=ReplyRecord)  # calls on the control connection
@@ -169,8 +169,11 @@ class EnvServer:
             :class:`~fastenv.errors.ServerBusy`.
         max_pending: most requests one client may have waiting on the control
             connection; more get :class:`~fastenv.errors.TooManyPending`.
-        attach_grace: seconds a session may stay connected without choosing
-            its data plane before it is ended.
+        attach_grace: seconds a client may leave the shared-memory offer of
+            its session unanswered (no ATTACH) before the session is ended. A
+            session offered no shared memory has nothing to answer: its calls
+            travel on the TCP stream or the control connection, whose liveness
+            is watched instead.
         close_env: close a shared env on shutdown (default: only if the server made it).
         shm: offer the shared-memory data plane to clients on this host.
         shm_slots: reply slots per session arena (a client's views stay valid
@@ -415,10 +418,12 @@ class EnvServer:
                 if not _process_alive(session.peer.get("host", {}).get("pid")):
                     reason = "its process exited"
             elif isinstance(session.worker, TcpServerWorker):
-                if session.disconnected_since is not None and now - session.disconnected_since >= self.heartbeat_interval:
+                if session.disconnected_since is None and not session.worker.is_alive():
+                    session.disconnected_since = now  # a RESUME without its stream: the window starts again
+                elif session.disconnected_since is not None and now - session.disconnected_since >= self.heartbeat_interval:
                     reason = "its data stream dropped and was not resumed"
             elif not session.attached and now - session.created > self.attach_grace:
-                reason = "it never chose a data plane"
+                reason = "it left the shared-memory offer unanswered"
             else:  # calls travel (or the data plane is chosen) on the control connection: is it still there?
                 if self._socket.probe(session.identity):
                     session.disconnected_since = None
@@ -605,6 +610,7 @@ class EnvServer:
                 offer = {"name": session.offered_arena.name}
             except OSError as exc:
                 log.warning("cannot offer shared memory: %s", exc)
+        session.attached = offer is None  # no offer to answer: calls go on the TCP stream or this connection
         log.info(
             "session %s opened by %s (%s%s)",
             session.session_id,
@@ -923,8 +929,9 @@ class EnvServer:
         with self._token_lock:
             session.ended = True
             self._by_token.pop(session.data_token, None)
-        if session.worker is not None:
-            session.worker.stop()
+        worker, session.worker = session.worker, None
+        if worker is not None:
+            worker.stop()  # releases the worker's arenas (mapping and descriptor) or stream at once
         if session.offered_arena is not None:
             session.offered_arena.unlink()
             session.offered_arena.close()

@@ -20,6 +20,29 @@ def normalize_address(address: str) -> str:
     return f"tcp://{host or '127.0.0.1'}:{port}"
 
 
+def split_endpoint(endpoint: str) -> tuple[str, int]:
+    """``(host, port)`` of ``tcp://host:port`` (IPv6 brackets removed), for plain sockets."""
+    host, _, port = endpoint.removeprefix("tcp://").rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def refuses_connections(endpoint: str, timeout: float) -> bool:
+    """Whether the host of ``tcp://host:port`` answers a connection to that port with a refusal.
+
+    A refusal (TCP reset) is the host saying that nothing listens there: the
+    server process is gone. Anything else (accepted, no answer, unreachable
+    network) proves nothing and returns False.
+    """
+    host, port = split_endpoint(endpoint)
+    try:
+        with socket.create_connection((host, port), timeout=max(0.001, timeout)):
+            return False
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
+
+
 def is_loopback(host: str) -> bool:
     """Whether binding ``host`` keeps the server reachable from this machine only."""
     if host in ("localhost",):

@@ -222,7 +222,9 @@ class LayoutReceiver:
         return layout.unpack(buffer, offset + FAST_DATA, views, copy)
 
     def forget_arena(self) -> None:
-        """Drop cached views after a remap."""
+        """Drop cached views after a remap (also from the tables :meth:`region` handed out)."""
+        for prepared in self._regions.values():
+            prepared.clear()
         self._regions.clear()
 
 
@@ -314,15 +316,39 @@ class ShmServerWorker:
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop the worker and release the arenas' names (memory goes when the client unmaps)."""
+        """Stop the worker and release its arenas: names, mappings and descriptors.
+
+        The memory goes when the client unmaps too. A call still running after
+        ``timeout`` (an env that hangs) keeps the mappings until it returns: the
+        worker thread releases them as it ends.
+        """
         self._stop.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
+        thread = self._thread
+        if thread.is_alive() and thread is not threading.current_thread():
+            thread.join(timeout)
+        for arena in self._arenas:
+            arena.unlink()
+        if thread.ident is None or not thread.is_alive():
+            self._release()
+
+    def _release(self) -> None:
+        """Drop every view into the arenas, then unmap them (idempotent; the thread is not running)."""
+        self._sender.forget_arena()
+        self._receiver.forget_arena()
+        self._reply_bells.clear()
+        self._loans.call = None
         for arena in self._arenas:
             arena.unlink()
             arena.close()
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        finally:
+            if self._stop.is_set():
+                self._release()
+
+    def _serve(self) -> None:
         self._loans.bind()
         arena = self.arena
         bell = _bell(arena.buf, REQUEST_BELL, self._spin_us)

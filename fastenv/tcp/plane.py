@@ -73,6 +73,7 @@ log = logging.getLogger("fastenv.tcp")
 
 HELLO = b"FEdata01"  # preamble of a data connection, followed by the session token
 ACK = b"\x06"  # the listener's answer once a session adopted the connection
+NAK = b"\x15"  # its answer to a token no session holds (then it hangs up)
 DEFAULT_TOKEN_SIZE = 16
 DEFAULT_ACCEPT_TIMEOUT_S = 5.0
 DEFAULT_IO_TIMEOUT_S = 30.0
@@ -80,6 +81,10 @@ MAX_PENDING = 128
 
 # Executes one call; returns (True, value) or (False, error body).
 Executor = Callable[[str, tuple, dict], tuple[bool, Any]]
+
+
+class StreamRefused(ConnectionLost):
+    """The server answered a data stream's preamble with :data:`NAK`: no session holds that token."""
 
 
 class _Stopped(Exception):
@@ -340,19 +345,12 @@ class TcpServerWorker:
                     log.exception("on_exit callback of a TCP worker failed")
 
     def _run_once(self, request: Any) -> tuple[int, Any, str]:
-        """``(kind, value, call name)``: the reply to ``request`` (recorded, so a re-sent call is not run twice)."""
+        """``(kind, value, call name)``: the reply to ``request`` (recorded, so a re-sent call is not run twice).
 
-        def handle() -> tuple[int, Any, str]:
-            return self._handle(request)
-
-        if self._record is None:
-            return handle()
-        try:
-            return self._record.run(request.seq, handle, self._check_stop)
-        except StaleRequest as exc:
-            return ERROR, _error_body("protocol", exc), ""
-
-    def _handle(self, request: Any) -> tuple[int, Any, str]:
+        The request is decoded even when the record answers it: a call re-sent
+        on a new stream announces its layouts there, and later calls use them.
+        """
+        seq = request.seq
         if request.kind != CALL:
             error = ProtocolError(f"expected a CALL, got {KIND_NAMES[request.kind]}")
             return ERROR, _error_body("protocol", error), ""
@@ -365,7 +363,19 @@ class TcpServerWorker:
                 raise ProtocolError("CALL body must be (str, tuple, dict)")
         except (ProtocolError, ValueError, TypeError) as exc:
             return ERROR, _error_body("protocol", exc), ""
-        del body
+        del body, request
+
+        def handle() -> tuple[int, Any, str]:
+            return self._handle(name, args, kwargs)
+
+        if self._record is None:
+            return handle()
+        try:
+            return self._record.run(seq, handle, self._check_stop)
+        except StaleRequest as exc:
+            return ERROR, _error_body("protocol", exc), ""
+
+    def _handle(self, name: str, args: tuple, kwargs: dict) -> tuple[int, Any, str]:
         try:
             ok, value = self._execute(name, args, kwargs)
         except Exception as exc:  # the executor should not raise; if it does, say so
@@ -565,6 +575,10 @@ class TcpDataListener:
             adopted = False
         if not adopted:
             self.dropped += 1
+            try:
+                sock.send(NAK)  # so the client can tell a refusal from a connection cut on the way
+            except OSError:
+                pass
             sock.close()
             return
         self.accepted += 1
@@ -595,8 +609,9 @@ def connect_data_stream(host: str, port: int, token: bytes, timeout: float) -> s
 
     Returns a blocking socket with TCP_NODELAY set. Raises
     :class:`FastEnvTimeout` if it takes longer than ``timeout`` seconds,
-    :class:`ConnectionLost` if the server refused the token, and
-    :class:`TransportError` if nothing listens there.
+    :class:`StreamRefused` if the server holds no session with that token,
+    :class:`ConnectionLost` if the connection dropped during the handshake,
+    and :class:`TransportError` if nothing listens there.
     """
     deadline = time.monotonic() + timeout
     endpoint = f"{host}:{port}"
@@ -613,7 +628,9 @@ def connect_data_stream(host: str, port: int, token: bytes, timeout: float) -> s
         sock.settimeout(max(0.001, deadline - time.monotonic()))
         answer = sock.recv(1)
         if not answer:
-            raise ConnectionLost(f"the server at {endpoint} refused the data stream (unknown or expired session token)")
+            raise ConnectionLost(f"the data stream to {endpoint} was cut during its handshake")
+        if answer == NAK:
+            raise StreamRefused(f"the server at {endpoint} refused the data stream (unknown or expired session token)")
         if answer != ACK:
             raise ProtocolError(f"the server at {endpoint} answered the data stream preamble with {answer!r}")
         sock.settimeout(None)
@@ -635,6 +652,8 @@ __all__ = [
     "DEFAULT_IO_TIMEOUT_S",
     "DEFAULT_TOKEN_SIZE",
     "HELLO",
+    "NAK",
+    "StreamRefused",
     "TcpClientPlane",
     "TcpDataListener",
     "TcpServerWorker",
