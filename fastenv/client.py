@@ -54,7 +54,7 @@ TRANSPORTS = ("auto", "shm", "tcp")
 ROLES = ("shared", "controller", "observer")
 SESSION_LOST_POLICIES = ("raise", "recreate")
 RECONNECT_BACKOFF_S = (0.02, 0.5)  # first and longest pause between attempts to resume a session
-UNREACHABLE_AFTER_RETRIES = 3  # failed reconnections in a row (~0.35 s) that mean the server is not running
+RESUME_ATTEMPT_S = (0.25, 1.0)  # first and longest wait for the answer to one RESUME
 REFUSAL_PROBE_S = 0.5  # how long a check that the server's port refuses connections may take
 SESSION_GONE_KINDS = ("no_session", "session_lost")  # error kinds saying the server holds no session for us
 _MISSING = object()
@@ -598,7 +598,7 @@ class FastRemoteEnv:
             channel.check_alive()  # take in the connection events so far
         except ConnectionLost:
             pass
-        retries_before = channel.retries
+        attempt_s = RESUME_ATTEMPT_S[0]
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
@@ -607,14 +607,14 @@ class FastRemoteEnv:
             if not channel.connected and refuses_connections(self.address, probe_s):
                 raise ConnectionLost(f"{cause}; the server at {self.address} is not running (connection refused)") from cause
             try:
-                attempt = 1.0 if remaining is None else min(1.0, max(remaining, 0.001))
-                token = (self._welcome.get("tcp") or {}).get("token", b"")
+                # A RESUME sent into a connection that is being cut is lost: ask again soon.
+                attempt = attempt_s if remaining is None else min(attempt_s, max(remaining, 0.001))
+                attempt_s = min(attempt_s * 2, RESUME_ATTEMPT_S[1])
+                token = self._welcome.get("token", b"")
                 reply = channel.request(
                     Kind.RESUME, {"session": self.session_id, "token": token}, attempt, what="resuming the session"
                 )
-            except (FastEnvTimeout, ConnectionLost):
-                if not channel.connected and channel.retries - retries_before >= UNREACHABLE_AFTER_RETRIES:
-                    raise ConnectionLost(f"{cause}; the server at {self.address} is not running") from cause
+            except (FastEnvTimeout, ConnectionLost):  # connections cut on arrival look the same: keep trying
                 time.sleep(pause if remaining is None else min(pause, max(0.0, remaining)))
                 pause = min(pause * 2, longest)
                 continue

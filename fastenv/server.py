@@ -14,11 +14,13 @@ read, and receive every call that changed the env through the
 :class:`~fastenv.observe.TransitionPublisher`.
 
 Liveness: a session whose client vanished is ended (its env closed in
-per-client mode, its lease released, its segments unlinked) within two
-heartbeat intervals: on shared memory when the client's process is gone; on
-the TCP stream when the stream dropped and was not resumed within one
-interval; otherwise when the client's control connection is gone for one
-interval (ZMTP heartbeats drop a silent peer). A client whose connection
+per-client mode, its lease released, its segments and their mappings
+released): on shared memory as soon as the client's process is gone; on the
+TCP stream when the stream dropped and was not taken up again within one
+heartbeat interval (a RESUME on the control connection starts that interval
+again); otherwise when the client's control connection is gone for one
+interval (ZMTP heartbeats drop a peer silent for two). A session
+offered shared memory must answer the offer within ``attach_grace``. A client whose connection
 dropped can RESUME its session in that window; calls re-sent after a drop are
 answered from the session's record, never applied twice (see
 :mod:`fastenv.replay`).
@@ -129,7 +131,7 @@ class Session:
     transport: str = "tcp"
     methods: dict[str, Any] = field(default_factory=dict)  # resolved bound methods, by name
     offered_arena: Arena | None = None  # created at HELLO, until the client proves it can map it
-    data_token: bytes = b""  # presented by the client's TCP data stream and by RESUME
+    data_token: bytes = b""  # the session's secret: presented by RESUME and by the client's TCP data stream
     worker: ShmServerWorker | TcpServerWorker | None = None
     ended: bool = False
     attached: bool = False  # the client answered the shared-memory offer (ATTACH), or none was made
@@ -636,6 +638,7 @@ class EnvServer:
             },
             "env": description,
             "env_hash": envinfo.description_hash(description),
+            "token": session.data_token,  # proves the session is ours in RESUME (with or without a data stream)
             "shm": offer,
             "tcp": {"port": self._data_listener.port, "token": session.data_token} if self._data_listener else None,
             "observe": {"port": self._publisher.port} if self._publisher is not None else None,

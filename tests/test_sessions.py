@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import random
-import socket
 import subprocess
 import sys
 import threading
@@ -25,7 +23,7 @@ from fastenv.errors import (
     NoPendingCallError,
     SessionLost,
 )
-from tests.proxy import TcpProxy
+from tests.proxy import TcpProxy, free_port
 
 COUNTER = f"{Path(__file__).parent / 'envs' / 'session_envs.py'}:Counter"
 T = 20.0  # bound on every blocking call
@@ -38,18 +36,6 @@ def wait_until(predicate: Callable[[], bool], timeout: float = T, interval: floa
             return True
         time.sleep(interval)
     return predicate()
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A free port below Linux's ephemeral range, so no outgoing connection takes it while a server restarts."""
-    for port in random.Random().sample(range(20000, 32000), 200):
-        with socket.socket() as sock:
-            try:
-                sock.bind((host, port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 20000-32000")
 
 
 # ---------------------------------------------------------------- leases and observers

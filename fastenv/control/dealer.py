@@ -101,6 +101,7 @@ class ClientChannel:
         self.max_message_bytes: int | None = None
         self._auth_failure: tuple[type[AuthenticationError], str] | None = None
         self._silent_failures = 0
+        self._ever_connected = False  # a handshake with this server key succeeded once
         self.routing_id = os.urandom(16)
         with translate_zmq_errors(endpoint):
             self._socket = self._context.socket(zmq.DEALER)
@@ -199,6 +200,7 @@ class ClientChannel:
             event = parsed["event"]
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:  # connected, and (with auth) authenticated
                 self.connected = True
+                self._ever_connected = True
                 self.retries = 0
                 self._silent_failures = 0
             elif event == zmq.EVENT_CONNECT_RETRIED:  # scheduled after every failed attempt or drop
@@ -226,7 +228,10 @@ class ClientChannel:
         if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
             self._auth_failure = self._mismatch("NULL" if self.auth is not None else "CURVE")
             return
-        # The server hung up without a word: ask it which mechanism it speaks.
+        # The server hung up without a word: ask it which mechanism it speaks. Once a handshake
+        # with this server key has succeeded, a silent failure is a connection cut on the way.
+        if self._ever_connected:
+            return
         self._silent_failures += 1
         if self._silent_failures % SILENT_HANDSHAKE_FAILURES == 0:
             self._auth_failure = self._mismatch(peer_mechanism(self.endpoint))

@@ -619,6 +619,8 @@ def connect_data_stream(host: str, port: int, token: bytes, timeout: float) -> s
         sock = socket.create_connection((host, port), timeout=timeout)
     except TimeoutError as exc:
         raise FastEnvTimeout(f"connecting the data stream to {endpoint} timed out") from exc
+    except (ConnectionResetError, ConnectionAbortedError) as exc:  # reached, then cut: not "nothing listens"
+        raise ConnectionLost(f"the data stream to {endpoint} was cut while connecting: {exc.strerror or exc}") from exc
     except OSError as exc:
         raise TransportError(f"cannot connect the data stream to {endpoint}: {exc.strerror or exc}") from exc
     try:

@@ -11,7 +11,7 @@ import numpy as np
 
 
 class Counter:
-    """Counts steps and state reads; ``step("slow")`` drops a marker file, then sleeps.
+    """Counts steps and state reads; ``step("slow:S")`` and ``step(-MS)`` drop a marker file, then sleep.
 
     Episodes end after ``horizon`` steps (terminated). Observations are
     ``obs_size`` float64 copies of the total step count, so every step's
@@ -20,8 +20,14 @@ class Counter:
 
     metadata = {"render_modes": []}
 
-    def __init__(self, marker_dir: str | None = None, horizon: int = 1000, obs_size: int = 4) -> None:
+    def __init__(
+        self, marker_dir: str | None = None, horizon: int = 1000, obs_size: int = 4, init_delay: float = 0.0
+    ) -> None:
         self.marker_dir = Path(marker_dir) if marker_dir else None
+        if init_delay:  # a slow env to build: a handshake stays pending that long
+            if self.marker_dir is not None:
+                (self.marker_dir / f"init-started-{time.monotonic_ns()}").write_text(str(os.getpid()))
+            time.sleep(init_delay)
         self.horizon = horizon
         self.obs_size = obs_size
         self.steps = 0
@@ -34,13 +40,18 @@ class Counter:
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
         if isinstance(action, str) and action.startswith("slow"):
-            if self.marker_dir is not None:
-                (self.marker_dir / "slow-started").write_text(str(os.getpid()))
-            time.sleep(float(action.partition(":")[2] or 0.5))
+            self._slow(float(action.partition(":")[2] or 0.5))
+        elif isinstance(action, (int, np.integer)) and action < 0:  # same structure as a plain step
+            self._slow(-int(action) / 1000)
         self.steps += 1
         self.total_steps += 1
         obs = np.full(self.obs_size, float(self.total_steps))
         return obs, float(self.steps), self.steps >= self.horizon, False, {"steps": self.steps}
+
+    def _slow(self, seconds: float) -> None:
+        if self.marker_dir is not None:
+            (self.marker_dir / "slow-started").write_text(str(os.getpid()))
+        time.sleep(seconds)
 
     def get_state(self) -> dict[str, int]:
         self.state_reads += 1
