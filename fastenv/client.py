@@ -455,21 +455,22 @@ class FastRemoteEnv:
             raise ClientClosedError(f"FastRemoteEnv({self.address!r}) is closed")
         if self._pending is not None:
             raise AlreadyPendingError(f"{self._pending.what} is still pending: collect it with receive_result()")
-        if self._lost_session is not None:
-            raise SessionLost(str(self._lost_session))
         timeout = self.timeout if timeout is _MISSING else timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         body = (name, tuple(args), kwargs or {})
         what = f"{name}()" if name != GETATTR else f"reading .{args[0]}"
+        pending = _Pending(body, what, None, deadline)
+        if self._lost_session is not None:  # raises, or (recreate) re-created the session and sent a reset
+            self._session_lost(pending, deadline, self._lost_session)
+        else:
+            try:
+                pending.ticket = self._send(body, deadline, what)
+            except ConnectionLost:
+                if not self.reconnect:
+                    raise
+                pending.sent = False  # sent again once the session is resumed
         if name == "reset":
             self._last_reset = (body[1], body[2])
-        pending = _Pending(body, what, None, deadline)
-        try:
-            pending.ticket = self._send(body, deadline, what)
-        except ConnectionLost:
-            if not self.reconnect:
-                raise
-            pending.sent = False  # sent again once the session is resumed
         self._pending = pending
 
     def receive_result(self, timeout: Any = _MISSING) -> Any:
@@ -615,7 +616,8 @@ class FastRemoteEnv:
                     Kind.RESUME, {"session": self.session_id, "token": token}, attempt, what="resuming the session"
                 )
             except (FastEnvTimeout, ConnectionLost):  # connections cut on arrival look the same: keep trying
-                time.sleep(pause if remaining is None else min(pause, max(0.0, remaining)))
+                left = None if deadline is None else deadline - time.monotonic()
+                time.sleep(pause if left is None else min(pause, max(0.0, left)))
                 pause = min(pause * 2, longest)
                 continue
             if reply.kind is Kind.ERROR:
@@ -657,12 +659,21 @@ class FastRemoteEnv:
         return self._channel.send(Kind.CALL, pending.body, request_id=request_id)
 
     def _session_lost(self, pending: _Pending, deadline: float | None, lost: SessionLost) -> None:
-        """The server's session is gone: raise ``lost``, or re-create the session first when asked to."""
+        """The server's session is gone: raise ``lost``, or re-create the session first when asked to.
+
+        Until a new session exists the client stays lost: every later call
+        raises ``lost`` again, or (``recreate``) tries again to re-create it.
+        When the re-created session runs ``pending`` (a reset) this returns;
+        otherwise it raises :class:`~fastenv.SessionLost` with ``recreated=True``.
+        """
         if self.on_session_lost != "recreate":
-            self._lost_session = lost  # every later call raises it too
+            if self._lost_session is lost:  # a later call: the same news again
+                raise SessionLost(str(lost))
+            self._lost_session = lost
             raise lost
+        self._lost_session = lost
         timeout = 10.0 if deadline is None else max(0.001, deadline - time.monotonic())
-        self._recreate(timeout)
+        self._recreate(timeout)  # raises while the server is not back: the session stays lost
         if pending.body[0] == "reset":  # the interrupted call was a reset: just run it again
             pending.ticket = self._send(pending.body, deadline, pending.what)
             pending.sent = True
@@ -674,10 +685,10 @@ class FastRemoteEnv:
 
     def _recreate(self, timeout: float) -> None:
         self._close_planes()
-        self._lost_session = None
         self._pending = None  # the interrupted call is answered (or re-sent) by the caller
         deadline = time.monotonic() + timeout
         self._connect_session(timeout, retry_timeouts=True)
+        self._lost_session = None
         if self.role == "controller":
             self.acquire_control(max(0.0, deadline - time.monotonic()))
 

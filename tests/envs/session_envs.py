@@ -24,6 +24,8 @@ class Counter:
         self, marker_dir: str | None = None, horizon: int = 1000, obs_size: int = 4, init_delay: float = 0.0
     ) -> None:
         self.marker_dir = Path(marker_dir) if marker_dir else None
+        if self.marker_dir is not None:
+            (self.marker_dir / f"opened-{os.getpid()}-{id(self)}").write_text("opened")
         if init_delay:  # a slow env to build: a handshake stays pending that long
             if self.marker_dir is not None:
                 (self.marker_dir / f"init-started-{time.monotonic_ns()}").write_text(str(os.getpid()))
