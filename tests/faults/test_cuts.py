@@ -14,7 +14,7 @@ from typing import Any
 from tests.faults.harness import Route, env_flag, wait_until
 
 T = 20.0  # bound on every blocking call
-CUT_STEPS = 150  # steps of the short pass
+CUT_STEPS = 100  # steps of the short pass
 LONG_S = env_flag("FASTENV_FAULTS_LONG")
 
 
