@@ -102,7 +102,7 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         "--attach-grace",
         type=float,
         default=ATTACH_GRACE_S,
-        help=f"seconds a connected client may take to choose its data plane (default: {ATTACH_GRACE_S:g})",
+        help=f"seconds a client may leave its session's shared-memory offer unanswered (default: {ATTACH_GRACE_S:g})",
     )
     serve.add_argument("--no-shm", action="store_true", help="never offer the shared-memory data plane")
     serve.add_argument(
