@@ -6,7 +6,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,19 +22,13 @@ from fastenv.errors import (
     NoPendingCallError,
     SessionLost,
 )
+from tests.polling import wait_until
 from tests.proxy import TcpProxy, free_port
 
 COUNTER = f"{Path(__file__).parent / 'envs' / 'session_envs.py'}:Counter"
 T = 20.0  # bound on every blocking call
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = T, interval: float = 0.01) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 # ---------------------------------------------------------------- leases and observers

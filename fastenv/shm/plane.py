@@ -28,7 +28,6 @@ from typing import Any
 
 from fastenv import codec
 from fastenv.errors import (
-    DecodeError,
     EncodeError,
     FastEnvTimeout,
     FrameTooLarge,

@@ -21,8 +21,7 @@ import os
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ import psutil
 import fastenv
 from fastenv.control.auth import keygen
 from fastenv.server_process import ServerProcess
+from tests.polling import wait_until
 from tests.proxy import TcpProxy, free_port
 
 ROUTES = ("shm", "tcp", "control", "control-auth")
@@ -40,14 +40,6 @@ PROXY_HOST = "127.0.0.2"
 SHM_SEGMENT = "/dev/shm/fastenv-"
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
-    """Poll ``predicate`` until it holds or ``timeout`` seconds pass; its last answer."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 class Route:
