@@ -25,23 +25,16 @@ from fastenv.errors import (
     ClientClosedError,
     ConnectionLost,
     ControlDenied,
-    EncodeError,
     FastEnvError,
     FastEnvTimeout,
-    FrameTooLarge,
     LeaseHeld,
-    LimitExceeded,
-    NestingTooDeep,
     NoPendingCallError,
     ProtocolError,
     ProtocolVersionError,
-    ServerBusy,
     SessionLost,
-    TooManyPending,
     TransportError,
     TrustedModeError,
     UnknownMethodError,
-    make_remote_env_error,
 )
 from fastenv.observe import Transition, TransitionSubscriber
 from fastenv.protocol import BATCH_STEP, GETATTR, LEASE, Kind, Message
@@ -49,6 +42,7 @@ from fastenv.shm.arena import Arena
 from fastenv.shm.plane import ShmClientPlane
 from fastenv.tcp.plane import StreamRefused, TcpClientPlane, connect_data_stream
 from fastenv.trusted import NOT_AUTHENTICATED, pack_factory
+from fastenv.wire import error_from_body, is_session_gone
 
 TRANSPORTS = ("auto", "shm", "tcp")
 ROLES = ("shared", "controller", "observer")
@@ -56,7 +50,6 @@ SESSION_LOST_POLICIES = ("raise", "recreate")
 RECONNECT_BACKOFF_S = (0.02, 0.5)  # first and longest pause between attempts to resume a session
 RESUME_ATTEMPT_S = (0.25, 1.0)  # first and longest wait for the answer to one RESUME
 REFUSAL_PROBE_S = 0.5  # how long a check that the server's port refuses connections may take
-SESSION_GONE_KINDS = ("no_session", "session_lost")  # error kinds saying the server holds no session for us
 _MISSING = object()
 
 
@@ -404,7 +397,7 @@ class FastRemoteEnv:
             raise ProtocolVersionError(protocol.PROTOCOL_VERSION, reply.version, protocol.text_of(reply))
         body = reply.body()
         if reply.kind is Kind.ERROR:
-            raise _error_from(body)
+            raise error_from_body(body)
         return body
 
     def invoke(self, name: str, args: tuple = (), kwargs: dict | None = None, *, timeout: Any = _MISSING) -> Any:
@@ -441,7 +434,7 @@ class FastRemoteEnv:
             finally:
                 self._pending = None
         if not ok:
-            raise _error_from(value)
+            raise error_from_body(value)
         return value
 
     def send_call(self, name: str, args: tuple = (), kwargs: dict | None = None, *, timeout: Any = _MISSING) -> None:
@@ -500,7 +493,7 @@ class FastRemoteEnv:
             raise
         self._pending = None
         if not ok:
-            raise _error_from(value)
+            raise error_from_body(value)
         return value
 
     def _send(self, body: tuple[str, tuple, dict], deadline: float | None, what: str) -> Any:
@@ -526,7 +519,7 @@ class FastRemoteEnv:
                     raise
                 self._resume(pending, deadline, exc)
                 continue
-            if ok or not (isinstance(value, dict) and value.get("kind") in SESSION_GONE_KINDS):
+            if ok or not is_session_gone(value):
                 return ok, value
             lost = SessionLost(f"the server at {self.address} no longer holds this session ({value.get('message')})")
             self._session_lost(pending, deadline, lost)  # raises, or re-sent an interrupted reset
@@ -622,9 +615,9 @@ class FastRemoteEnv:
                 continue
             if reply.kind is Kind.ERROR:
                 body = self._unwrap_error_body(reply)
-                if isinstance(body, dict) and body.get("kind") == "session_lost":
+                if is_session_gone(body):
                     raise SessionLost(f"{cause}; {body.get('message')}") from cause
-                raise _error_from(body)
+                raise error_from_body(body)
             self._unwrap(reply)
             return
 
@@ -901,38 +894,6 @@ class FastRemoteEnv:
     def __repr__(self) -> str:
         state = "closed" if self.closed else self.transport
         return f"<FastRemoteEnv {self.env_info.get('class', '?')} at {self.address} ({state})>"
-
-
-_LIMIT_ERRORS: dict[str, type[LimitExceeded]] = {
-    cls.__name__: cls for cls in (FrameTooLarge, NestingTooDeep, ServerBusy, TooManyPending)
-}
-
-
-def _error_from(body: Any) -> FastEnvError:
-    """The typed error an ERROR reply's body stands for (never anything the peer names but these)."""
-    if not isinstance(body, dict):
-        return ProtocolError(f"malformed error reply: {body!r:.200}")
-    kind = body.get("kind")
-    type_name = str(body.get("type", "Exception"))
-    message = str(body.get("message", ""))
-    limit_error = _LIMIT_ERRORS.get(type_name.rsplit(".", 1)[-1]) if kind in ("limit", "protocol") else None
-    if limit_error is not None:
-        return limit_error(f"server refused the request: {message}")
-    if kind == "limit":
-        return LimitExceeded(f"server refused the request: {message}")
-    if kind == "trusted":
-        return TrustedModeError(message)
-    if kind == "remote":
-        return make_remote_env_error(type_name, message, str(body.get("traceback", "")))
-    if kind == "unknown_method":
-        return UnknownMethodError(message)
-    if kind == "control":
-        return LeaseHeld(message) if type_name.endswith("LeaseHeld") else ControlDenied(message)
-    if kind in SESSION_GONE_KINDS:
-        return SessionLost(message)
-    if kind == "encode":
-        return EncodeError(f"the server could not send the result: {message}")
-    return ProtocolError(f"server rejected the request ({kind}): {message}")
 
 
 def _process_alive(pid: int) -> bool:

@@ -130,11 +130,6 @@ def user_id_of(frame: Any) -> str | None:
     return value or None
 
 
-def error_body(kind: str, type_name: str, message: str, traceback_text: str = "") -> dict[str, str]:
-    """The body of an ERROR reply."""
-    return {"kind": kind, "type": type_name, "message": message, "traceback": traceback_text}
-
-
 def text_of(message: Message) -> str:
     """The ASCII body of a VERSION_MISMATCH message."""
     return bytes(message.skeleton).decode("ascii", "replace")
@@ -150,7 +145,6 @@ __all__ = [
     "BATCH_STEP",
     "GETATTR",
     "LEASE",
-    "error_body",
     "pack",
     "pack_text",
     "peek_request_id",

@@ -79,7 +79,6 @@ from fastenv.errors import (
     ServerBusy,
     ServerConfigError,
     TooManyPending,
-    TrustedModeError,
     UnknownMethodError,
 )
 from fastenv.observe import TransitionPublisher
@@ -89,6 +88,7 @@ from fastenv.shm.arena import Arena, reclaim_stale
 from fastenv.shm.plane import DEFAULT_SHAPE, SERVER_SPIN_US, ShmServerWorker
 from fastenv.tcp.plane import TcpDataListener, TcpServerWorker
 from fastenv.trusted import load_factory
+from fastenv.wire import ErrorKind, error_body, parse_call
 
 log = logging.getLogger("fastenv.server")
 
@@ -396,7 +396,7 @@ class EnvServer:
                 error = TooManyPending(
                     f"this client already has {self.max_pending} requests waiting on the server (max_pending)"
                 )
-                self._reply_error(identity, protocol.peek_request_id(frames[1:]), "limit", error)
+                self._reply_error(identity, protocol.peek_request_id(frames[1:]), ErrorKind.LIMIT, error)
 
     @property
     def sessions(self) -> int:
@@ -499,16 +499,13 @@ class EnvServer:
         try:
             frames = protocol.pack(kind, request_id, value)
         except EncodeError as exc:
-            frames = protocol.pack(Kind.ERROR, request_id, protocol.error_body("encode", "EncodeError", str(exc)))
+            frames = protocol.pack(Kind.ERROR, request_id, error_body(ErrorKind.ENCODE, exc))
         self._socket.send(identity, frames)
 
-    def _reply_error(self, identity: bytes, request_id: int, kind: str, exc: BaseException, tb: str = "") -> None:
+    def _reply_error(self, identity: bytes, request_id: int, kind: ErrorKind, exc: BaseException, tb: str = "") -> None:
         if isinstance(exc, LimitExceeded):
-            kind = "limit"
             self.stats["limit_errors"] += 1
-        elif isinstance(exc, TrustedModeError):
-            kind = "trusted"
-        self._reply(identity, Kind.ERROR, request_id, protocol.error_body(kind, _type_name(exc), str(exc), tb))
+        self._reply(identity, Kind.ERROR, request_id, error_body(kind, exc, tb))
 
     def _handle(self, frames: list[Any]) -> None:
         self.stats["requests"] += 1
@@ -518,7 +515,7 @@ class EnvServer:
             message = protocol.unpack(body)
         except ProtocolError as exc:
             self.stats["protocol_errors"] += 1
-            self._reply_error(identity, protocol.peek_request_id(body), "protocol", exc)
+            self._reply_error(identity, protocol.peek_request_id(body), ErrorKind.PROTOCOL, exc)
             return
         if message.version != protocol.PROTOCOL_VERSION:
             self.stats["protocol_errors"] += 1
@@ -531,13 +528,13 @@ class EnvServer:
             handler = self._HANDLERS[message.kind]
         except KeyError:
             self.stats["protocol_errors"] += 1
-            self._reply_error(identity, message.request_id, "protocol", ProtocolError(f"unexpected {message.kind.name}"))
+            self._reply_error(identity, message.request_id, ErrorKind.PROTOCOL, ProtocolError(f"unexpected {message.kind.name}"))
             return
         try:
             handler(self, identity, message)
         except Exception as exc:  # a bug in one request must not take the server down
             log.exception("internal error handling %s", message.kind.name)
-            self._reply_error(identity, message.request_id, "internal", exc, traceback.format_exc())
+            self._reply_error(identity, message.request_id, ErrorKind.INTERNAL, exc, traceback.format_exc())
 
     def _on_ping(self, identity: bytes, message: Message) -> None:
         self._reply(identity, Kind.PONG, message.request_id, None)
@@ -567,11 +564,11 @@ class EnvServer:
                 shipped = load_factory(peer["factory"], allowed=self.allow_trusted, user_id=message.user_id)
         except FastEnvError as exc:
             self.stats["protocol_errors"] += 1
-            self._reply_error(identity, message.request_id, "protocol", exc)
+            self._reply_error(identity, message.request_id, ErrorKind.PROTOCOL, exc)
             return
         except Exception as exc:  # a shipped factory that does not load here (a module missing...)
             self.stats["env_errors"] += 1
-            self._reply_error(identity, message.request_id, "remote", exc, traceback.format_exc())
+            self._reply_error(identity, message.request_id, ErrorKind.REMOTE, exc, traceback.format_exc())
             return
         old = self._sessions.pop(identity, None)
         if old is not None:
@@ -594,7 +591,7 @@ class EnvServer:
             self.stats["env_errors"] += 1
             if owns and handle is not None and handle is not self._shared:
                 _close_quietly(handle.env)
-            self._reply_error(identity, message.request_id, "remote", exc, traceback.format_exc())
+            self._reply_error(identity, message.request_id, ErrorKind.REMOTE, exc, traceback.format_exc())
             return
         peer.pop("factory", None)
         session = Session(
@@ -649,7 +646,7 @@ class EnvServer:
         session = self._sessions.get(identity)
         if session is None:
             self._reply_error(
-                identity, message.request_id, "no_session", ProtocolError("no session: send HELLO first")
+                identity, message.request_id, ErrorKind.NO_SESSION, ProtocolError("no session: send HELLO first")
             )
         return session
 
@@ -658,10 +655,10 @@ class EnvServer:
         if session is None:
             return
         try:
-            name, args, kwargs = _parse_call(message.body(self.limits))
+            name, args, kwargs = parse_call(message.body(self.limits))
         except (FastEnvError, ValueError, TypeError) as exc:
             self.stats["protocol_errors"] += 1
-            self._reply_error(identity, message.request_id, "protocol", exc)
+            self._reply_error(identity, message.request_id, ErrorKind.PROTOCOL, exc)
             return
         try:
             ok, value = session.call_record.run(message.request_id, lambda: self._execute(session, name, args, kwargs))
@@ -711,12 +708,12 @@ class EnvServer:
                     handle.cached_state = (id(session.env), result)
                 return True, result
         except ControlDenied as exc:
-            return False, protocol.error_body("control", _type_name(exc), str(exc))
+            return False, error_body(ErrorKind.CONTROL, exc)
         except UnknownMethodError as exc:
-            return False, protocol.error_body("unknown_method", _type_name(exc), str(exc))
+            return False, error_body(ErrorKind.UNKNOWN_METHOD, exc)
         except Exception as exc:
             self.stats["env_errors"] += 1
-            return False, protocol.error_body("remote", _type_name(exc), str(exc), traceback.format_exc())
+            return False, error_body(ErrorKind.REMOTE, exc, traceback.format_exc())
 
     def _check_control(self, session: Session) -> None:
         """Raise :class:`ControlDenied` if ``session`` may not change the env now (env lock held)."""
@@ -787,7 +784,7 @@ class EnvServer:
             if not isinstance(choice, dict) or choice.get("transport") not in ("shm", "tcp"):
                 raise ProtocolError("ATTACH body must be {'transport': 'shm' | 'tcp', ...}")
         except FastEnvError as exc:
-            self._reply_error(identity, message.request_id, "protocol", exc)
+            self._reply_error(identity, message.request_id, ErrorKind.PROTOCOL, exc)
             return
         arena, session.offered_arena = session.offered_arena, None
         if arena is not None:
@@ -795,14 +792,14 @@ class EnvServer:
         if choice["transport"] == "shm" and session.worker is not None:
             if arena is not None:
                 arena.close()
-            self._reply_error(identity, message.request_id, "protocol", ProtocolError("a data plane is already attached"))
+            self._reply_error(identity, message.request_id, ErrorKind.PROTOCOL, ProtocolError("a data plane is already attached"))
             return
         if choice["transport"] == "shm":
             if arena is None or choice.get("nonce") != arena.nonce:
                 if arena is not None:
                     arena.close()
                 self._reply_error(
-                    identity, message.request_id, "protocol", ProtocolError("shared-memory probe failed: wrong nonce")
+                    identity, message.request_id, ErrorKind.PROTOCOL, ProtocolError("shared-memory probe failed: wrong nonce")
                 )
                 return
             with self._token_lock:
@@ -831,7 +828,7 @@ class EnvServer:
             if not isinstance(token, bytes):
                 raise ProtocolError("RESUME needs the session's token")
         except FastEnvError as exc:
-            self._reply_error(identity, message.request_id, "protocol", exc)
+            self._reply_error(identity, message.request_id, ErrorKind.PROTOCOL, exc)
             return
         session = self._by_id.get(body["session"])
         if (
@@ -841,7 +838,7 @@ class EnvServer:
             or session.client_key != message.user_id  # with auth, only the same client key takes it up
         ):
             error = ProtocolError(f"this server holds no session {body['session']} (it restarted or ended it)")
-            self._reply_error(identity, message.request_id, "session_lost", error)
+            self._reply_error(identity, message.request_id, ErrorKind.SESSION_LOST, error)
             return
         if session.identity != identity:  # the client came back on a new connection identity
             other = self._sessions.get(identity)
@@ -948,17 +945,6 @@ class EnvServer:
         log.info("session %s closed after %d calls", session.session_id, session.calls)
 
 
-def _parse_call(body: Any) -> tuple[str, tuple, dict]:
-    if not (isinstance(body, tuple) and len(body) == 3):
-        raise ProtocolError("CALL body must be (name, args, kwargs)")
-    name, args, kwargs = body
-    if not isinstance(name, str) or not isinstance(args, (tuple, list)) or not isinstance(kwargs, dict):
-        raise ProtocolError("CALL body must be (str, tuple, dict)")
-    if not all(isinstance(key, str) for key in kwargs):
-        raise ProtocolError("keyword argument names must be strings")
-    return name, tuple(args), kwargs
-
-
 def _episode_over(result: Any) -> bool:
     """Whether a step result ends the episode (Gymnasium 5-tuple or legacy 4-tuple)."""
     if isinstance(result, tuple) and len(result) == 5:
@@ -984,11 +970,6 @@ def _process_alive(pid: Any) -> bool:
         return False
     except psutil.Error:
         return True
-
-
-def _type_name(exc: BaseException) -> str:
-    cls = type(exc)
-    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _close_quietly(env: Any) -> None:

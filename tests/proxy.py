@@ -117,6 +117,11 @@ class TcpProxy:
         with self._lock:
             self._cut_arrivals += count
 
+    def let_arrivals_through(self) -> None:
+        """Stop resetting new connections (those :meth:`cut_arrivals` asked for and not yet cut)."""
+        with self._lock:
+            self._cut_arrivals = 0
+
     def close(self) -> None:
         """Stop accepting and drop everything."""
         self._closed.set()

@@ -23,11 +23,11 @@ import zmq
 
 import fastenv
 from fastenv import codec, protocol
-from fastenv.client import _error_from
 from fastenv.control.auth import AuthConfig, keygen
 from fastenv.control.inbox import Inbox
 from fastenv.errors import FrameTooLarge, NestingTooDeep, ServerBusy, TooManyPending
 from fastenv.protocol import Kind
+from fastenv.wire import error_from_body
 from fastenv.shm.arena import list_segments, segment_owner
 from fastenv.tcp.framing import CALL, MessageStream
 from fastenv.tcp.plane import HELLO as DATA_HELLO
@@ -333,7 +333,7 @@ def test_max_pending_refuses_a_flooding_client_only(serve) -> None:
         done = [r for r in replies if r.kind is Kind.RESULT]
         assert refused and len(done) <= max_pending + 1
         for message in refused:
-            assert isinstance(_error_from(message.body()), TooManyPending)
+            assert isinstance(error_from_body(message.body()), TooManyPending)
         sock.send_multipart(protocol.pack(Kind.PING, 1000))  # the flooder itself is served again
         assert _reply(sock).kind is Kind.PONG
         assert bystander.step(1)[0][0] == 2.0

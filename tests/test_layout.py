@@ -196,3 +196,19 @@ def test_stream_decoder_refuses_malformed_layout_messages() -> None:
     with pytest.raises(DecodeError):
         decoder.decode(bad_definition, [], FLAG_LAYOUT_DEF, 0)
     assert_same(decoder.decode(bytes(skeleton), arrays, FLAG_LAYOUT, layout_id), value)  # still usable
+
+
+def test_every_route_applies_the_array_element_limit_to_announced_layouts() -> None:
+    import dataclasses
+
+    from fastenv.shm.plane import LayoutReceiver
+
+    limits = dataclasses.replace(codec.DEFAULT_LIMITS, max_array_elements=1000)
+    too_big, fits = ("array", "<f4", (5000,), "C"), ("array", "<f4", (1000,), "C")
+    definition, _ = codec.encode((1, too_big, None))
+    with pytest.raises(DecodeError):  # the TCP stream
+        StreamDecoder(limits).decode(definition, [], FLAG_LAYOUT_DEF, 0)
+    receiver = LayoutReceiver(limits)  # shared memory
+    with pytest.raises(DecodeError):
+        receiver.define(1, too_big)
+    receiver.define(1, fits)

@@ -59,6 +59,7 @@ from fastenv.shm.arena import (
     envelope_size,
 )
 from fastenv.shm.doorbell import Doorbell
+from fastenv.wire import ErrorKind, error_body, parse_call
 
 log = logging.getLogger("fastenv.shm")
 
@@ -185,15 +186,16 @@ def _lent_in_place(layout: Any, views: list, value: Any, lent: bytes) -> bool:
 
 
 class LayoutReceiver:
-    """Rebuilds values sent by a :class:`LayoutSender`."""
+    """Rebuilds values sent by a :class:`LayoutSender` (announced layouts checked against ``limits``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, limits: codec.Limits | None = None) -> None:
         self._received = ReceivedLayouts()
+        self._max_array_elements = None if limits is None else limits.max_array_elements
         self._regions: dict[tuple[int, bool], dict[int, tuple[Any, list, Any]]] = {}
 
     def define(self, layout_id: Any, spec: Any) -> None:
         """Compile a layout announced by the peer (validated like any payload)."""
-        self._received.define(layout_id, spec)
+        self._received.define(layout_id, spec, self._max_array_elements)
         for prepared in self._regions.values():  # an id the peer announces again means what it says now
             prepared.pop(layout_id, None)
 
@@ -229,19 +231,6 @@ class LayoutReceiver:
 
 def _grown(current: int, needed: int) -> int:
     return max(current * 2, (needed * 5 // 4 + 4095) // 4096 * 4096)
-
-
-def _protocol_error(exc: BaseException) -> dict[str, str]:
-    return {"kind": "protocol", "type": type(exc).__name__, "message": str(exc), "traceback": ""}
-
-
-def _check_call(body: Any) -> tuple[str, tuple, dict]:
-    if not (isinstance(body, tuple) and len(body) == 3):
-        raise ProtocolError("CALL body must be (name, args, kwargs)")
-    name, args, kwargs = body
-    if not isinstance(name, str) or not isinstance(args, tuple) or not isinstance(kwargs, dict):
-        raise ProtocolError("CALL body must be (str, tuple, dict)")
-    return name, args, kwargs
 
 
 @dataclass
@@ -303,7 +292,7 @@ class ShmServerWorker:
         self._spin_us = SERVER_SPIN_US if spin_us is None else spin_us
         self._arenas = [arena]
         self._sender = LayoutSender()
-        self._receiver = LayoutReceiver()
+        self._receiver = LayoutReceiver(limits)
         self._reply_bells: dict[int, Doorbell] = {}
         self._loans = ReplyLoans(self._reply_views)  # fastenv.reply_array() during this worker's calls
         self._store = _words().store
@@ -423,16 +412,16 @@ class ShmServerWorker:
         except Exception as exc:  # a bad request must not kill the worker or leave the client waiting
             log.debug("shared-memory request %d failed", seq, exc_info=True)
             self._consumed(arena, seq)
-            return self._reply(arena, seq, ERROR, _protocol_error(exc), "")
+            return self._reply(arena, seq, ERROR, error_body(ErrorKind.PROTOCOL, exc), "")
         return self._serve_call(arena, seq, body)
 
     def _serve_call(self, arena: Arena, seq: int, body: Any) -> Arena:
         """Run the call ``body`` (already copied out of the request region) and reply."""
         try:
-            name, args, kwargs = _check_call(body)
+            name, args, kwargs = parse_call(body)
         except ProtocolError as exc:
             log.debug("shared-memory request %d is not a call", seq, exc_info=True)
-            return self._reply(arena, seq, ERROR, _protocol_error(exc), "")
+            return self._reply(arena, seq, ERROR, error_body(ErrorKind.PROTOCOL, exc), "")
         loans = self._loans
         loans.call = (name, arena, seq)
         ok, value = self._execute(name, args, kwargs)
@@ -459,10 +448,11 @@ class ShmServerWorker:
         wanted = codec.decode(bytes(skeleton), limits=self._limits)
         self._consumed(arena, seq)
         if type(wanted) is not int or wanted <= 0:
-            return self._reply(arena, seq, ERROR, _protocol_error(ProtocolError(f"invalid GROW request {wanted!r}")), "")
+            invalid = ProtocolError(f"invalid GROW request {wanted!r}")
+            return self._reply(arena, seq, ERROR, error_body(ErrorKind.PROTOCOL, invalid), "")
         if wanted > self._max_message_bytes:
             error = FrameTooLarge(f"a request of {wanted} bytes exceeds the server's limit of {self._max_message_bytes}")
-            return self._reply(arena, seq, ERROR, _protocol_error(error), "")
+            return self._reply(arena, seq, ERROR, error_body(ErrorKind.PROTOCOL, error), "")
         shape = arena.shape
         new = self._new_generation(arena, ArenaShape(_grown(shape.request_capacity, wanted), shape.slot_capacity, shape.slots))
         self._announce(arena, new, seq)
@@ -485,8 +475,7 @@ class ShmServerWorker:
         try:
             encoded = _encode_general(kind, value, self._sender, key)
         except EncodeError as exc:
-            error = {"kind": "encode", "type": "EncodeError", "message": str(exc), "traceback": ""}
-            encoded = _encode_general(ERROR, error, self._sender, "")
+            encoded = _encode_general(ERROR, error_body(ErrorKind.ENCODE, exc), self._sender, "")
         if self._loans.from_slot:  # the envelope is about to overwrite the slot these arrays live in
             encoded.buffers = [bytes(memoryview(buffer)) for buffer in encoded.buffers]
         target = arena
@@ -545,6 +534,9 @@ class ShmClientPlane:
         self._arenas: list[Arena] = []
         self._sender = LayoutSender()
         self._receiver = LayoutReceiver()
+        # A call posted whose reply was not read (it timed out): read before the next call, since
+        # the reply may define a layout or announce a new arena that later replies rely on.
+        self._unread: tuple[int, int, int] | None = None  # (kind, seq, reply bell value before it)
         self._use(arena)
 
     def _use(self, arena: Arena) -> None:
@@ -587,6 +579,8 @@ class ShmClientPlane:
         are in use; a call it does not cover, at any point, continues on the general
         path with the same semantics (timeouts, remaps, liveness checks).
         """
+        if self._unread is not None:
+            self._read_unread(deadline, what)
         ticket = self._send_fast(body) if self._fast else None
         if ticket is None:
             return self.receive(self.send(body, deadline, what), deadline, what)
@@ -599,8 +593,15 @@ class ShmClientPlane:
                 self._slot_offsets[slot], self._slot_layouts[slot], self._copy, -1,
             )
             if got is not None and got[4] and got[3] == seq:
+                self._unread = None
                 return got[2] != ERROR, got[5]
         return self.receive(ticket, deadline, what)
+
+    def _read_unread(self, deadline: float | None, what: str) -> None:
+        """Read (and drop) the reply of a call that timed out, so its layouts and remaps are known."""
+        assert self._unread is not None
+        kind, seq, seen = self._unread
+        self._collect(kind, (seq, seen), deadline, f"{what} (waiting for the reply of an earlier call that timed out)")
 
     def _send_fast(self, body: Any) -> tuple[int, int] | None:
         """Put a CALL whose layout is known and ring, in C; None (nothing rung) when that does not apply."""
@@ -616,11 +617,14 @@ class ShmClientPlane:
         if not self._sender.write_fast(arena, self._request_offset, capacity, body[0], CALL, seq, body, REQUEST_BELL):
             return None  # no layout yet, or another structure: nothing was rung
         self._seq = seq
+        self._unread = (CALL, seq, seen)
         return seq, seen
 
     def send(self, body: Any, deadline: float | None, what: str) -> Any:
         """Put a CALL in the request region and ring; returns a ticket for :meth:`receive`."""
         key = body[0]
+        if self._unread is not None:
+            self._read_unread(deadline, what)
         self._wait_consumed(deadline, what)
         arena = self.arena
         offset, capacity = arena.request_offset(), arena.shape.request_capacity
@@ -646,7 +650,7 @@ class ShmClientPlane:
                 encoded.write(arena, offset, capacity, seq)
 
             write = write_general
-        return self._post(write)
+        return self._post(write, CALL)
 
     def receive(self, ticket: Any, deadline: float | None, what: str) -> tuple[bool, Any]:
         """Wait for the reply to the call behind ``ticket`` (from :meth:`send`)."""
@@ -659,9 +663,9 @@ class ShmClientPlane:
         self, kind: int, write: Callable[[int], None] | None, deadline: float | None, what: str
     ) -> tuple[int, Any]:
         """Send the request (``write(seq)`` puts it in place; None: already written) and read the reply."""
-        return self._collect(kind, self._post(write), deadline, what)
+        return self._collect(kind, self._post(write, kind), deadline, what)
 
-    def _post(self, write: Callable[[int], None] | None) -> tuple[int, int]:
+    def _post(self, write: Callable[[int], None] | None, kind: int) -> tuple[int, int]:
         """Write the next request (None: already written) and ring; returns ``(seq, reply bell value)``."""
         self._seq += 1
         seq = self._seq
@@ -669,6 +673,7 @@ class ShmClientPlane:
         if write is not None:
             write(seq)
         self._fresh = False
+        self._unread = (kind, seq, seen)
         self._request_bell.ring()
         return seq, seen
 
@@ -686,6 +691,8 @@ class ShmClientPlane:
             reply_kind, flags, _, skeleton_len, reply_seq = arena.read_header(slot)
             if reply_seq == seq:
                 break
+        if self._unread is not None and self._unread[1] == seq:
+            self._unread = None
         if reply_kind == REMAP:
             _, _, skeleton, _ = arena.read_envelope(slot, arena.shape.slot_capacity)
             target = codec.decode(bytes(skeleton))

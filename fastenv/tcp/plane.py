@@ -68,6 +68,7 @@ from fastenv.tcp.framing import (
     MessageStream,
 )
 from fastenv.tcp.layouts import StreamDecoder, StreamEncoder
+from fastenv.wire import ErrorKind, error_body, parse_call
 
 log = logging.getLogger("fastenv.tcp")
 
@@ -89,10 +90,6 @@ class StreamRefused(ConnectionLost):
 
 class _Stopped(Exception):
     """Raised inside the worker's waits when stop() was called."""
-
-
-def _error_body(kind: str, exc: BaseException, traceback_text: str = "") -> dict[str, str]:
-    return {"kind": kind, "type": type(exc).__name__, "message": str(exc), "traceback": traceback_text}
 
 
 def _open_stream(
@@ -317,7 +314,7 @@ class TcpServerWorker:
                 try:
                     request = stream.recv(alive=self._check_stop, stall=self._io_timeout, label="data stream request")
                 except MessageRejected as exc:
-                    self._send(ERROR, exc.seq, _error_body("protocol", exc))
+                    self._send(ERROR, exc.seq, error_body(ErrorKind.PROTOCOL, exc))
                     continue
                 self.calls += 1
                 seq = request.seq
@@ -353,16 +350,12 @@ class TcpServerWorker:
         seq = request.seq
         if request.kind != CALL:
             error = ProtocolError(f"expected a CALL, got {KIND_NAMES[request.kind]}")
-            return ERROR, _error_body("protocol", error), ""
+            return ERROR, error_body(ErrorKind.PROTOCOL, error), ""
         try:
             body = self._decoder.decode(request.skeleton, request.buffers, request.flags, request.layout_id)
-            if not (isinstance(body, tuple) and len(body) == 3 and isinstance(body[0], str)):
-                raise ProtocolError("CALL body must be (name, args, kwargs)")
-            name, args, kwargs = body
-            if not isinstance(args, tuple) or not isinstance(kwargs, dict):
-                raise ProtocolError("CALL body must be (str, tuple, dict)")
+            name, args, kwargs = parse_call(body)
         except (ProtocolError, ValueError, TypeError) as exc:
-            return ERROR, _error_body("protocol", exc), ""
+            return ERROR, error_body(ErrorKind.PROTOCOL, exc), ""
         del body, request
 
         def handle() -> tuple[int, Any, str]:
@@ -373,14 +366,14 @@ class TcpServerWorker:
         try:
             return self._record.run(seq, handle, self._check_stop)
         except StaleRequest as exc:
-            return ERROR, _error_body("protocol", exc), ""
+            return ERROR, error_body(ErrorKind.PROTOCOL, exc), ""
 
     def _handle(self, name: str, args: tuple, kwargs: dict) -> tuple[int, Any, str]:
         try:
             ok, value = self._execute(name, args, kwargs)
         except Exception as exc:  # the executor should not raise; if it does, say so
             log.exception("TCP data plane executor failed")
-            return ERROR, _error_body("internal", exc, traceback.format_exc()), name
+            return ERROR, error_body(ErrorKind.INTERNAL, exc, traceback.format_exc()), name
         return (RESULT if ok else ERROR), value, name
 
     def _send(self, kind: int, seq: int, value: Any, name: str = "") -> None:
@@ -389,7 +382,7 @@ class TcpServerWorker:
             skeleton, buffers, flags, layout_id = self._encoder.encode(name, value, use_layouts=kind == RESULT)
         except EncodeError as exc:
             kind, flags, layout_id = ERROR, 0, 0
-            skeleton, buffers = codec.encode(_error_body("encode", exc))
+            skeleton, buffers = codec.encode(error_body(ErrorKind.ENCODE, exc))
         try:
             self._stream.send(
                 kind, seq, skeleton, buffers, alive=self._check_stop, stall=self._io_timeout,
@@ -399,7 +392,7 @@ class TcpServerWorker:
             if self._stream.broken is not None:
                 raise
             self._encoder.refused(name, flags)
-            skeleton, _ = codec.encode(_error_body("encode", exc))
+            skeleton, _ = codec.encode(error_body(ErrorKind.ENCODE, exc))
             self._stream.send(ERROR, seq, skeleton, [], alive=self._check_stop, stall=self._io_timeout)
 
 

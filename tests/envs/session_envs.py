@@ -62,6 +62,14 @@ class Counter:
     def set_state(self, state: dict[str, int]) -> None:
         self.steps = int(state["steps"])
 
+    def echo(self, value: Any) -> Any:
+        """Return ``value`` as received (the conformance suite's round trip)."""
+        return value
+
+    def explode(self, message: str) -> None:
+        """Raise ``ValueError(message)`` (an env that raises)."""
+        raise ValueError(message)
+
     def close(self) -> None:
         if self.marker_dir is not None:
             (self.marker_dir / f"closed-{os.getpid()}-{id(self)}").write_text("closed")

@@ -1,16 +1,7 @@
-"""The routes a call can take, each behind proxies that can cut it, and the server's resources.
+"""Helpers of the fault suite: client processes to kill, and a server's resources.
 
-A :class:`Route` starts a real ``fastenv serve`` of the counting env on fixed
-ports of 127.0.0.1 and puts :class:`~tests.proxy.TcpProxy` in front of them on
-127.0.0.2, the address clients use:
-
-- ``shm``: calls through the shared-memory arena (only the control
-  connection goes through a proxy: an arena cannot be cut);
-- ``tcp``: calls on the TCP data stream (both ports proxied);
-- ``control``: calls on the ZeroMQ control connection (the data port is not
-  proxied, so it is unreachable at 127.0.0.2);
-- ``control-auth``: the same with CURVE authentication (such a server offers
-  no data stream).
+Routes (:class:`~tests.routes.Route`) are those of the conformance suite, less
+``shm-python``: faults do not depend on the doorbell's backend.
 """
 
 from __future__ import annotations
@@ -23,116 +14,14 @@ import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import psutil
 
-import fastenv
-from fastenv.control.auth import keygen
-from fastenv.server_process import ServerProcess
 from tests.polling import wait_until
-from tests.proxy import TcpProxy, free_port
+from tests.routes import COUNTER, Route
 
 ROUTES = ("shm", "tcp", "control", "control-auth")
-COUNTER = f"{Path(__file__).resolve().parent.parent / 'envs' / 'session_envs.py'}:Counter"
-PROXY_HOST = "127.0.0.2"
 SHM_SEGMENT = "/dev/shm/fastenv-"
-
-
-
-
-class Route:
-    """A served counting env reached through one route (see the module docstring)."""
-
-    def __init__(
-        self, name: str, workdir: Path, server_args: tuple[str, ...] = (), env_kwargs: dict[str, Any] | None = None
-    ) -> None:
-        if name not in ROUTES:
-            raise ValueError(f"unknown route {name!r}")
-        self.name = name
-        self.workdir = workdir
-        self.env_kwargs = {"marker_dir": str(workdir), **(env_kwargs or {})}
-        self.keys: Path | None = None
-        self.port, self.data_port = free_port(), free_port()
-        self.server_args = (
-            "--port", str(self.port), "--data-port", str(self.data_port), "--log-level", "INFO", *server_args
-        )
-        if name == "control-auth":
-            self.keys = workdir / "keys"
-            keygen(self.keys)
-            self.server_args += ("--auth", str(self.keys))
-        self.server: ServerProcess | None = None
-        self._stack = contextlib.ExitStack()
-        self.control = self._stack.enter_context(TcpProxy((PROXY_HOST, self.port), ("127.0.0.1", self.port)))
-        self.data: TcpProxy | None = None
-        if name == "tcp":
-            self.data = self._stack.enter_context(
-                TcpProxy((PROXY_HOST, self.data_port), ("127.0.0.1", self.data_port))
-            )
-
-    @property
-    def address(self) -> str:
-        """Where clients connect: the control proxy."""
-        return f"{PROXY_HOST}:{self.port}"
-
-    def start_server(self) -> ServerProcess:
-        """Start (or start again, on the same ports) ``fastenv serve`` of the counting env."""
-        self.server = ServerProcess(COUNTER, self.server_args, env_kwargs=self.env_kwargs)
-        self.server.start()
-        self._stack.callback(self.server.stop)
-        return self.server
-
-    def client_options(self) -> dict[str, Any]:
-        """``FastRemoteEnv`` keyword arguments for this route (JSON-able: a child process uses them too)."""
-        options: dict[str, Any] = {"transport": "shm" if self.name == "shm" else "tcp"}
-        if self.keys is not None:
-            options["auth"] = str(self.keys)
-        return options
-
-    def connect(self, **kwargs: Any) -> fastenv.FastRemoteEnv:
-        """A client on this route; checks the route was really taken."""
-        env = fastenv.FastRemoteEnv(self.address, **{**self.client_options(), **kwargs})
-        try:
-            self.check_route(env)
-        except BaseException:
-            env.close()
-            raise
-        return env
-
-    def check_route(self, env: fastenv.FastRemoteEnv) -> None:
-        """Assert ``env``'s calls travel on this route."""
-        reason = env.transport_reason
-        if self.name == "shm":
-            assert env.transport == "shm", reason
-        elif self.name == "tcp":
-            assert env.transport == "tcp" and f"port {self.data_port}" in reason, reason
-        else:
-            assert env.transport == "tcp" and "ZeroMQ connection" in reason, reason
-            if self.name == "control-auth":
-                assert "CURVE" in reason, reason
-
-    def cut(self) -> None:
-        """Reset every open connection of the route, both ports."""
-        self.control.cut()
-        if self.data is not None:
-            self.data.cut()
-
-    def cut_arrivals(self, count: int) -> None:
-        """Reset the next ``count`` connections on each proxied port as they arrive."""
-        self.control.cut_arrivals(count)
-        if self.data is not None:
-            self.data.cut_arrivals(count)
-
-    def close(self) -> None:
-        """Stop the server and the proxies."""
-        self._stack.close()
-
-    def __enter__(self) -> Route:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
 
 # ---------------------------------------------------------------- client processes
