@@ -12,6 +12,9 @@ socket monitor watches the handshake events and turns them into a typed
   server's ZMTP greeting (:func:`~fastenv.control.greeting.peer_mechanism`):
   a CURVE server could not decrypt our hello, so it does not hold the secret
   key of the server key we pinned; a NULL server does not use authentication.
+  A connection cut on the way fails the same silent way, so the diagnosis is
+  raised only when the handshake after that probe fails too, and never once a
+  handshake with this server key has succeeded.
 """
 
 from __future__ import annotations
@@ -102,6 +105,7 @@ class ClientChannel:
         self._auth_failure: tuple[type[AuthenticationError], str] | None = None
         self._silent_failures = 0
         self._ever_connected = False  # a handshake with this server key succeeded once
+        self._suspected: tuple[type[AuthenticationError], str] | None = None  # a diagnosis awaiting one more failure
         self.routing_id = os.urandom(16)
         with translate_zmq_errors(endpoint):
             self._socket = self._context.socket(zmq.DEALER)
@@ -201,6 +205,7 @@ class ClientChannel:
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:  # connected, and (with auth) authenticated
                 self.connected = True
                 self._ever_connected = True
+                self._suspected = None
                 self.retries = 0
                 self._silent_failures = 0
             elif event == zmq.EVENT_CONNECT_RETRIED:  # scheduled after every failed attempt or drop
@@ -230,11 +235,16 @@ class ClientChannel:
             return
         # The server hung up without a word: ask it which mechanism it speaks. Once a handshake
         # with this server key has succeeded, a silent failure is a connection cut on the way.
+        # A connection cut on the way fails the same way: the diagnosis stands only if the
+        # handshake after the greeting probe fails too.
         if self._ever_connected:
+            return
+        if self._suspected is not None:
+            self._auth_failure = self._suspected
             return
         self._silent_failures += 1
         if self._silent_failures % SILENT_HANDSHAKE_FAILURES == 0:
-            self._auth_failure = self._mismatch(peer_mechanism(self.endpoint))
+            self._suspected = self._mismatch(peer_mechanism(self.endpoint))
 
     def _mismatch(self, server_mechanism: str | None) -> tuple[type[AuthenticationError], str] | None:
         where = self.endpoint

@@ -69,7 +69,7 @@ def test_killed_clients_leave_the_server_as_it_was(make_route, rng: random.Rando
 
 
 def test_killed_server_under_load_gives_typed_errors_in_time(make_route, figures: dict) -> None:
-    timeout = 5.0
+    timeout = 3.0
     route: Route = make_route()
     assert route.server is not None
     clients = [route.connect(timeout=timeout, on_session_lost="recreate") for _ in range(3)]

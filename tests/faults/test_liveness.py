@@ -11,7 +11,7 @@ from tests.faults.harness import Route, env_flag
 
 T = 20.0
 HEARTBEAT_S = 0.2
-GRACE_S = 0.5
+GRACE_S = 0.3
 # Longer than the attach grace and than several heartbeat intervals (the long pass: much longer).
 IDLE_S = max(4 * GRACE_S, env_flag("FASTENV_FAULTS_LONG") / 20)
 
