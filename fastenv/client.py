@@ -414,8 +414,8 @@ class FastRemoteEnv:
     ) -> Any:
         """:meth:`invoke` on a data plane: what send_call + receive_result do, without their bookkeeping."""
         channel = self._channel
-        if channel is None or channel.closed:
-            raise ClientClosedError(f"FastRemoteEnv({self.address!r}) is closed")
+        if channel is None or channel.closed:  # :meth:`_check_open`, inline on the hot path
+            self._check_open()
         timeout = self.timeout if timeout is _MISSING else timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         body = (name, args if args.__class__ is tuple else tuple(args), kwargs or {})
@@ -443,9 +443,7 @@ class FastRemoteEnv:
         One call may be outstanding per client; a second raises
         :class:`~fastenv.AlreadyPendingError`.
         """
-        channel = self._channel
-        if channel is None or channel.closed:
-            raise ClientClosedError(f"FastRemoteEnv({self.address!r}) is closed")
+        self._check_open()
         if self._pending is not None:
             raise AlreadyPendingError(f"{self._pending.what} is still pending: collect it with receive_result()")
         timeout = self.timeout if timeout is _MISSING else timeout
@@ -479,8 +477,7 @@ class FastRemoteEnv:
     def _collect(self, deadline: float | None, *, keep_on_timeout: bool) -> Any:
         pending = self._pending
         if pending is None:
-            if self.closed:
-                raise ClientClosedError(f"FastRemoteEnv({self.address!r}) is closed")
+            self._check_open()
             raise NoPendingCallError("no call is pending: send one first (send_call / step_async)")
         try:
             ok, value = self._receive(pending, deadline)
@@ -799,8 +796,8 @@ class FastRemoteEnv:
 
     def ping(self, timeout: float = 5.0) -> None:
         """Round-trip a PING; raises if the server does not answer in ``timeout`` seconds."""
-        if self._channel is None or self._channel.closed:
-            raise ClientClosedError(f"FastRemoteEnv({self.address!r}) is closed")
+        self._check_open()
+        assert self._channel is not None
         reply = self._channel.request(Kind.PING, None, timeout, what="ping")
         self._unwrap(reply)
 
@@ -857,6 +854,11 @@ class FastRemoteEnv:
     def closed(self) -> bool:
         """Whether :meth:`close` was called."""
         return self._channel is None or self._channel.closed
+
+    def _check_open(self) -> None:
+        """Raise :class:`~fastenv.ClientClosedError` once :meth:`close` was called."""
+        if self.closed:
+            raise ClientClosedError(f"FastRemoteEnv({self.address!r}) is closed")
 
     def close(self, timeout: float = 2.0) -> None:
         """End the session (the server closes a per-client env) and close the connection.
