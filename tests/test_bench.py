@@ -1188,3 +1188,14 @@ def test_fastenv_bench_alias(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Cap
     assert info.value.code == 0
     assert capsys.readouterr().out.startswith("usage: fastenv bench")
     fastenv.cli.build_parser().parse_args(["bench"])  # listed among the commands
+
+
+def test_rich_is_optional(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "rich", None)  # `import rich` now raises ImportError, as when not installed
+    assert not render.rich_available()
+    assert render.default_format(_Terminal()) == "plain"
+    assert progress.choose_mode(_Terminal()) == "lines"
+    table = render.Table([render.Column("transport", "left"), render.Column("p50 µs")], [["fastenv-shm", "12.0"]])
+    assert "fastenv-shm" in render.render(table, "plain")
+    with pytest.raises(MissingDependency, match=r"fastenv\[bench\]"):
+        render.render(table, "rich")

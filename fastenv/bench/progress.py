@@ -22,17 +22,19 @@ import sys
 from collections.abc import Iterator
 from typing import TextIO
 
+from fastenv.bench.render import rich_available
+
 __all__ = ["MODES", "Progress", "choose_mode", "open_progress"]
 
 MODES: tuple[str, ...] = ("bar", "lines", "off")
 
 
 def choose_mode(stream: TextIO, *, disabled: bool = False) -> str:
-    """``off`` when ``disabled``, else ``bar`` if ``stream`` is a terminal, else ``lines``."""
+    """``off`` when ``disabled``, else ``bar`` if ``stream`` is a terminal and rich is installed, else ``lines``."""
     if disabled:
         return "off"
     isatty = getattr(stream, "isatty", None)
-    return "bar" if isatty is not None and isatty() else "lines"
+    return "bar" if isatty is not None and isatty() and rich_available() else "lines"
 
 
 class Progress:

@@ -24,17 +24,35 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, TextIO
 
+from fastenv.errors import MissingDependency
+
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table as RichTable
 
-__all__ = ["FORMATS", "Column", "Note", "Table", "default_format", "emit", "render"]
+__all__ = ["FORMATS", "Column", "Note", "Table", "default_format", "emit", "render", "rich_available"]
 
 #: The output formats :func:`render` knows.
 FORMATS: tuple[str, ...] = ("plain", "rich", "markdown")
 
 #: Width a rich table may use when the stream is not a terminal (wide enough never to wrap a row).
 _RICH_WIDTH = 240
+
+
+def rich_available() -> bool:
+    """Whether the optional ``rich`` package (``pip install "fastenv[bench]"``) is installed."""
+    try:
+        import rich  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _require_rich() -> None:
+    if not rich_available():
+        raise MissingDependency(
+            'rich tables need the rich package: pip install "fastenv[bench]" (or use --format plain / markdown)'
+        )
 
 
 @dataclass(frozen=True)
@@ -72,9 +90,9 @@ class Table:
 
 
 def default_format(stream: TextIO) -> str:
-    """``rich`` when ``stream`` is a terminal, else ``plain``."""
+    """``rich`` when ``stream`` is a terminal and rich is installed, else ``plain``."""
     isatty = getattr(stream, "isatty", None)
-    return "rich" if isatty is not None and isatty() else "plain"
+    return "rich" if isatty is not None and isatty() and rich_available() else "plain"
 
 
 def render(table: Table, fmt: str = "plain", *, width: int | None = None, color: bool = False) -> str:
@@ -91,6 +109,7 @@ def render(table: Table, fmt: str = "plain", *, width: int | None = None, color:
     if fmt == "markdown":
         return _render_markdown(table)
     if fmt == "rich":
+        _require_rich()
         buffer = io.StringIO()
         console = _console(buffer, width=width or _RICH_WIDTH, color=color)
         console.print(_rich_table(table))
