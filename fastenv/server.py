@@ -19,8 +19,8 @@ released): on shared memory as soon as the client's process is gone; on the
 TCP stream when the stream dropped and was not taken up again within one
 heartbeat interval (a RESUME on the control connection starts that interval
 again); otherwise when the client's control connection is gone for one
-interval (ZMTP heartbeats drop a peer silent for two). A session
-offered shared memory must answer the offer within ``attach_grace``. A client whose connection
+interval (ZMTP heartbeats drop a peer silent for two). A session offered
+shared memory must answer the offer within ``attach_grace``. A client whose connection
 dropped can RESUME its session in that window; calls re-sent after a drop are
 answered from the session's record, never applied twice (see
 :mod:`fastenv.replay`).

@@ -233,10 +233,9 @@ class ClientChannel:
         if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
             self._auth_failure = self._mismatch("NULL" if self.auth is not None else "CURVE")
             return
-        # The server hung up without a word: ask it which mechanism it speaks. Once a handshake
-        # with this server key has succeeded, a silent failure is a connection cut on the way.
-        # A connection cut on the way fails the same way: the diagnosis stands only if the
-        # handshake after the greeting probe fails too.
+        # The server hung up without a word: ask it which mechanism it speaks. A connection cut on
+        # the way looks the same, so the diagnosis stands only if the handshake after the greeting
+        # probe fails too, and never once a handshake with this server key has succeeded.
         if self._ever_connected:
             return
         if self._suspected is not None:

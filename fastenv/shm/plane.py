@@ -536,6 +536,7 @@ class ShmClientPlane:
         self._receiver = LayoutReceiver()
         # A call posted whose reply was not read (it timed out): read before the next call, since
         # the reply may define a layout or announce a new arena that later replies rely on.
+        # Recorded only when a wait for a reply is left early (timeout, Ctrl-C): no per-call cost.
         self._unread: tuple[int, int, int] | None = None  # (kind, seq, reply bell value before it)
         self._use(arena)
 
@@ -588,12 +589,15 @@ class ShmClientPlane:
         remaining = WAIT_SLICE_S if deadline is None else min(WAIT_SLICE_S, deadline - time.monotonic())
         if remaining > 0:
             slot = seq % len(self._slot_offsets)
-            got = native_take(
-                self.arena.buf, REPLY_BELL, seen, self._spin_us, remaining,
-                self._slot_offsets[slot], self._slot_layouts[slot], self._copy, -1,
-            )
+            try:
+                got = native_take(
+                    self.arena.buf, REPLY_BELL, seen, self._spin_us, remaining,
+                    self._slot_offsets[slot], self._slot_layouts[slot], self._copy, -1,
+                )
+            except BaseException:  # interrupted (Ctrl-C) before the reply was read
+                self._unread = (CALL, seq, seen)
+                raise
             if got is not None and got[4] and got[3] == seq:
-                self._unread = None
                 return got[2] != ERROR, got[5]
         return self.receive(ticket, deadline, what)
 
@@ -617,7 +621,6 @@ class ShmClientPlane:
         if not self._sender.write_fast(arena, self._request_offset, capacity, body[0], CALL, seq, body, REQUEST_BELL):
             return None  # no layout yet, or another structure: nothing was rung
         self._seq = seq
-        self._unread = (CALL, seq, seen)
         return seq, seen
 
     def send(self, body: Any, deadline: float | None, what: str) -> Any:
@@ -673,7 +676,6 @@ class ShmClientPlane:
         if write is not None:
             write(seq)
         self._fresh = False
-        self._unread = (kind, seq, seen)
         self._request_bell.ring()
         return seq, seen
 
@@ -682,17 +684,21 @@ class ShmClientPlane:
         seq, seen = posted
         arena = self.arena
         slot = arena.shape.slot_offset(seq % arena.shape.slots)
-        while True:
-            # Read the slot only after a ring: the ring publishes a complete reply.
-            current = self._wait(self._reply_bell, seen, deadline, what)
-            if current == seen:
-                continue  # a wait slice passed: the peer is alive, keep waiting
-            seen = current
-            reply_kind, flags, _, skeleton_len, reply_seq = arena.read_header(slot)
-            if reply_seq == seq:
-                break
+        try:
+            while True:
+                # Read the slot only after a ring: the ring publishes a complete reply.
+                current = self._wait(self._reply_bell, seen, deadline, what)
+                if current == seen:
+                    continue  # a wait slice passed: the peer is alive, keep waiting
+                seen = current
+                reply_kind, flags, _, skeleton_len, reply_seq = arena.read_header(slot)
+                if reply_seq == seq:
+                    break
+        except BaseException:  # timed out or interrupted: read this reply before the next call
+            self._unread = (kind, *posted)
+            raise
         if self._unread is not None and self._unread[1] == seq:
-            self._unread = None
+            self._unread = None  # a call that was left pending is answered now
         if reply_kind == REMAP:
             _, _, skeleton, _ = arena.read_envelope(slot, arena.shape.slot_capacity)
             target = codec.decode(bytes(skeleton))
