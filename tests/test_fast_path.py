@@ -21,6 +21,7 @@ import fastenv
 from fastenv.examples import VectorEnv
 from fastenv.layout import Layout, copy_strided, infer_spec, native_put, native_take
 from fastenv.shm import futex
+from fastenv.shm import arena as arena_module
 from fastenv.shm import plane as plane_module
 from fastenv.shm.arena import CALL, ENVELOPE, FAST, RESULT
 
@@ -45,7 +46,7 @@ def buf() -> Any:
 
 def _prepared(buffer: Any, value: Any) -> tuple[Layout, dict[int, tuple]]:
     layout = Layout(infer_spec(value), native=True)
-    views = layout.views(buffer, REGION + plane_module.FAST_DATA)
+    views = layout.views(buffer, REGION + arena_module.FAST_DATA)
     return layout, {LAYOUT_ID: (layout.program, views, layout)}
 
 

@@ -68,7 +68,8 @@ from fastenv.shm.arena import (
     ArenaShape,
     envelope_size,
 )
-from fastenv.shm.plane import DEFAULT_SHAPE, FAST_DATA, LayoutReceiver, LayoutSender
+from fastenv.shm.arena import FAST_DATA
+from fastenv.shm.plane import DEFAULT_SHAPE, LayoutReceiver, LayoutSender
 from fastenv.tcp.framing import FLAG_LAYOUT
 from fastenv.tcp.layouts import StreamDecoder, StreamEncoder
 

@@ -57,6 +57,7 @@ BUFFER_ENTRY = struct.Struct("<QQ")  # offset from region start, length
 CALL, RESULT, ERROR, REMAP, GROW, FAST = 1, 2, 3, 4, 5, 6
 # A FAST envelope carries a compiled layout's data: its flags byte holds the
 # kind it stands for (CALL or RESULT) and its skeleton-length field the layout id.
+FAST_DATA = 64  # a FAST envelope's data starts this far into its region
 # Envelope flag: the skeleton is (layout id, layout spec, value), defining a layout.
 WITH_LAYOUT = 1
 

@@ -48,6 +48,7 @@ from fastenv.shm.arena import (
     ENVELOPE,
     ERROR,
     FAST,
+    FAST_DATA,
     GROW,
     REMAP,
     REPLY_BELL,
@@ -90,8 +91,6 @@ DEFAULT_SHAPE = ArenaShape(request_capacity=64 * 1024, slot_capacity=256 * 1024,
 # Executes one call; returns (True, value) or (False, error body).
 Executor = Callable[[str, tuple, dict], tuple[bool, Any]]
 
-
-FAST_DATA = 64  # a FAST envelope's data starts this far into its region
 
 
 class LayoutSender:
