@@ -1,4 +1,4 @@
-"""Build hook for the optional native parts (futex doorbell, layout packing).
+"""Build hook for the optional native parts (futex doorbell, layout packing, shm fast path).
 
 Everything else is declared in pyproject.toml. The extension is optional: when
 no C compiler is available the build continues and fastenv uses its pure-Python
@@ -18,8 +18,8 @@ setup(
         ),
         Extension(
             "fastenv._layout",
-            sources=["native/fastenv_layout.c"],
-            depends=["native/fastenv_wait.h"],
+            sources=["native/fastenv_layout.c", "native/fastenv_fastpath.c"],
+            depends=["native/fastenv_layout.h", "native/fastenv_wait.h"],
             extra_compile_args=["-O2", "-std=c11"],
             optional=True,
         ),

@@ -10,7 +10,7 @@ Usage::
 Every row serves the same env (:class:`fastenv.examples.mujoco_stack.StackCubeEnv`,
 the ``mujoco-<H>x<W>`` workload of :mod:`fastenv.bench.workloads`: physics,
 then both cameras rendered offscreen, every step) and times ``step(action)``
-with the runner of ``fastenv-bench`` (:func:`fastenv.bench.runner.measure`:
+with the runner of ``fastenv-bench`` (:func:`fastenv.bench.timing.measure`:
 results checked against a local env before and after the timed loop).
 
 What part of a round trip is the env, and what part the transport:
@@ -52,7 +52,8 @@ if __package__ in (None, ""):
 import numpy as np
 
 import fastenv
-from fastenv.bench.runner import RunResult, TransportUnavailable, measure, run_transport
+from fastenv.bench.runner import TransportUnavailable, run_transport
+from fastenv.bench.timing import RunResult, measure
 from fastenv.bench.workloads import get_workload, observation_nbytes
 from fastenv.errors import MissingDependency
 from fastenv.examples.mujoco_stack import StackCubeEnv

@@ -19,14 +19,15 @@ from typing import Any
 import pytest
 
 from fastenv.errors import MissingDependency
-from fastenv.examples.mujoco_stack import configure_gl
+from fastenv.examples.mujoco_render import configure_gl
 
 configure_gl()  # before anything imports mujoco
 pytest.importorskip("mujoco", reason='MuJoCo is not installed (pip install "fastenv[sim]")')
 
 from bench_mujoco import IN_PROCESS, InProcess
 
-from fastenv.bench.runner import TransportUnavailable, check_result, open_transport
+from fastenv.bench.runner import TransportUnavailable, open_transport
+from fastenv.bench.timing import check_result
 from fastenv.bench.workloads import get_workload
 
 TRANSPORTS = (IN_PROCESS, "fastenv-shm", "fastenv-tcp", "gym-async", "mp-pipe", "zmq-pickle")

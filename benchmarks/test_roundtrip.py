@@ -3,7 +3,7 @@
 Each server is started once per module (a module-scoped fixture per
 parameter) and every benchmark times ``client.step(action)`` on the same
 example env. The reset observation and the first step are checked against a
-local env before timing (through :func:`fastenv.bench.runner.check_result`,
+local env before timing (through :func:`fastenv.bench.timing.check_result`,
 which snapshots zero-copy views and compares only the observation for
 transports that carry only that). Run with ``pytest benchmarks/
 --benchmark-only``; compare rows within one run.
@@ -24,9 +24,9 @@ import pytest
 from fastenv.bench.runner import (
     TRANSPORTS,
     TransportUnavailable,
-    check_result,
     open_transport,
 )
+from fastenv.bench.timing import check_result
 from fastenv.bench.workloads import PAYLOADS, get_workload
 
 CASES = [(transport, payload) for payload in PAYLOADS for transport in TRANSPORTS]

@@ -59,6 +59,7 @@ from fastenv.errors import (
 )
 from fastenv.loans import reply_array
 from fastenv.server import EnvServer
+from fastenv.session.state import ClientState
 
 __all__ = [
     "AddressInUse",
@@ -67,6 +68,7 @@ __all__ = [
     "AuthenticationError",
     "AuthenticationRequired",
     "ClientKeyRefused",
+    "ClientState",
     "KeyFileError",
     "LimitExceeded",
     "Limits",

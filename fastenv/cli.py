@@ -14,8 +14,7 @@ from fastenv.codec import Limits
 from fastenv.errors import FastEnvError
 from fastenv.launch.cli import register as _add_launch
 from fastenv.server import ATTACH_GRACE_S, DEFAULT_MAX_PENDING, DEFAULT_MAX_SESSIONS
-
-READY_LINE = "fastenv: ready {address}"
+from fastenv.server_process import READY_LINE
 
 
 def _json_object(text: str) -> dict[str, Any]:

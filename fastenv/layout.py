@@ -35,16 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from fastenv import native as _switch  # Layout(native=...) is a parameter name here
 from fastenv.errors import DecodeError
-
-from fastenv.shm import futex
-
-try:  # the C packer (native/fastenv_layout.c), used with the rest of the native part
-    from fastenv import _layout as _native_layout
-except ImportError:  # pragma: no cover - exercised when the extension is not built
-    _native_layout = None
-if futex.BACKEND != "native":  # FASTENV_NATIVE=0 (or no fastenv._native): pure Python throughout
-    _native_layout = None
 
 ALIGN = 64
 MAX_NODES = 4096
@@ -61,6 +53,19 @@ _NUMPY_SCALAR_CODES = {
 }
 _NUMPY_SCALAR_TYPES = {dtype.type: (dtype, code) for dtype, code in _NUMPY_SCALAR_CODES.items()}
 _PY_SCALARS = {bool: ("bool", "?"), int: ("int", "q"), float: ("float", "d")}
+
+# The C packer (native/fastenv_layout.c) reads and writes scalars with these struct codes;
+# offsets are computed here with the same codes.
+_switch.verify_constants(
+    {
+        "SCALAR_CODES": ("the codes of fastenv.layout._NUMPY_SCALAR_CODES", "".join(_NUMPY_SCALAR_CODES.values())),
+        "PLAIN_CODES": (
+            "the codes of fastenv.layout._PY_SCALARS (bool, int, float)",
+            "".join(_PY_SCALARS[kind][1] for kind in (bool, int, float)),
+        ),
+    },
+    (_switch.LAYOUT_MODULE,),
+)
 
 
 class LayoutMismatch(Exception):
@@ -142,7 +147,9 @@ class Layout:
         self.size = offset
         use_native = _native_layout is not None if native is None else native
         if use_native and _native_layout is None:
-            raise ImportError("the C layout packer is not in use (not built, or the native part is off)")
+            raise _switch.NativeBackendError(
+                f"the C layout packer is not in use: {_switch.BACKEND.reason}"
+            )
         self._program: tuple | None = None
         if use_native:
             try:
@@ -229,14 +236,30 @@ def copy_strided(view: np.ndarray, array: np.ndarray) -> None:
     np.copyto(view, array, casting="no")
 
 
+#: The C packer (:mod:`fastenv._layout`) when the native backend is selected, else None: new
+#: :class:`Layout` objects pack in C when it is set.
+_native_layout: Any = None
 #: ``put(program, buffer, offset, value, views, copy_strided, kind, layout id, seq, bell=-1) -> bool``:
-#: the C packer writing a shared-memory FAST envelope (data + header, then the ring) in one call; None
-#: without the extension.
-native_put = None if _native_layout is None else _native_layout.put
+#: the C packer writing a shared-memory FAST envelope (data + header, then the ring) in one call
+#: (native/fastenv_fastpath.c); None when :mod:`fastenv._layout` cannot be used. It is set whichever
+#: backend is selected: only a layout compiled for the C packer has a program to give it.
+native_put: Callable[..., bool] | None = None
 #: ``take(buffer, bell, seen, spin_us, timeout, region, layouts, copy, consumed)``: wait for a
-#: doorbell, then unpack the FAST envelope it announced in C (see native/fastenv_layout.c);
-#: None without the extension.
-native_take = None if _native_layout is None else _native_layout.take
+#: doorbell, then unpack the FAST envelope it announced in C (native/fastenv_fastpath.c); None when
+#: :mod:`fastenv._layout` cannot be used. Callers use it with native doorbells only.
+native_take: Callable[..., Any] | None = None
+
+
+def _apply(selected: _switch.Backend) -> None:
+    """Rebind the C packer and fast path to ``selected`` (a :func:`fastenv.native.bind` listener)."""
+    global _native_layout, native_put, native_take
+    compiled = _switch.part(_switch.LAYOUT_MODULE).module
+    _native_layout = selected.layout
+    native_put = None if compiled is None else compiled.put
+    native_take = None if compiled is None else compiled.take
+
+
+_switch.bind(_apply)
 
 
 class _Program:

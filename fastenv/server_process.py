@@ -20,6 +20,7 @@ from typing import IO, Any
 from fastenv.errors import FastEnvError, FastEnvTimeout
 
 READY_PREFIX = "fastenv: ready "
+READY_LINE = READY_PREFIX + "{address}"  # what `fastenv serve` and `fastenv launch` print once ready
 
 
 class ServerStartError(FastEnvError):

@@ -21,18 +21,9 @@
  *       the list arrays (views into the buffer), or with copy, copies of
  *       them (arrays[i].copy('K')).
  *
- * and, for the shared-memory plane's fast path (one C call per side and
- * direction instead of a chain of Python calls):
- *
- *   put(program, buffer, offset, value, views, copyto, kind, layout_id, seq, bell=-1, lent=None)
- *       pack into a region's data area, write its FAST envelope header, and
- *       with bell >= 0 ring that doorbell.  lent (bytes, a flag per array)
- *       marks places whose memory the env was lent: the value must have an
- *       array at that very memory there, or put returns False without
- *       having written over any lent place.
- *   take(buffer, bell, seen, spin_us, timeout, region, layouts, copy, consumed)
- *       wait for a doorbell ring, then unpack the FAST envelope it announced
- *       if its layout is one the caller prepared (see take_doc).
+ * The shared-memory plane's fast path, put() and take() (one C call per side
+ * and direction instead of a chain of Python calls), lives in
+ * fastenv_fastpath.c; both files share fastenv_layout.h.
  *
  * Program nodes (first item: the opcode):
  *
@@ -56,11 +47,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "fastenv_wait.h"  /* the doorbells that put() rings and take() waits on */
-
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
-#error "fastenv._layout assumes a little-endian target"
-#endif
+#include "fastenv_layout.h"
 
 enum {
     OP_NONE = 0,
@@ -83,27 +70,7 @@ enum {
 static PyObject *str_copy;       /* "copy" */
 static PyObject *str_keep_order; /* "K" */
 
-/* What a pack step found: written, the structure differs, or a Python error. */
-enum { PACK_OK = 0, PACK_MISMATCH = 1, PACK_ERROR = -1 };
-
-typedef struct {
-    char *base;      /* start of the data area */
-    Py_ssize_t room; /* bytes available from base */
-    PyObject *views; /* list of array views at the data area (pack's copyto targets) */
-    PyObject *copyto;
-    PyObject *collect; /* extract: arrays are appended here instead of copied (NULL: pack) */
-    const char *lent;  /* put: lent[i] != 0 if array i was lent from its place (must already be there) */
-    Py_ssize_t lent_len;
-} pack_ctx;
-
-typedef struct {
-    const char *base;
-    Py_ssize_t room;
-    PyObject *arrays; /* list: the value of each ARRAY node, by index */
-    int copy;         /* take arrays[i].copy('K') instead of arrays[i] */
-} unpack_ctx;
-
-static int
+int
 bad_program(const char *what)
 {
     PyErr_Format(PyExc_ValueError, "invalid layout program: %s", what);
@@ -163,6 +130,12 @@ locate(char *base, Py_ssize_t room, Py_ssize_t off, Py_ssize_t size)
     }
     return base + off;
 }
+
+/* The struct codes of NPSCALAR nodes (what code_size knows), in fastenv.layout's order, and the
+ * codes BOOL, INT and FLOAT nodes are written with: fastenv.layout computes every offset with
+ * these codes, so they are exported and checked against it at import. */
+#define SCALAR_CODES "?bBhHiIqQefd"
+#define PLAIN_CODES "?qd"
 
 static Py_ssize_t
 code_size(int code)
@@ -504,22 +477,10 @@ acquire_region(PyObject *buffer, PyObject *offset_obj, int writable, Py_buffer *
     return 0;
 }
 
-/* The data plane's envelope header (fastenv.shm.arena.ENVELOPE, "<BBHIQ"). */
-typedef struct {
-    uint8_t kind;
-    uint8_t flags;
-    uint16_t buffers;
-    uint32_t skeleton;
-    uint64_t seq;
-} __attribute__((packed)) envelope_header;
 
-#define FAST_KIND 6      /* fastenv.shm.arena.FAST */
-#define FAST_DATA 64     /* fastenv.shm.plane.FAST_DATA: where the data area starts */
-
-/* Pack args[3] with program args[0] into buffer args[1] at offset args[2] + skip; with a
- * header, write it at the offset once the value is packed.  Returns the bool to give back. */
-static PyObject *
-pack_region(PyObject *const *args, pack_ctx *ctx, Py_ssize_t skip, const envelope_header *header)
+/* See fastenv_layout.h. */
+PyObject *
+pack_region(PyObject *const *args, pack_ctx *ctx, Py_ssize_t skip, const void *header, size_t header_size)
 {
     Py_buffer view;
     char *region;
@@ -527,7 +488,7 @@ pack_region(PyObject *const *args, pack_ctx *ctx, Py_ssize_t skip, const envelop
     if (acquire_region(args[1], args[2], 1, &view, &region, &room) < 0) {
         return NULL;
     }
-    if (room < skip) {
+    if (room < skip || (Py_ssize_t)header_size > skip) {
         PyBuffer_Release(&view);
         PyErr_SetString(PyExc_ValueError, "region smaller than an envelope header");
         return NULL;
@@ -536,7 +497,7 @@ pack_region(PyObject *const *args, pack_ctx *ctx, Py_ssize_t skip, const envelop
     ctx->room = room - skip;
     int status = pack_node(ctx, args[0], args[3], 0);
     if (status == PACK_OK && header != NULL) {
-        memcpy(region, header, sizeof *header);
+        memcpy(region, header, header_size);
     }
     PyBuffer_Release(&view);
     if (status == PACK_ERROR) {
@@ -553,74 +514,9 @@ layout_pack(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
         return NULL;
     }
     pack_ctx ctx = {.views = args[4], .copyto = args[5]};
-    return pack_region(args, &ctx, 0, NULL);
+    return pack_region(args, &ctx, 0, NULL, 0);
 }
 
-/* The doorbell (counter, then sleepers word) at bell inside a buffer of len bytes, or NULL with
- * ValueError set. */
-static uint32_t *
-locate_bell(char *buf, Py_ssize_t len, Py_ssize_t bell)
-{
-    if (bell < 0 || bell % 4 != 0 || bell > len - 8) {
-        PyErr_Format(PyExc_ValueError, "doorbell offset %zd misaligned or outside a buffer of %zd bytes", bell, len);
-        return NULL;
-    }
-    return (uint32_t *)(buf + bell);
-}
-
-static PyObject *
-layout_put(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs < 9 || nargs > 11) {
-        PyErr_SetString(PyExc_TypeError,
-                        "put(program, buffer, offset, value, views, copyto, kind, layout_id, seq, bell=-1, lent=None)");
-        return NULL;
-    }
-    long kind = PyLong_AsLong(args[6]);
-    unsigned long layout_id = PyLong_AsUnsignedLong(args[7]);
-    unsigned long long seq = PyLong_AsUnsignedLongLong(args[8]);
-    Py_ssize_t bell = nargs >= 10 ? PyLong_AsSsize_t(args[9]) : -1;
-    if (PyErr_Occurred()) {
-        return NULL;
-    }
-    envelope_header header = {FAST_KIND, (uint8_t)kind, 0, (uint32_t)layout_id, (uint64_t)seq};
-    pack_ctx ctx = {.views = args[4], .copyto = args[5]};
-    if (nargs == 11 && args[10] != Py_None) {
-        if (!PyBytes_CheckExact(args[10])) {
-            PyErr_SetString(PyExc_TypeError, "put: lent must be bytes (one flag per array) or None");
-            return NULL;
-        }
-        ctx.lent = PyBytes_AS_STRING(args[10]);
-        ctx.lent_len = PyBytes_GET_SIZE(args[10]);
-    }
-    PyObject *written = pack_region(args, &ctx, FAST_DATA, &header);
-    if (written != Py_True || bell == -1) {
-        return written;
-    }
-    /* Ring only after the envelope is complete: the ring's seq_cst add publishes it. */
-    Py_buffer view;
-    if (PyObject_GetBuffer(args[1], &view, PyBUF_WRITABLE) < 0) {
-        Py_DECREF(written);
-        return NULL;
-    }
-    uint32_t *word = locate_bell(view.buf, view.len, bell);
-    long woken = 0;
-    if (word != NULL) {
-        doorbell_ring(word, word + 1, &woken);
-    }
-    int saved_errno = errno;
-    PyBuffer_Release(&view);
-    if (word == NULL) {
-        Py_DECREF(written);
-        return NULL;
-    }
-    if (woken < 0) {
-        Py_DECREF(written);
-        errno = saved_errno;
-        return PyErr_SetFromErrno(PyExc_OSError);
-    }
-    return written;
-}
 
 static PyObject *
 layout_extract(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
@@ -630,12 +526,10 @@ layout_extract(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t na
         return NULL;
     }
     pack_ctx ctx = {.views = Py_None, .copyto = Py_None, .collect = args[4]};
-    return pack_region(args, &ctx, 0, NULL);
+    return pack_region(args, &ctx, 0, NULL, 0);
 }
 
 /* ------------------------------------------------------------------ unpack */
-
-static PyObject *unpack_node(unpack_ctx *ctx, PyObject *node, int depth);
 
 static PyObject *
 unpack_npscalar(unpack_ctx *ctx, PyObject *node)
@@ -748,7 +642,7 @@ unpack_dict(unpack_ctx *ctx, PyObject *node, int depth)
     return out;
 }
 
-static PyObject *
+PyObject *
 unpack_node(unpack_ctx *ctx, PyObject *node, int depth)
 {
     if (depth > MAX_DEPTH) {
@@ -842,130 +736,14 @@ layout_unpack(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nar
 }
 
 
-PyDoc_STRVAR(take_doc,
-"take(buffer, bell, seen, spin_us, timeout, region, layouts, copy, consumed) -> tuple | None\n"
-"\n"
-"Wait (spinning for spin_us, then in FUTEX_WAIT, at most timeout seconds; GIL\n"
-"released) until the doorbell counter at bell differs from seen, then read the\n"
-"envelope header of the region at offset region.  None when the timeout passed.\n"
-"Otherwise (counter, kind, flags, seq, taken, value): when the envelope is FAST\n"
-"and layouts (a dict) maps its layout id to (program, views, ...), the value is\n"
-"unpacked (copy as in unpack), taken is True, and with consumed >= 0 the\n"
-"envelope's seq is stored (release) in the u32 at consumed; else taken is False\n"
-"and value None: the caller reads the envelope its own way.");
-
-static PyObject *
-layout_take(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs != 9 || !PyDict_CheckExact(args[6])) {
-        PyErr_SetString(PyExc_TypeError,
-                        "take(buffer, bell, seen, spin_us, timeout, region, layouts: dict, copy, consumed)");
-        return NULL;
-    }
-    Py_ssize_t bell = PyLong_AsSsize_t(args[1]);
-    unsigned long seen_arg = PyLong_AsUnsignedLong(args[2]);
-    Py_ssize_t spin_us = PyLong_AsSsize_t(args[3]);
-    double timeout = PyFloat_AsDouble(args[4]);
-    Py_ssize_t region = PyLong_AsSsize_t(args[5]);
-    int copy = PyObject_IsTrue(args[7]);
-    Py_ssize_t consumed = PyLong_AsSsize_t(args[8]);
-    if (PyErr_Occurred() || copy < 0) {
-        return NULL;
-    }
-    if (seen_arg > UINT32_MAX || spin_us < 0 || timeout != timeout) {
-        PyErr_SetString(PyExc_ValueError, "seen must be a u32, spin_us >= 0 and timeout a number");
-        return NULL;
-    }
-    Py_buffer view;
-    if (PyObject_GetBuffer(args[0], &view, PyBUF_WRITABLE) < 0) {
-        return NULL;
-    }
-    char *buf = view.buf;
-    uint32_t *word = locate_bell(buf, view.len, bell);
-    if (word == NULL) {
-        goto fail;
-    }
-    if (region < 0 || region > view.len - FAST_DATA) {
-        PyErr_Format(PyExc_ValueError, "region %zd outside a buffer of %zd bytes", region, view.len);
-        goto fail;
-    }
-    if (consumed >= 0 && (consumed % 4 != 0 || consumed > view.len - 4)) {
-        PyErr_Format(PyExc_ValueError, "consumed word %zd misaligned or out of bounds", consumed);
-        goto fail;
-    }
-    uint32_t seen = (uint32_t)seen_arg;
-    if (word_load(word) == seen) {
-        if (timeout <= 0.0) {
-            PyBuffer_Release(&view);
-            Py_RETURN_NONE;
-        }
-        int forever = timeout > FASTENV_MAX_TIMEOUT_S;
-        int64_t deadline = forever ? INT64_MAX : monotonic_ns() + (int64_t)(timeout * (double)NS_PER_S);
-        int changed = wait_for_ring(word, word + 1, seen, spin_us, forever, deadline);
-        if (changed <= 0) {
-            PyBuffer_Release(&view);
-            if (changed < 0) {
-                return NULL;
-            }
-            Py_RETURN_NONE;
-        }
-    }
-    uint32_t counter = word_load(word); /* acquire: the envelope read below is the one rung */
-    envelope_header header;
-    memcpy(&header, buf + region, sizeof header);
-    PyObject *value = NULL;
-    if (header.kind == FAST_KIND) {
-        PyObject *key = PyLong_FromUnsignedLong(header.skeleton);
-        if (key == NULL) {
-            goto fail;
-        }
-        PyObject *entry = PyDict_GetItemWithError(args[6], key); /* borrowed */
-        Py_DECREF(key);
-        if (entry == NULL && PyErr_Occurred()) {
-            goto fail;
-        }
-        if (entry != NULL) {
-            if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) < 2) {
-                bad_program("layouts entries must be (program, views, ...)");
-                goto fail;
-            }
-            unpack_ctx ctx = {
-                .base = buf + region + FAST_DATA,
-                .room = view.len - region - FAST_DATA,
-                .arrays = PyTuple_GET_ITEM(entry, 1),
-                .copy = copy,
-            };
-            value = unpack_node(&ctx, PyTuple_GET_ITEM(entry, 0), 0);
-            if (value == NULL) {
-                goto fail;
-            }
-            if (consumed >= 0) {
-                __atomic_store_n((uint32_t *)(buf + consumed), (uint32_t)header.seq, __ATOMIC_RELEASE);
-            }
-        }
-    }
-    PyBuffer_Release(&view);
-    PyObject *taken = value != NULL ? Py_True : Py_False;
-    return Py_BuildValue("(kiiKON)", (unsigned long)counter, (int)header.kind, (int)header.flags,
-                         (unsigned long long)header.seq, taken, value != NULL ? value : Py_NewRef(Py_None));
-
-fail:
-    PyBuffer_Release(&view);
-    return NULL;
-}
-
 /* ------------------------------------------------------------------ module */
 
 static PyMethodDef layout_methods[] = {
     {"pack", (PyCFunction)(void (*)(void))layout_pack, METH_FASTCALL,
      "pack(program, buffer, offset, value, views, copyto) -> bool\n\n"
      "Write value at offset if it has the program's structure; False if it does not."},
-    {"put", (PyCFunction)(void (*)(void))layout_put, METH_FASTCALL,
-     "put(program, buffer, offset, value, views, copyto, kind, layout_id, seq, bell=-1, lent=None) -> bool\n\n"
-     "pack() into the data area of the region at offset, then write its FAST envelope header;\n"
-     "with bell >= 0, then ring the doorbell at that offset (counter, sleepers word). lent: bytes\n"
-     "with a flag per array whose place was lent to the env: False unless each is already there."},
-    {"take", (PyCFunction)(void (*)(void))layout_take, METH_FASTCALL, take_doc},
+    {"put", (PyCFunction)(void (*)(void))fastpath_put, METH_FASTCALL, fastpath_put_doc},
+    {"take", (PyCFunction)(void (*)(void))fastpath_take, METH_FASTCALL, fastpath_take_doc},
     {"extract", (PyCFunction)(void (*)(void))layout_extract, METH_FASTCALL,
      "extract(program, buffer, offset, value, arrays) -> bool\n\n"
      "Like pack, but only the scalars are written: the arrays (checked) are appended to the list arrays."},
@@ -995,7 +773,11 @@ layout_exec(PyObject *module)
             return -1;
         }
     }
-    return 0;
+    if (PyModule_AddStringConstant(module, "SCALAR_CODES", SCALAR_CODES) < 0 ||
+        PyModule_AddStringConstant(module, "PLAIN_CODES", PLAIN_CODES) < 0) {
+        return -1;
+    }
+    return fastpath_add_constants(module);
 }
 
 static PyModuleDef_Slot layout_slots[] = {

@@ -417,8 +417,8 @@ native_spin_readable(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssiz
     if (spin_us == -1 && PyErr_Occurred()) {
         return NULL;
     }
-    if (spin_us > 1000000) {
-        spin_us = 1000000;
+    if (spin_us > FASTENV_MAX_SPIN_US) {
+        spin_us = FASTENV_MAX_SPIN_US;
     }
     int ready = 0;
     Py_BEGIN_ALLOW_THREADS
@@ -462,7 +462,9 @@ static PyMethodDef native_methods[] = {
 static int
 native_exec(PyObject *module)
 {
-    if (PyModule_AddIntConstant(module, "DEFAULT_SPIN_US", FASTENV_DEFAULT_SPIN_US) < 0) {
+    /* MAX_SPIN_US mirrors fastenv.shm.futex.MAX_SPIN_US (checked at import). */
+    if (PyModule_AddIntConstant(module, "DEFAULT_SPIN_US", FASTENV_DEFAULT_SPIN_US) < 0 ||
+        PyModule_AddIntConstant(module, "MAX_SPIN_US", FASTENV_MAX_SPIN_US) < 0) {
         return -1;
     }
     return 0;

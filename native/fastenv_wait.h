@@ -69,6 +69,15 @@
 
 #define NS_PER_S 1000000000LL
 
+/* Spin budgets are capped at this many microseconds (a second of spinning is
+ * never what anyone wants); fastenv.shm.futex.MAX_SPIN_US is the fallback's cap. */
+#define FASTENV_MAX_SPIN_US 1000000
+
+/* A doorbell's words (fastenv.shm.doorbell): the sleepers word lies this many
+ * bytes after the counter, and the doorbell takes this many bytes in all. */
+#define FASTENV_BELL_SLEEPERS 4
+#define FASTENV_BELL_BYTES 8
+
 /* ------------------------------------------------------------------------ */
 /* small helpers                                                            */
 
@@ -217,8 +226,8 @@ static int
 wait_for_ring(uint32_t *word, uint32_t *sleepers, uint32_t expected, Py_ssize_t spin_us, int forever,
               int64_t deadline)
 {
-    if (spin_us > 1000000) {
-        spin_us = 1000000; /* a second of spinning is never what anyone wants */
+    if (spin_us > FASTENV_MAX_SPIN_US) {
+        spin_us = FASTENV_MAX_SPIN_US;
     }
     int64_t start = monotonic_ns();
     int spinning = spin_us > 0;

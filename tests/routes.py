@@ -14,6 +14,9 @@ ports of 127.0.0.1 and puts :class:`~tests.proxy.TcpProxy` in front of them on
   proxied, so it is unreachable at 127.0.0.2);
 - ``control-auth``: the same with CURVE authentication (such a server offers
   no data stream).
+
+Observers receive transitions on a third port the handshake announces;
+:meth:`Route.proxy_transitions` puts a proxy in front of it too.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ class Route:
         self._stack = contextlib.ExitStack()
         self.control = self._stack.enter_context(TcpProxy((PROXY_HOST, self.port), ("127.0.0.1", self.port)))
         self.data: TcpProxy | None = None
+        self.transitions: TcpProxy | None = None
         if name == "tcp":
             self.data = self._stack.enter_context(
                 TcpProxy((PROXY_HOST, self.data_port), ("127.0.0.1", self.data_port))
@@ -82,7 +86,24 @@ class Route:
         self.server = ServerProcess(COUNTER, self.server_args, env_kwargs=self.env_kwargs, extra_env=extra_env)
         self.server.start()
         self._stack.callback(self.server.stop)
+        self.transitions = None  # a new server publishes on a new port
         return self.server
+
+    def proxy_transitions(self, timeout: float = 20.0) -> TcpProxy:
+        """Proxy the running server's transition port at the clients' address, so observers reach it.
+
+        The port is announced in the handshake only: a short-lived client (on
+        TCP: no shared-memory set-up needed for that) asks for it once per server.
+        """
+        if self.transitions is None:
+            options = {**self.client_options(), "transport": "tcp"}
+            with fastenv.FastRemoteEnv(self.address, timeout=timeout, connect_timeout=timeout, **options) as probe:
+                offer = probe._session.welcome.get("observe")  # the handshake's offer (as tests/test_auth.py reads it)
+            if not offer:
+                raise RuntimeError(f"the server of route {self.name} offers no transition stream (not in shared mode?)")
+            port = int(offer["port"])
+            self.transitions = self._stack.enter_context(TcpProxy((PROXY_HOST, port), ("127.0.0.1", port)))
+        return self.transitions
 
     def client_options(self) -> dict[str, Any]:
         """``FastRemoteEnv`` keyword arguments for this route (JSON-able: a child process uses them too)."""

@@ -202,7 +202,7 @@ def test_observers_subscribe_over_curve(serve, keys: Path) -> None:
         driver.reset(seed=1)
         transition = observer.next_transition(timeout=T)
         assert transition.method == "reset" and transition.kwargs == {"seed": 1}
-        port = observer._welcome["observe"]["port"]
+        port = observer._session.welcome["observe"]["port"]
         with pytest.raises(FastEnvTimeout):  # a subscriber without keys hears nothing
             TransitionSubscriber(f"tcp://127.0.0.1:{port}", timeout=0.5)
 

@@ -22,6 +22,7 @@ import pytest
 import fastenv.cli
 from fastenv.bench import (
     breakdown,
+    breakdown_paths,
     cli,
     malloc,
     plot,
@@ -32,18 +33,16 @@ from fastenv.bench import (
     tables,
     vectors,
 )
-from fastenv.bench.baselines import BASELINES, GymAsync, SeedPickle
-from fastenv.bench.floors import FLOORS, memcpy_reference
+from fastenv.bench.baselines import BASELINES
+from fastenv.bench.floors import FLOORS
+from fastenv.bench.gym_async import GymAsync
+from fastenv.bench.memcpy import memcpy_reference
 from fastenv.bench.results import PayloadResults, ScalingRow
-from fastenv.bench.runner import (
-    RunResult,
-    TransportMismatch,
-    TransportUnavailable,
-    check_result,
-    measure,
-)
+from fastenv.bench.runner import TransportUnavailable
+from fastenv.bench.seed_pickle import SeedPickle
 from fastenv.bench.stats import Spread, Summary, median_summary, spread, summarize
 from fastenv.bench.targets import evaluate, format_targets
+from fastenv.bench.timing import RunResult, TransportMismatch, check_result, measure
 from fastenv.bench.workloads import (
     PAYLOADS,
     SWEEP_PAYLOADS,
@@ -757,7 +756,7 @@ def test_measure_costs_first_messages_announce_layouts(plane: str) -> None:
 
 
 def test_measure_costs_checks_the_decoded_reply(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(breakdown._TcpPath, "decode_reply", lambda self, seq: (np.zeros(4, np.float32),))
+    monkeypatch.setattr(breakdown_paths.TcpPath, "decode_reply", lambda self, seq: (np.zeros(4, np.float32),))
     with pytest.raises(breakdown.BreakdownFailed, match="differs"):
         breakdown.measure_costs("small", "tcp", samples=3, warmup=1)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import mmap
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -18,14 +19,28 @@ import pytest
 from assertions import assert_same
 
 import fastenv
+from fastenv import native
 from fastenv.examples import VectorEnv
 from fastenv.layout import Layout, copy_strided, infer_spec, native_put, native_take
 from fastenv.shm import futex
 from fastenv.shm import arena as arena_module
+from fastenv.shm import client as shm_client
 from fastenv.shm import plane as plane_module
+from fastenv.shm import worker as shm_worker
 from fastenv.shm.arena import CALL, ENVELOPE, FAST, RESULT
 
 pytestmark = pytest.mark.skipif(native_take is None, reason="fastenv._layout / fastenv._native are not built")
+
+
+@pytest.fixture(autouse=True)
+def native_backend() -> Iterator[None]:
+    """Every test here runs on the native backend (doorbells, packer and fast path), restored after."""
+    try:
+        previous = native.select_backend("native")
+    except native.NativeBackendError as exc:
+        pytest.skip(str(exc))
+    yield
+    native.select_backend(previous)
 
 BELL = 64  # counter; the sleepers word follows it
 CONSUMED = 72
@@ -154,7 +169,7 @@ def test_take_and_put_refuse_bad_arguments(buf: Any) -> None:
 def counted_takes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Counts the client's calls of take() that returned a taken reply (the real function runs)."""
     taken: list[int] = []
-    real = plane_module.native_take
+    real = shm_client.native_take
 
     def counting(*args: Any) -> Any:
         got = real(*args)
@@ -162,9 +177,8 @@ def counted_takes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
             taken.append(got[3])
         return got
 
-    monkeypatch.setattr(plane_module, "DOORBELL_BACKEND", "native")
-    monkeypatch.setenv("FASTENV_NATIVE", "1")
-    monkeypatch.setattr(plane_module, "native_take", counting)
+    monkeypatch.setenv("FASTENV_NATIVE", "1")  # the server's backend; this process's is native_backend's
+    monkeypatch.setattr(shm_client, "native_take", counting)
     return taken
 
 
@@ -178,7 +192,7 @@ def test_steps_take_the_fast_path_and_return_what_the_env_returns(serve, counted
         for _ in range(50):
             action = rng.uniform(-1, 1, 4).astype(np.float32)
             assert_same(env.step(action), local.step(action))
-        slots = env._plane.slots
+        slots = env._session.transport.slots
     # The first step announces the layouts; the first reply into each slot prepares that
     # slot's views (general path). Every later step is taken in C.
     assert len(counted_takes) >= 50 - 1 - slots
@@ -208,8 +222,7 @@ def test_a_failing_fast_path_on_the_server_answers_the_request_once(monkeypatch:
     from fastenv import codec
     from fastenv.shm.arena import Arena
 
-    monkeypatch.setattr(plane_module, "DOORBELL_BACKEND", "native")
-    real = plane_module.native_take
+    real = shm_worker.native_take  # the planes use native doorbells: see native_backend
     failing = {5, 9}  # request sequence numbers whose take() always fails on the server
 
     def flaky(*args: Any) -> Any:
@@ -221,7 +234,7 @@ def test_a_failing_fast_path_on_the_server_answers_the_request_once(monkeypatch:
         return real(*args)
 
     flaky.server_calls = 0
-    monkeypatch.setattr(plane_module, "native_take", flaky)
+    monkeypatch.setattr(shm_worker, "native_take", flaky)
     env, local = VectorEnv(), VectorEnv()
     calls: list[str] = []
 
@@ -230,10 +243,10 @@ def test_a_failing_fast_path_on_the_server_answers_the_request_once(monkeypatch:
         return True, getattr(env, name)(*args, **kwargs)
 
     with Arena.create(plane_module.DEFAULT_SHAPE) as arena, Arena.attach(arena.name) as attached:
-        worker = plane_module.ShmServerWorker(arena, execute, limits=codec.DEFAULT_LIMITS, max_message_bytes=1 << 20)
+        worker = shm_worker.ShmServerWorker(arena, execute, limits=codec.DEFAULT_LIMITS, max_message_bytes=1 << 20)
         worker.start()
         try:
-            client = plane_module.ShmClientPlane(attached, lambda: None)
+            client = shm_client.ShmClientPlane(attached, lambda: None)
             assert_same(client.call(("reset", (), {"seed": 1}), WAIT_S, "reset()"), (True, local.reset(seed=1)))
             for step in range(12):
                 action = np.full(4, step / 12, np.float32)

@@ -19,10 +19,12 @@ from typing import Any
 
 import pytest
 
+from fastenv import native
 from fastenv.errors import FastEnvError, FastEnvTimeout
-from fastenv.layout import _native_layout as _layout
 from fastenv.shm import futex
 from fastenv.shm.doorbell import Doorbell
+
+_layout = native.part(native.LAYOUT_MODULE).module  # the fast path's take(), whichever backend is selected
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 WAIT_S = 10.0  # generous bound for every blocking call in these tests

@@ -39,8 +39,8 @@ from fastenv.errors import FastEnvError
 from fastenv.protocol import Kind
 from fastenv.server_process import ServerProcess
 from fastenv.tcp import framing
-from fastenv.tcp.plane import HELLO as DATA_HELLO
-from fastenv.tcp.plane import connect_data_stream
+from fastenv.tcp.handshake import HELLO as DATA_HELLO
+from fastenv.tcp.handshake import connect_data_stream
 from tests.hostile import (
     hello,
     raw_connection,

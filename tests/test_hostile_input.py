@@ -30,8 +30,8 @@ from fastenv.protocol import Kind
 from fastenv.wire import error_from_body
 from fastenv.shm.arena import list_segments, segment_owner
 from fastenv.tcp.framing import CALL, MessageStream
-from fastenv.tcp.plane import HELLO as DATA_HELLO
-from fastenv.tcp.plane import connect_data_stream
+from fastenv.tcp.handshake import HELLO as DATA_HELLO
+from fastenv.tcp.handshake import connect_data_stream
 from tests.hostile import Touch as _Touch
 from tests.hostile import header as _header
 from tests.hostile import hello as _hello_fields

@@ -184,9 +184,9 @@ def test_launch_and_connect_close_stops_the_server(sshd, state_dir) -> None:
     env.close()  # idempotent
 
 
-def test_fast_remote_env_launch_classmethod(sshd, state_dir) -> None:
+def test_launch_and_connect_as_a_context_manager(sshd, state_dir) -> None:
     options = _without_timeout(sshd, state_dir)
-    with FastRemoteEnv.launch("simbox", VECTOR, tunnel=True, transport="tcp", timeout=10, start_timeout=30, **options) as env:
+    with launch_and_connect("simbox", VECTOR, tunnel=True, transport="tcp", timeout=10, start_timeout=30, **options) as env:
         server = env.launched
         assert server.alive()
         env.reset(seed=1)

@@ -121,7 +121,8 @@ def test_c_packer_never_writes_outside_its_buffer() -> None:
 
 def test_shm_sender_forgets_a_layout_whose_definition_was_not_written() -> None:
     from fastenv.shm.arena import Arena
-    from fastenv.shm.plane import DEFAULT_SHAPE, LayoutSender
+    from fastenv.shm.layouts import LayoutSender
+    from fastenv.shm.plane import DEFAULT_SHAPE
 
     sender = LayoutSender()
     value = (np.zeros(4, np.float32), 1.0)
@@ -201,7 +202,7 @@ def test_stream_decoder_refuses_malformed_layout_messages() -> None:
 def test_every_route_applies_the_array_element_limit_to_announced_layouts() -> None:
     import dataclasses
 
-    from fastenv.shm.plane import LayoutReceiver
+    from fastenv.shm.layouts import LayoutReceiver
 
     limits = dataclasses.replace(codec.DEFAULT_LIMITS, max_array_elements=1000)
     too_big, fits = ("array", "<f4", (5000,), "C"), ("array", "<f4", (1000,), "C")

@@ -14,9 +14,9 @@ from assertions import assert_same
 from envs.test_envs import Lending
 
 import fastenv
+from fastenv import native
 from fastenv.examples import CameraEnv
 from fastenv.shm import futex
-from fastenv.shm import plane as plane_module
 
 
 @pytest.fixture(params=["native", "python"], ids=["native", "python-fallback"])
@@ -24,7 +24,11 @@ def backend(request, monkeypatch) -> str:
     """The server's (and the client plane's) native part on or off."""
     if request.param == "native" and futex.native_backend is None:
         pytest.skip("fastenv._native is not built")
-    monkeypatch.setattr(plane_module, "DOORBELL_BACKEND", request.param)
+    try:
+        previous = native.select_backend(request.param)
+    except native.NativeBackendError as exc:
+        pytest.skip(str(exc))
+    request.addfinalizer(lambda: native.select_backend(previous))
     monkeypatch.setenv("FASTENV_NATIVE", "1" if request.param == "native" else "0")
     return request.param
 

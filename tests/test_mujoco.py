@@ -24,7 +24,8 @@ from gymnasium.utils.env_checker import check_env
 
 import fastenv
 from fastenv.errors import MissingDependency
-from fastenv.examples.mujoco_stack import StackCubeEnv, configure_gl, make_stack_cube
+from fastenv.examples.mujoco_render import configure_gl
+from fastenv.examples.mujoco_stack import StackCubeEnv, make_stack_cube
 from fastenv.server_process import ServerProcess
 
 from assertions import assert_same

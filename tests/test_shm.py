@@ -14,11 +14,11 @@ import pytest
 import zmq
 
 import fastenv
-from fastenv import protocol
+from fastenv import native, protocol
 from fastenv.errors import TransportError
 from fastenv.examples import CameraEnv
 from fastenv.protocol import Kind
-from fastenv.shm import futex, plane
+from fastenv.shm import futex
 from fastenv.shm.arena import SHM_DIR, list_segments, segment_owner
 
 ENVS = Path(__file__).parent / "envs"
@@ -28,12 +28,16 @@ ENVS = Path(__file__).parent / "envs"
 def doorbell_backend(request, monkeypatch) -> str:
     """Every test here runs twice: with the C doorbell and with the pure-Python fallback.
 
-    The client's planes use the backend through ``plane.DOORBELL_BACKEND``;
-    servers and client subprocesses get it through ``FASTENV_NATIVE``.
+    This process switches through :func:`fastenv.native.select_backend` (restored at
+    teardown); servers and client subprocesses get the backend through ``FASTENV_NATIVE``.
     """
     if request.param == "native" and futex.native_backend is None:
         pytest.skip("fastenv._native is not built (run `python setup.py build_ext --inplace`)")
-    monkeypatch.setattr(plane, "DOORBELL_BACKEND", request.param)
+    try:
+        previous = native.select_backend(request.param)
+    except native.NativeBackendError as exc:
+        pytest.skip(str(exc))
+    request.addfinalizer(lambda: native.select_backend(previous))
     monkeypatch.setenv("FASTENV_NATIVE", "1" if request.param == "native" else "0")
     return request.param
 
@@ -57,7 +61,7 @@ def test_same_host_picks_shm_and_says_why(serve, doorbell_backend: str) -> None:
     with fastenv.FastRemoteEnv(server.address) as env:
         assert env.transport == "shm"
         assert "nonce" in env.transport_reason
-        assert f"backend={doorbell_backend}" in repr(env._plane._reply_bell)
+        assert f"backend={doorbell_backend}" in repr(env._session.transport._reply_bell)
         env.reset(seed=0)
         env.step(np.zeros(4, np.float32))
     with fastenv.FastRemoteEnv(server.address, transport="tcp") as env:
@@ -252,7 +256,8 @@ def test_client_reads_a_reply_only_after_the_doorbell() -> None:
     from fastenv import codec
     from fastenv.shm.arena import ENVELOPE, REPLY_BELL, REQUEST_BELL, RESULT, Arena
     from fastenv.shm.doorbell import Doorbell
-    from fastenv.shm.plane import DEFAULT_SHAPE, WAIT_SLICE_S, ShmClientPlane
+    from fastenv.shm.client import ShmClientPlane
+    from fastenv.shm.plane import DEFAULT_SHAPE, WAIT_SLICE_S
 
     server_arena = Arena.create(DEFAULT_SHAPE)
     client = ShmClientPlane(Arena.attach(server_arena.name), alive=lambda: None)

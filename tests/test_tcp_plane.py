@@ -49,7 +49,7 @@ from fastenv.tcp import (
 from fastenv.tcp.framing import FLAG_LAYOUT, FLAG_LAYOUT_DEF
 from fastenv.tcp.layouts import StreamDecoder, StreamEncoder
 from fastenv.tcp.framing import CALL, ENTRY, ERROR, HEADER, MAGIC, RESULT
-from fastenv.tcp.plane import HELLO
+from fastenv.tcp.handshake import HELLO
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -2,22 +2,32 @@
 
 - :mod:`fastenv.bench.workloads`: named payloads (``small``, ``camera``,
   ``camera-<H>x<W>`` for size sweeps).
-- :mod:`fastenv.bench.baselines`: the seed pickle-over-TCP protocol (with and
-  without Nagle), pyzmq + pickle and ``multiprocessing.Pipe``, each serving
-  the same env from its own process, and Gymnasium's ``AsyncVectorEnv``.
+- :mod:`fastenv.bench.baselines`: the baseline registry and their server's
+  entry point: the seed pickle-over-TCP protocol (with and without Nagle,
+  :mod:`fastenv.bench.seed_pickle`), pyzmq + pickle
+  (:mod:`fastenv.bench.zmq_pickle`) and ``multiprocessing.Pipe``
+  (:mod:`fastenv.bench.mp_pipe`), each serving the same env from its own
+  process started by :mod:`fastenv.bench.serverproc`; and Gymnasium's
+  ``AsyncVectorEnv`` (:mod:`fastenv.bench.gym_async`).
 - :mod:`fastenv.bench.floors`: the physical floors (shared-memory ping-pong,
-  spin and futex; the in-process memcpy reference).
-- :mod:`fastenv.bench.runner`: :func:`run_transport` times step round trips
+  spin and futex, :mod:`fastenv.bench.floor_shm`; raw TCP,
+  :mod:`fastenv.bench.floor_tcp`; their common
+  :mod:`fastenv.bench.floor_layout`); :mod:`fastenv.bench.memcpy`: the
+  in-process memcpy reference.
+- :mod:`fastenv.bench.runner`: :func:`run_transport` starts a transport
   (fastenv over shm, shm with the pure-Python doorbell, and tcp, or any
-  baseline) and checks the observations against a local env.
+  baseline) and times it; :mod:`fastenv.bench.timing`: :func:`measure`, the
+  client loop, which checks the observations against a local env.
 - :mod:`fastenv.bench.stats`: percentiles, rates and spreads across repeats.
 - :mod:`fastenv.bench.scaling`: aggregate steps/s against concurrent clients
-  (``--scaling clients``) or envs per server (``--scaling envs``), one axis
-  class per scaling dimension.
+  (``--scaling clients``) or envs per server (``--scaling envs``);
+  :mod:`fastenv.bench.axes`: one axis class per scaling dimension, and the
+  points they measure.
 - :mod:`fastenv.bench.vectors`: the vector-env clients of ``--scaling envs``
   (``FastVectorEnv``, Gymnasium's ``AsyncVectorEnv`` and ``SyncVectorEnv``).
 - :mod:`fastenv.bench.breakdown`: a fastenv row's round trip split into
-  encode, transport, env step and decode (``--breakdown``).
+  encode, transport, env step and decode (``--breakdown``), with the planes'
+  in-process paths in :mod:`fastenv.bench.breakdown_paths`.
 - :mod:`fastenv.bench.results`: results across repeats and the JSON documents.
 - :mod:`fastenv.bench.tables` / :mod:`fastenv.bench.render`: the tables, and
   rendering them as plain text, Markdown or a rich terminal table.
@@ -25,52 +35,35 @@
 - :mod:`fastenv.bench.plot`: PNG figures (optional matplotlib, ``fastenv[plot]``).
 - :mod:`fastenv.bench.targets`: the shared-memory issue's targets.
 - :mod:`fastenv.bench.malloc`: one allocator setting for every process.
-- :mod:`fastenv.bench.cli`: the ``fastenv-bench`` command.
+- :mod:`fastenv.bench.cli`: the ``fastenv-bench`` command, with its flags in
+  :mod:`fastenv.bench.options` and its output in :mod:`fastenv.bench.report`.
 
 Performance claims live here and in ``benchmarks/``, never in the unit tests.
 """
 
-from fastenv.bench.baselines import (
-    BASELINES,
-    Baseline,
-    EnvFactory,
-    GymAsync,
-    MpPipe,
-    SeedPickle,
-    SeedPickleNoDelay,
-    ZmqPickle,
-)
+from fastenv.bench.axes import AXES, Axis, ClientsAxis, EnvsAxis, ScalingPoint
+from fastenv.bench.baselines import BASELINES
 from fastenv.bench.breakdown import BreakdownRow, InProcessCosts, measure_costs
-from fastenv.bench.floors import (
-    FLOORS,
-    MemcpyReference,
-    ShmPingPongFutex,
-    ShmPingPongSpin,
-    memcpy_reference,
-)
+from fastenv.bench.floor_shm import ShmPingPongFutex, ShmPingPongSpin
+from fastenv.bench.floors import FLOORS
+from fastenv.bench.gym_async import EnvFactory, GymAsync
+from fastenv.bench.memcpy import MemcpyReference, memcpy_reference
+from fastenv.bench.mp_pipe import MpPipe
 from fastenv.bench.render import Column, Note, Table
 from fastenv.bench.runner import (
     FASTENV_TRANSPORTS,
     FLOOR_TRANSPORTS,
     TRANSPORTS,
-    RunResult,
-    TransportMismatch,
     TransportUnavailable,
-    check_result,
-    measure,
     open_transport,
     run_transport,
 )
-from fastenv.bench.scaling import (
-    AXES,
-    Axis,
-    ClientsAxis,
-    EnvsAxis,
-    ScalingPoint,
-    run_point,
-)
+from fastenv.bench.scaling import run_point
+from fastenv.bench.seed_pickle import SeedPickle, SeedPickleNoDelay
+from fastenv.bench.serverproc import Baseline
 from fastenv.bench.stats import Spread, Summary, median_summary, spread, summarize
 from fastenv.bench.targets import Target, evaluate
+from fastenv.bench.timing import RunResult, TransportMismatch, check_result, measure
 from fastenv.bench.workloads import (
     PAYLOADS,
     Workload,
@@ -79,6 +72,7 @@ from fastenv.bench.workloads import (
     observations_equal,
     snapshot,
 )
+from fastenv.bench.zmq_pickle import ZmqPickle
 
 __all__ = [
     "AXES",

@@ -12,8 +12,8 @@ measured round trip to the transport:
   ``("step", (action,), {})`` and to the reply (that step's result):
 
   - ``shm`` (``fastenv-shm``, ``fastenv-shm-py``): the plane's compiled
-    layouts (:class:`fastenv.shm.plane.LayoutSender` /
-    :class:`~fastenv.shm.plane.LayoutReceiver`, see :mod:`fastenv.layout`)
+    layouts (:class:`fastenv.shm.layouts.LayoutSender` /
+    :class:`~fastenv.shm.layouts.LayoutReceiver`, see :mod:`fastenv.layout`)
     in a real shared-memory arena of the plane's shape: the client packs the
     request into the request region, the server reads it back as copies (the
     env may keep the action), the server packs the reply into the next reply
@@ -41,37 +41,24 @@ Each in-process part is the median over steps of its per-step time minus the
 clock's own cost (the median of an empty :func:`time.perf_counter_ns`
 bracket). Medians of parts need not add up to the median round trip; on a
 noisy machine the in-process parts can exceed it, and transport then reads 0.
+
+This module holds the results and the timing loop; the planes' in-process
+encode / decode paths are in :mod:`fastenv.bench.breakdown_paths`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from fastenv import codec
+from fastenv.bench.breakdown_paths import PlanePath, open_path
 from fastenv.bench.workloads import get_workload, observations_equal, snapshot
 from fastenv.errors import FastEnvError
-from fastenv.layout import Layout, LayoutMismatch, infer_spec
-from fastenv.loans import ReplyLoans
-from fastenv.shm.arena import (
-    CALL,
-    FAST,
-    RESULT,
-    WITH_LAYOUT,
-    Arena,
-    ArenaShape,
-    envelope_size,
-)
-from fastenv.shm.arena import FAST_DATA
-from fastenv.shm.plane import DEFAULT_SHAPE, LayoutReceiver, LayoutSender
-from fastenv.tcp.framing import FLAG_LAYOUT
-from fastenv.tcp.layouts import StreamDecoder, StreamEncoder
 
 __all__ = [
     "PARTS",
@@ -96,8 +83,6 @@ PLANE_METHODS: dict[str, str] = {
     "shm": "compiled layout (fastenv.layout) in a shared-memory arena",
     "tcp": "compiled layout (fastenv.tcp.layouts): packed scalars + raw array buffers",
 }
-
-_KEY = "step"  # the plane keys layouts by call name
 
 
 class BreakdownFailed(FastEnvError):
@@ -259,178 +244,6 @@ def breakdown_rows(
 
 
 # --------------------------------------------------------------------------
-# The planes' encode / decode, in-process
-# --------------------------------------------------------------------------
-
-
-class _Path(Protocol):
-    """One plane's steps; ``seq`` numbers calls from 1 as the plane does.
-
-    :meth:`deliver` runs untimed between an encode and its decode: whatever
-    moving the message to the peer does (the transport's part).
-    """
-
-    general_messages: int
-
-    def encode_request(self, seq: int, body: Any) -> None: ...
-    def decode_request(self, seq: int) -> Any: ...
-    def encode_reply(self, seq: int, value: Any) -> None: ...
-    def decode_reply(self, seq: int) -> Any: ...
-    def deliver(self) -> None: ...
-    def start_call(self, seq: int) -> None: ...
-
-
-class _TcpPath:
-    """The TCP plane's encoding work (:mod:`fastenv.tcp.layouts`); decode from owned uint8 buffers."""
-
-    def __init__(self) -> None:
-        self.general_messages = 0
-        self._client, self._server = StreamEncoder(), StreamEncoder()
-        self._client_decoder = StreamDecoder(codec.DEFAULT_LIMITS)
-        self._server_decoder = StreamDecoder(codec.DEFAULT_LIMITS)
-        self._encoded: tuple[Any, list[Any], int, int] = (b"", [], 0, 0)
-        self._received: tuple[bytes, list[np.ndarray], int, int] = (b"", [], 0, 0)
-
-    def deliver(self) -> None:
-        """Copy the message to where the peer's stream leaves it after ``recv_into``."""
-        skeleton, buffers, flags, layout_id = self._encoded
-        if not flags & FLAG_LAYOUT:
-            self.general_messages += 1
-        arrays = [np.frombuffer(memoryview(buffer).cast("B"), dtype=np.uint8).copy() for buffer in buffers]
-        self._received = bytes(skeleton), arrays, flags, layout_id
-
-    def start_call(self, seq: int) -> None:
-        """Nothing to prepare: reply arrays are plain arrays on the stream."""
-
-    def encode_request(self, seq: int, body: Any) -> None:
-        self._encoded = self._client.encode(_KEY, body)
-
-    def decode_request(self, seq: int) -> Any:
-        return self._server_decoder.decode(*self._received)
-
-    def encode_reply(self, seq: int, value: Any) -> None:
-        self._encoded = self._server.encode(_KEY, value)
-
-    def decode_reply(self, seq: int) -> Any:
-        return self._client_decoder.decode(*self._received)
-
-
-class _ShmPath:
-    """The shared-memory plane's encode/decode on one real arena (unlinked at once; closed by :meth:`close`)."""
-
-    def __init__(self, request: Any, reply: Any) -> None:
-        shape = ArenaShape(
-            _capacity(request, DEFAULT_SHAPE.request_capacity),
-            _capacity(reply, DEFAULT_SHAPE.slot_capacity),
-            DEFAULT_SHAPE.slots,
-        )
-        self.arena = Arena.create(shape)
-        self.arena.unlink()  # nobody attaches: the memory lives as long as the mapping
-        self.general_messages = 0
-        self._client_sender, self._client_receiver = LayoutSender(), LayoutReceiver()
-        self._server_sender, self._server_receiver = LayoutSender(), LayoutReceiver()
-        # The env's fastenv.reply_array() calls during a step get reply-slot memory, as on the plane.
-        self._loans = ReplyLoans(self._reply_views)
-        self._loans.bind()
-
-    def _reply_views(self, call: tuple[str, Arena, int]) -> tuple[list, Any] | None:
-        _, arena, seq = call
-        prepared = self._server_sender.prepared(arena, *self._slot(seq), _KEY)
-        return None if prepared is None else (prepared[1], prepared[3])
-
-    def start_call(self, seq: int) -> None:
-        """The env step of ``seq`` is about to run (its reply arrays come from that reply's slot)."""
-        self._loans.call = (_KEY, self.arena, seq)
-
-    def deliver(self) -> None:
-        """Nothing to move: the peer reads the same memory (the doorbell is the transport's part)."""
-
-    def _slot(self, seq: int) -> tuple[int, int]:
-        shape = self.arena.shape
-        return shape.slot_offset(seq % shape.slots), shape.slot_capacity
-
-    def _request_region(self) -> tuple[int, int]:
-        return self.arena.request_offset(), self.arena.shape.request_capacity
-
-    def _write(self, sender: LayoutSender, offset: int, capacity: int, kind: int, seq: int, value: Any) -> bool:
-        """As the plane sends: a FAST envelope when the key's layout fits (True), else the general codec."""
-        if sender.write_fast(self.arena, offset, capacity, _KEY, kind, seq, value, -1, self._loans.places()):
-            return True
-        self.general_messages += 1
-        definition = sender.define(_KEY, value)
-        payload = value if definition is None else (definition[0], definition[1], value)
-        skeleton, buffers = codec.encode(payload)
-        if self._loans.from_slot:  # as the worker does: the envelope overwrites the slot the arrays live in
-            buffers = [bytes(memoryview(buffer)) for buffer in buffers]
-        self.arena.write_envelope(offset, capacity, kind, seq, skeleton, buffers, WITH_LAYOUT if definition else 0)
-        return False
-
-    def _read(self, receiver: LayoutReceiver, offset: int, capacity: int, *, server: bool) -> Any:
-        """As the plane receives: the server copies (the env may keep it), the client takes views."""
-        arena = self.arena
-        kind, flags, _, skeleton_len, _ = arena.read_header(offset)
-        if kind == FAST:
-            return receiver.read(arena, offset, capacity, skeleton_len, readonly=not server, copy=server)
-        _, _, skeleton, buffers = arena.read_envelope(offset, capacity)
-        if server:
-            buffers = [bytearray(b) for b in buffers]
-            skeleton = bytes(skeleton)
-        value = codec.decode(skeleton, buffers)
-        if flags & WITH_LAYOUT:
-            receiver.define(value[0], value[1])
-            value = value[2]
-        return value
-
-    def encode_request(self, seq: int, body: Any) -> None:
-        self._write(self._client_sender, *self._request_region(), CALL, seq, body)
-
-    def decode_request(self, seq: int) -> Any:
-        return self._read(self._server_receiver, *self._request_region(), server=True)
-
-    def encode_reply(self, seq: int, value: Any) -> None:
-        loans = self._loans
-        if not loans.lent:
-            loans.call = None
-            self._write(self._server_sender, *self._slot(seq), RESULT, seq, value)
-            return
-        settled = self._write(self._server_sender, *self._slot(seq), RESULT, seq, value)
-        loans.end(value, settled=settled)
-
-    def decode_reply(self, seq: int) -> Any:
-        return self._read(self._client_receiver, *self._slot(seq), server=False)
-
-    def close(self) -> None:
-        """Drop the cached views, then the mapping (a view still alive keeps it until collected)."""
-        self._loans.unbind()
-        del self._client_sender, self._client_receiver, self._server_sender, self._server_receiver, self._loans
-        with contextlib.suppress(BufferError):  # a caller still holds a view: the GC unmaps later
-            self.arena.close()
-
-
-def _capacity(value: Any, default: int) -> int:
-    """A region size that holds ``value`` in either encoding (the plane grows to 5/4 of the need)."""
-    skeleton, buffers = codec.encode(value)
-    need = envelope_size(len(skeleton) + 4096, [memoryview(b).nbytes for b in buffers])  # + the layout spec
-    with contextlib.suppress(LayoutMismatch, FastEnvError):
-        need = max(need, FAST_DATA + Layout(infer_spec(value)).size)
-    return max(default, (need * 5 // 4 + 4095) // 4096 * 4096)
-
-
-@contextlib.contextmanager
-def _open_path(plane: str, request: Any, reply: Any) -> Iterator[_Path]:
-    if plane == "tcp":
-        yield _TcpPath()
-        return
-    if plane != "shm":
-        raise KeyError(f"unknown data plane {plane!r}; choose shm or tcp")
-    path = _ShmPath(request, reply)
-    try:
-        yield path
-    finally:
-        path.close()
-
-
-# --------------------------------------------------------------------------
 # Measuring
 # --------------------------------------------------------------------------
 
@@ -485,14 +298,14 @@ def measure_costs(
         finally:
             probe.close()
         overhead = clock_overhead_ns(clock)
-        with _open_path(plane, body, reply_example) as path:
+        with open_path(plane, body, reply_example) as path:
             return _measure(path, plane, payload, env, body, samples, warmup, overhead, max_seconds, clock)
     finally:
         env.close()
 
 
 def _measure(
-    path: _Path,
+    path: PlanePath,
     plane: str,
     payload: str,
     env: Any,

@@ -25,12 +25,13 @@ from typing import Any
 import numpy as np
 import zmq
 
+from fastenv.bench.axes import ScalingPoint
 from fastenv.bench.breakdown import BreakdownRow
-from fastenv.bench.floors import MemcpyReference
-from fastenv.bench.runner import FASTENV_TRANSPORTS, RunResult
-from fastenv.bench.scaling import ScalingPoint
+from fastenv.bench.memcpy import MemcpyReference
+from fastenv.bench.runner import FASTENV_TRANSPORTS
 from fastenv.bench.stats import Spread, median_summary, spread
 from fastenv.bench.targets import Target
+from fastenv.bench.timing import RunResult
 
 __all__ = [
     "SCALING_SCHEMA",
@@ -148,7 +149,7 @@ class ScalingRow:
     error: str | None = None
 
     def metric(self, name: str) -> Spread:
-        """Spread across repeats of a :class:`~fastenv.bench.scaling.ScalingPoint` property."""
+        """Spread across repeats of a :class:`~fastenv.bench.axes.ScalingPoint` property."""
         return spread(float(getattr(point, name)) for point in self.points)
 
     @property

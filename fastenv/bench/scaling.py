@@ -1,6 +1,7 @@
 """Scaling suites: aggregate steps/s as one server gets more to do (``fastenv-bench --scaling AXIS``).
 
-An *axis* says what a count means. :data:`AXES` holds:
+An *axis* says what a count means. :data:`~fastenv.bench.axes.AXES` holds (see
+:mod:`fastenv.bench.axes`):
 
 - ``clients``: one ``fastenv serve TARGET --mode per-client`` server and
   *count* client processes, each driving its own env on it.
@@ -17,7 +18,7 @@ For every (transport, count) point, :func:`run_point` starts the server (for
 fastenv rows), then the client processes (``python -m fastenv.bench.scaling
 [--connect ADDRESS] ...``). Each client connects (or builds its vector env),
 resets, runs the verified warmup (the same
-:func:`fastenv.bench.runner.measure` as the comparison table), prints
+:func:`fastenv.bench.timing.measure` as the comparison table), prints
 ``ready`` and waits; once every client is ready the parent writes ``go`` to all
 of them, each times ``steps`` step round trips (or stops at ``max_seconds``),
 verifies one more step against its local reference and prints a JSON summary.
@@ -32,12 +33,8 @@ cores the clients and the server compete for them, and the table's efficiency
 column (speedup over the smallest count divided by the count ratio) says how
 much of the added load turned into throughput.
 
-Adding an axis: subclass :class:`Axis` (the server arguments for a count,
-how many client processes, their extra arguments, the env steps per ``step``
-call, which transports it runs and how its table reads) and register it in
-:data:`AXES`; teach :func:`_client_main` any new client argument. The CLI
-(``--scaling``, ``--counts``, ``--transports``), the table, the JSON and the
-plot take the axis from :data:`AXES`.
+Adding an axis: see :mod:`fastenv.bench.axes`; teach :func:`_client_main`
+any new client argument.
 """
 
 from __future__ import annotations
@@ -52,39 +49,22 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import IO, Any
 
+from fastenv.bench.axes import AXES, SCALING_TRANSPORTS, Axis, ClientRun, ScalingPoint
 from fastenv.bench.runner import (
     FASTENV_TRANSPORTS,
-    TransportMismatch,
     TransportUnavailable,
     connect_transport,
-    measure,
     start_fastenv_server,
 )
-from fastenv.bench.stats import Summary, spread
-from fastenv.bench.vectors import (
-    GYM_VECTORS,
-    VECTOR_TRANSPORTS,
-    batch_action,
-    open_vector_client,
-    reference_env,
-)
+from fastenv.bench.stats import Summary
+from fastenv.bench.timing import TransportMismatch, measure
+from fastenv.bench.vectors import batch_action, open_vector_client, reference_env
 from fastenv.bench.workloads import get_workload
 from fastenv.errors import FastEnvError, FastEnvTimeout
 
-__all__ = [
-    "AXES",
-    "SCALING_TRANSPORTS",
-    "Axis",
-    "ClientRun",
-    "ClientsAxis",
-    "EnvsAxis",
-    "ScalingFailed",
-    "ScalingPoint",
-    "run_point",
-]
+__all__ = ["ScalingFailed", "run_point"]
 
 _READY = "fastenv-bench-scaling: ready"
 _GO = "go\n"
@@ -93,187 +73,6 @@ _PY_BACKEND = {"FASTENV_NATIVE": "0"}
 
 class ScalingFailed(FastEnvError):
     """A client of a scaling point failed to start, connect or report."""
-
-
-class Axis:
-    """What a scaling count means: the server's arguments and the client processes for a count.
-
-    Subclass and register in :data:`AXES` to add an axis (see the module docstring).
-    """
-
-    #: The ``--scaling`` name.
-    name: str = ""
-    #: What the count is, for table headers and plot labels.
-    label: str = ""
-    #: The transports the axis can run (``--transports``).
-    transports: tuple[str, ...] = FASTENV_TRANSPORTS
-    #: The transports it runs when ``--transports`` is not given.
-    default_transports: tuple[str, ...] = ("fastenv-shm", "fastenv-tcp")
-    #: The counts it runs when ``--counts`` is not given.
-    default_counts: tuple[int, ...] = (1, 2, 4)
-    #: What the throughput counts (the plot's y axis).
-    rate_label: str = "steps/s (all clients)"
-    #: Whether a point has several clients (the table's "per client" column).
-    per_client: bool = True
-    #: What one timed call is (table headers: "steps", "p50 µs").
-    call: str = "step"
-    #: A transport every row is compared with at the same count (a table column), if any.
-    reference: str | None = None
-
-    def server_args(self, count: int) -> list[str]:
-        """Extra ``fastenv serve`` arguments for ``count``."""
-        raise NotImplementedError
-
-    def client_processes(self, count: int) -> int:
-        """How many client processes a point with ``count`` runs."""
-        raise NotImplementedError
-
-    def client_args(self, count: int) -> list[str]:
-        """Extra arguments of every client process (``python -m fastenv.bench.scaling``)."""
-        return []
-
-    def env_steps_per_call(self, count: int) -> int:
-        """Env steps one client ``step`` call makes (more than 1 for a vector env)."""
-        return 1
-
-    def notes(self) -> list[str]:
-        """Footnotes that say what the axis's rows are."""
-        return []
-
-
-class ClientsAxis(Axis):
-    """``count`` client processes, each with its own env on one per-client-mode server."""
-
-    name = "clients"
-    label = "clients"
-
-    def server_args(self, count: int) -> list[str]:
-        return ["--mode", "per-client"]
-
-    def client_processes(self, count: int) -> int:
-        return count
-
-
-class EnvsAxis(Axis):
-    """``count`` envs behind one vector env, one client: a ``--num-envs`` server, or Gymnasium's vector envs."""
-
-    name = "envs"
-    label = "envs"
-    transports = VECTOR_TRANSPORTS
-    default_transports = ("fastenv-shm", "fastenv-tcp", *GYM_VECTORS)
-    default_counts = (1, 2, 4, 8, 16)
-    rate_label = "env steps/s (one client, one vector env)"
-    per_client = False
-    call = "batch step"
-    reference = "gym-async"
-
-    def server_args(self, count: int) -> list[str]:
-        return ["--num-envs", str(count), "--mode", "per-client"]
-
-    def client_processes(self, count: int) -> int:
-        return 1
-
-    def client_args(self, count: int) -> list[str]:
-        return ["--num-envs", str(count)]
-
-    def env_steps_per_call(self, count: int) -> int:
-        return count
-
-    def notes(self) -> list[str]:
-        fastenv = (
-            "fastenv-* = FastVectorEnv(copy=False) on one `fastenv serve --num-envs N --mode per-client` server "
-            "(N envs stepped in turn by one batched VectorHost)"
-        )
-        gym = (
-            "gym-async = Gymnasium AsyncVectorEnv(N envs, shared_memory=True): one worker process per env, "
-            "observations copied out; gym-sync = SyncVectorEnv(N envs) in the client process (no IPC)"
-        )
-        return [fastenv, gym]
-
-
-#: The scaling axes, by ``--scaling`` name.
-AXES: dict[str, Axis] = {axis.name: axis for axis in (ClientsAxis(), EnvsAxis())}
-#: Every transport some axis runs.
-SCALING_TRANSPORTS: tuple[str, ...] = tuple(dict.fromkeys(t for axis in AXES.values() for t in axis.transports))
-
-
-@dataclass(frozen=True)
-class ClientRun:
-    """One client's timed loop within a point: when it started (monotonic ns), how long, and its round trips."""
-
-    start_ns: int
-    wall_s: float
-    summary: Summary
-
-    @property
-    def end_ns(self) -> int:
-        return self.start_ns + int(self.wall_s * 1e9)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"start_ns": self.start_ns, "wall_s": self.wall_s, "summary": self.summary.as_dict()}
-
-
-@dataclass
-class ScalingPoint:
-    """All clients of one (axis, count, transport) run; a step call makes :attr:`env_steps_per_call` env steps."""
-
-    axis: str
-    count: int
-    transport: str
-    payload: str
-    env_steps_per_call: int
-    clients: list[ClientRun] = field(default_factory=list)
-
-    @property
-    def steps(self) -> int:
-        """Timed step calls over all clients."""
-        return sum(c.summary.count for c in self.clients)
-
-    @property
-    def span_s(self) -> float:
-        """From the first client's first timed step to the last client's last."""
-        if not self.clients:
-            return 0.0
-        return (max(c.end_ns for c in self.clients) - min(c.start_ns for c in self.clients)) / 1e9
-
-    @property
-    def steps_per_s(self) -> float:
-        """Aggregate env steps per second: all timed step calls × :attr:`env_steps_per_call` over :attr:`span_s`."""
-        span = self.span_s
-        return self.steps * self.env_steps_per_call / span if span > 0 else float("nan")
-
-    @property
-    def per_client_steps_per_s(self) -> float:
-        """The median client's own rate (its env steps over its own timed wall time)."""
-        per_call = self.env_steps_per_call
-        return spread(c.summary.count * per_call / c.wall_s for c in self.clients if c.wall_s > 0).median
-
-    @property
-    def p50_us(self) -> float:
-        """The median of the clients' p50 round trips."""
-        return spread(c.summary.p50_us for c in self.clients).median
-
-    @property
-    def p99_us(self) -> float:
-        """The worst client's p99 round trip."""
-        return spread(c.summary.p99_us for c in self.clients).high
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "axis": self.axis,
-            "count": self.count,
-            "transport": self.transport,
-            "payload": self.payload,
-            "steps": self.steps,
-            "env_steps_per_call": self.env_steps_per_call,
-            "env_steps": self.steps * self.env_steps_per_call,
-            "span_s": self.span_s,
-            "steps_per_s": self.steps_per_s,
-            "per_client_steps_per_s": self.per_client_steps_per_s,
-            "p50_us": self.p50_us,
-            "p99_us": self.p99_us,
-            "clients": [c.as_dict() for c in self.clients],
-        }
 
 
 # --------------------------------------------------------------------------

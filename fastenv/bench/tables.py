@@ -17,8 +17,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from fastenv.bench.axes import AXES, Axis
 from fastenv.bench.breakdown import PARTS, PLANE_METHODS, PLANES, BreakdownRow
-from fastenv.bench.floors import MemcpyReference
+from fastenv.bench.memcpy import MemcpyReference
 from fastenv.bench.render import Column, Note, Table, render
 from fastenv.bench.results import (
     PayloadResults,
@@ -29,7 +30,6 @@ from fastenv.bench.results import (
     scaling_ratio,
 )
 from fastenv.bench.runner import FASTENV_TRANSPORTS, FLOOR_TRANSPORTS
-from fastenv.bench.scaling import AXES, Axis
 from fastenv.bench.targets import Target
 
 __all__ = [
@@ -170,7 +170,7 @@ def scaling_table(
 ) -> Table:
     """Aggregate steps/s per (transport, count): spread across repeats, latency, speedup, and the axis's extras.
 
-    ``axis`` (an :class:`~fastenv.bench.scaling.Axis` or its name) names the
+    ``axis`` (an :class:`~fastenv.bench.axes.Axis` or its name) names the
     count column and decides the rest: a "per client" column where a point
     has several clients, headers in batch steps for a vector env, and a
     ``vs REFERENCE`` column (steps/s over the reference transport's at the

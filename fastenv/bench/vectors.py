@@ -1,7 +1,7 @@
 """Vector-env clients for ``fastenv-bench --scaling envs``: N envs behind one ``step`` call.
 
 Every client here has the ``reset(seed)`` / ``step(actions)`` / ``close`` shape
-of :func:`fastenv.bench.runner.measure`'s clients and steps a batch of
+of :func:`fastenv.bench.timing.measure`'s clients and steps a batch of
 ``num_envs`` copies of a payload's env:
 
 - ``fastenv-shm`` / ``fastenv-shm-py`` / ``fastenv-tcp``:
@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from fastenv.bench.baselines import EnvFactory
+from fastenv.bench.gym_async import EnvFactory
 from fastenv.bench.runner import FASTENV_TRANSPORTS, TransportUnavailable
 from fastenv.bench.workloads import get_workload
 from fastenv.errors import FastEnvTimeout, MissingDependency

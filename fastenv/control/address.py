@@ -1,10 +1,13 @@
-"""Addresses and host identity."""
+"""Addresses, host identity and process liveness."""
 
 from __future__ import annotations
 
 import ipaddress
 import os
 import socket
+from typing import Any
+
+import psutil
 
 from fastenv.errors import ServerConfigError
 
@@ -73,3 +76,15 @@ def host_identity() -> dict[str, str | int]:
     except OSError:
         boot_id = ""
     return {"hostname": socket.gethostname(), "boot_id": boot_id, "pid": os.getpid()}
+
+
+def process_alive(pid: Any) -> bool:
+    """Whether process ``pid`` on this host is running (a zombie is not); an unknown pid counts as alive."""
+    if not isinstance(pid, int) or pid <= 0:
+        return True
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:
+        return True

@@ -22,15 +22,12 @@ respected; it must be set before anything imports ``mujoco``.
 
 Rendering runs on a thread owned by the env, because an OpenGL context belongs
 to the thread that made it current while fastenv's server calls an env from
-its sessions' threads.
+its sessions' threads (:mod:`fastenv.examples.mujoco_render`). The scene
+itself, in MJCF, is :mod:`fastenv.examples.mujoco_scene`.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import ctypes.util
-import os
-import sys
 import threading
 import warnings
 from collections.abc import Sequence
@@ -38,8 +35,25 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from fastenv.errors import FastEnvTimeout, MissingDependency
-from fastenv.loans import reply_array
+from fastenv.errors import MissingDependency
+from fastenv.examples.mujoco_render import RenderThread, import_mujoco
+from fastenv.examples.mujoco_scene import (
+    CAMERAS,
+    CUBE_HALF,
+    CUBE_HIGH,
+    CUBE_LOW,
+    CUBE_X_RANGE,
+    CUBE_Y_RANGE,
+    FINGER_OPEN,
+    GRIPPER_HIGH,
+    GRIPPER_LOW,
+    HAND_HOME,
+    MIN_CUBE_DISTANCE,
+    TABLE_TOP,
+    WORKSPACE_HIGH,
+    WORKSPACE_LOW,
+    scene_xml,
+)
 
 try:
     import gymnasium
@@ -49,210 +63,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without gymnasiu
         f'the MuJoCo stack-cube env needs Gymnasium: pip install "fastenv[sim]" ({exc})'
     ) from exc
 
-__all__ = [
-    "CAMERAS",
-    "GL_APT_PACKAGES",
-    "StackCubeEnv",
-    "configure_gl",
-    "make_stack_cube",
-]
-
-#: Cameras of the scene: a fixed view of the table and one on the gripper, looking down.
-CAMERAS: tuple[str, ...] = ("front", "wrist")
-
-#: Debian/Ubuntu packages for headless EGL rendering (Mesa; software rasterizer without a GPU).
-GL_APT_PACKAGES: tuple[str, ...] = ("libegl1", "libegl-mesa0", "libgl1-mesa-dri", "libopengl0")
-
-#: Seconds one render (all cameras) may take before :class:`~fastenv.FastEnvTimeout`.
-RENDER_TIMEOUT_S = 60.0
-
-CUBE_HALF = 0.02  # cube half size (m): 4 cm cubes
-TABLE_TOP = 0.40  # height of the table surface (m)
-FINGER_OPEN = 0.045  # finger slide opening (m) when fully open: a 9 cm gap
-FINGER_HALF_HEIGHT = 0.02
-FINGER_DROP = 0.045  # finger centre below the hand (m)
-# Where the hand's target may go (mocap position, m): the fingers stay 1 mm above the table.
-WORKSPACE_LOW = np.array([0.25, -0.30, TABLE_TOP + 0.001 + FINGER_HALF_HEIGHT + FINGER_DROP])
-WORKSPACE_HIGH = np.array([0.75, 0.30, 0.80])
-HAND_HOME = np.array([0.50, 0.0, 0.60])
-# Observation bounds: positions within 10 m of the origin (the floor is an infinite plane),
-# finger openings within their joint range plus the constraint's softness, unit quaternions.
-GRIPPER_LOW = np.array([-10.0, -10.0, -10.0, -0.01, -0.01], dtype=np.float32)
-GRIPPER_HIGH = np.array([10.0, 10.0, 10.0, FINGER_OPEN + 0.01, FINGER_OPEN + 0.01], dtype=np.float32)
-CUBE_LOW = np.array([-10.0, -10.0, -10.0, -1.0, -1.0, -1.0, -1.0], dtype=np.float32)
-CUBE_HIGH = np.array([10.0, 10.0, 10.0, 1.0, 1.0, 1.0, 1.0], dtype=np.float32)
-CUBE_X_RANGE = (0.40, 0.60)
-CUBE_Y_RANGE = (-0.15, 0.15)
-MIN_CUBE_DISTANCE = 0.08
-
-_SCENE = """
-<mujoco model="fastenv_stack_cube">
-  <compiler angle="radian" autolimits="true"/>
-  <option timestep="{timestep}" integrator="implicitfast" cone="elliptic" impratio="10"/>
-  <visual>
-    <global offwidth="{offwidth}" offheight="{offheight}"/>
-    <quality shadowsize="{shadowsize}" offsamples="{offsamples}"/>
-    <headlight ambient="0.35 0.35 0.35" diffuse="0.45 0.45 0.45" specular="0.1 0.1 0.1"/>
-  </visual>
-  <asset>
-    <texture name="floor" type="2d" builtin="checker" rgb1="0.22 0.27 0.32" rgb2="0.15 0.18 0.22"
-             width="256" height="256" mark="edge" markrgb="0.3 0.35 0.4"/>
-    <material name="floor" texture="floor" texrepeat="6 6"/>
-    <texture name="wood" type="2d" builtin="flat" rgb1="0.62 0.46 0.32" width="64" height="64"
-             random="0.05" mark="random" markrgb="0.5 0.36 0.24"/>
-    <material name="table" texture="wood" texrepeat="4 4"/>
-    <material name="metal" rgba="0.62 0.64 0.68 1" specular="0.6" shininess="0.5"/>
-    <material name="pad" rgba="0.12 0.12 0.14 1"/>
-    <material name="red" rgba="0.86 0.16 0.14 1"/>
-    <material name="green" rgba="0.16 0.66 0.24 1"/>
-  </asset>
-  <default>
-    <geom solref="0.005 1" solimp="0.95 0.99 0.001"/>
-  </default>
-  <worldbody>
-    <light name="key" pos="0.9 -0.7 1.8" dir="-0.3 0.35 -1" castshadow="true" diffuse="0.7 0.7 0.7"/>
-    <geom name="floor" type="plane" size="2 2 0.1" material="floor"/>
-    <geom name="table" type="box" pos="0.5 0 {table_center}" size="0.4 0.5 {table_center}" material="table"/>
-    <camera name="front" pos="0.98 0 0.74" xyaxes="0 1 0 -0.555 0 0.832" fovy="42"/>
-    <body name="cube_a" pos="0.5 0.1 {cube_z}">
-      <freejoint name="cube_a"/>
-      <geom name="cube_a" type="box" size="{cube} {cube} {cube}" material="red" condim="4" friction="1 0.01 0.001"/>
-    </body>
-    <body name="cube_b" pos="0.5 -0.1 {cube_z}">
-      <freejoint name="cube_b"/>
-      <geom name="cube_b" type="box" size="{cube} {cube} {cube}" material="green" condim="4" friction="1 0.01 0.001"/>
-    </body>
-    <body name="target" mocap="true" pos="{home}"/>
-    <body name="hand" pos="{home}" gravcomp="1">
-      <freejoint name="hand"/>
-      <geom name="palm" type="box" size="0.015 0.06 0.01" material="metal" mass="0.4"/>
-      <camera name="wrist" pos="0.07 0 0.01" xyaxes="0 1 0 -0.707 0 0.707" fovy="60"/>
-      <body name="finger_left" pos="0 0 -{finger_drop}" gravcomp="1">
-        <joint name="finger_left" type="slide" axis="0 1 0" range="0 {finger_open}" damping="8"/>
-        <geom name="finger_left" type="box" pos="0 0.006 0" size="0.012 0.006 {finger_half}" material="pad"
-              condim="4" friction="1.5 0.02 0.001" mass="0.05"/>
-      </body>
-      <body name="finger_right" pos="0 0 -{finger_drop}" gravcomp="1">
-        <joint name="finger_right" type="slide" axis="0 -1 0" range="0 {finger_open}" damping="8"/>
-        <geom name="finger_right" type="box" pos="0 -0.006 0" size="0.012 0.006 {finger_half}" material="pad"
-              condim="4" friction="1.5 0.02 0.001" mass="0.05"/>
-      </body>
-    </body>
-  </worldbody>
-  <contact>
-    <exclude body1="hand" body2="finger_left"/>
-    <exclude body1="hand" body2="finger_right"/>
-    <exclude body1="finger_left" body2="finger_right"/>
-  </contact>
-  <equality>
-    <weld name="hand_to_target" body1="target" body2="hand" solref="0.01 1"/>
-  </equality>
-  <actuator>
-    <position name="finger_left" joint="finger_left" kp="300" ctrlrange="0 {finger_open}"/>
-    <position name="finger_right" joint="finger_right" kp="300" ctrlrange="0 {finger_open}"/>
-  </actuator>
-</mujoco>
-"""
-
-
-# Whether something imported mujoco before this module could choose MUJOCO_GL (None: not known yet).
-_MUJOCO_IMPORTED_FIRST: bool | None = None
-
-
-def configure_gl() -> str:
-    """Choose MuJoCo's offscreen OpenGL backend (``MUJOCO_GL``) before ``mujoco`` is imported.
-
-    A ``MUJOCO_GL`` already set is kept. On Linux: ``egl`` when libEGL is
-    installed, else ``osmesa`` when libOSMesa is, else MuJoCo's default
-    (GLFW, which needs a display). Elsewhere MuJoCo's default (CGL on macOS,
-    WGL on Windows). Returns the value now in effect (``""`` for the default).
-    """
-    global _MUJOCO_IMPORTED_FIRST
-    if _MUJOCO_IMPORTED_FIRST is None:
-        _MUJOCO_IMPORTED_FIRST = "mujoco" in sys.modules
-    chosen = os.environ.get("MUJOCO_GL", "")
-    if chosen or not sys.platform.startswith("linux"):
-        return chosen
-    for backend, library in (("egl", "EGL"), ("osmesa", "OSMesa")):
-        if ctypes.util.find_library(library):
-            os.environ["MUJOCO_GL"] = backend
-            return backend
-    return ""
-
-
-def _import_mujoco() -> Any:
-    configure_gl()
-    try:
-        import mujoco
-    except ImportError as exc:
-        raise MissingDependency(f'the MuJoCo stack-cube env needs MuJoCo: pip install "fastenv[sim]" ({exc})') from exc
-    return mujoco
-
-
-class _RenderThread:
-    """MuJoCo's offscreen renderer, created, used and freed on one thread of its own.
-
-    An OpenGL context can be current in one thread only; the thread that
-    calls the env may change from call to call (fastenv's server runs each
-    session's calls on that session's thread), so all GL work goes here.
-    """
-
-    def __init__(self, mujoco: Any, model: Any, height: int, width: int) -> None:
-        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mujoco-render")
-        self._renderer: Any = None
-        try:
-            self._renderer = self._run(mujoco.Renderer, model, height, width)
-        except FastEnvTimeout:
-            self._executor.shutdown(wait=False)
-            raise
-        except Exception as exc:  # GL context creation failed: translate at the edge
-            self._executor.shutdown(wait=True)
-            backend = os.environ.get("MUJOCO_GL") or "MuJoCo's default (GLFW, needs a display)"
-            if _MUJOCO_IMPORTED_FIRST:
-                backend += (
-                    " (but mujoco was imported before fastenv could set MUJOCO_GL: set it in the environment, "
-                    "or import fastenv.examples.mujoco_stack first)"
-                )
-            raise MissingDependency(
-                f"offscreen rendering with MUJOCO_GL={backend} failed ({type(exc).__name__}: {exc}); "
-                f"on Debian/Ubuntu: apt-get install {' '.join(GL_APT_PACKAGES)} (EGL) or libosmesa6 "
-                "(MUJOCO_GL=osmesa)"
-            ) from exc
-
-    def _run(self, function: Any, *args: Any) -> Any:
-        future = self._executor.submit(function, *args)
-        try:
-            return future.result(timeout=RENDER_TIMEOUT_S)
-        except concurrent.futures.TimeoutError:
-            raise FastEnvTimeout(f"MuJoCo rendering took longer than {RENDER_TIMEOUT_S:.0f}s") from None
-
-    def render(self, data: Any, cameras: Sequence[str]) -> list[np.ndarray]:
-        """One new uint8[H, W, 3] image per camera, for the state in ``data``.
-
-        The images are :func:`fastenv.reply_array` arrays, taken here on the
-        caller's thread (the one fastenv serves the call on): served over
-        shared memory, MuJoCo renders straight into the reply.
-        """
-        renderer = self._renderer
-        images = [reply_array((renderer.height, renderer.width, 3), np.uint8) for _ in cameras]
-        return self._run(self._render, data, tuple(cameras), images)
-
-    def _render(self, data: Any, cameras: tuple[str, ...], images: list[np.ndarray]) -> list[np.ndarray]:
-        for camera, image in zip(cameras, images):
-            self._renderer.update_scene(data, camera=camera)
-            self._renderer.render(out=image)
-        return images
-
-    def close(self) -> None:
-        """Free the GL context (on its thread) and stop the thread. Safe to call twice."""
-        renderer, self._renderer = self._renderer, None
-        if renderer is not None:
-            try:
-                self._run(renderer.close)
-            except RuntimeError:
-                pass  # interpreter shutdown stopped the thread already; the process exit frees the context
-            finally:
-                self._executor.shutdown(wait=True)
+__all__ = ["CAMERAS", "StackCubeEnv", "make_stack_cube"]
 
 
 class StackCubeEnv(gymnasium.Env):
@@ -325,7 +136,7 @@ class StackCubeEnv(gymnasium.Env):
             raise ValueError(f"unknown camera(s) {unknown}; the scene has {list(CAMERAS)}")
         if height < 1 or width < 1 or frame_skip < 1 or max_episode_steps < 1 or timestep <= 0:
             raise ValueError("height, width, frame_skip, max_episode_steps and timestep must be positive")
-        self._mujoco = mujoco = _import_mujoco()
+        self._mujoco = mujoco = import_mujoco()
         self.height, self.width = int(height), int(width)
         self.cameras = cameras
         self.render_mode = render_mode
@@ -334,20 +145,7 @@ class StackCubeEnv(gymnasium.Env):
         self.max_episode_steps = int(max_episode_steps)
         self.max_move = float(max_move)
         self.model = mujoco.MjModel.from_xml_string(
-            _SCENE.format(
-                timestep=float(timestep),
-                offwidth=max(self.width, 64),
-                offheight=max(self.height, 64),
-                shadowsize=1024 if shadows else 0,
-                offsamples=4 if antialias else 0,
-                table_center=TABLE_TOP / 2,
-                cube=CUBE_HALF,
-                cube_z=TABLE_TOP + CUBE_HALF,
-                home=" ".join(map(str, HAND_HOME)),
-                finger_drop=FINGER_DROP,
-                finger_open=FINGER_OPEN,
-                finger_half=FINGER_HALF_HEIGHT,
-            )
+            scene_xml(timestep=timestep, width=self.width, height=self.height, shadows=shadows, antialias=antialias)
         )
         self.data = mujoco.MjData(self.model)
         self.dt = float(self.model.opt.timestep) * self.frame_skip
@@ -381,10 +179,10 @@ class StackCubeEnv(gymnasium.Env):
         self.action_space = spaces.Box(-1.0, 1.0, (4,), np.float32)
         self._steps = 0
         self._closed = False
-        self._renderer: _RenderThread | None = None
+        self._renderer: RenderThread | None = None
         self._renderer_lock = threading.Lock()
         if self.cameras or self.render_mode is not None:
-            self._renderer = _RenderThread(mujoco, self.model, self.height, self.width)
+            self._renderer = RenderThread(mujoco, self.model, self.height, self.width)
         self._reset_physics(np.array([0.5, 0.1]), np.array([0.5, -0.1]))
 
     # ------------------------------------------------------------------ physics
@@ -420,7 +218,7 @@ class StackCubeEnv(gymnasium.Env):
         with self._renderer_lock:
             self._check_open()
             if self._renderer is None:  # render_mode set later, or a camera-less env asked for a frame
-                self._renderer = _RenderThread(self._mujoco, self.model, self.height, self.width)
+                self._renderer = RenderThread(self._mujoco, self.model, self.height, self.width)
             return self._renderer.render(self.data, cameras)
 
     def _goal(self) -> np.ndarray:

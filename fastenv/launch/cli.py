@@ -9,6 +9,8 @@ import signal
 import sys
 from typing import Any, NoReturn
 
+from fastenv.server_process import READY_LINE
+
 
 def _json_object(text: str) -> dict[str, Any]:
     try:
@@ -77,7 +79,6 @@ def _interrupt(signum: int, frame: object) -> NoReturn:
 
 
 def _launch(args: argparse.Namespace) -> int:
-    from fastenv.cli import READY_LINE
     from fastenv.launch.launcher import launch
 
     signal.signal(signal.SIGTERM, _interrupt)

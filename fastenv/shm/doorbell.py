@@ -9,7 +9,7 @@ against the value they saw rather than consuming a flag, rings are never lost:
 a ring that happens before the waiter goes to sleep simply makes ``wait``
 return at once.  The counter wraps modulo 2**32.
 
-The word after the counter (``offset + 4``) counts the threads asleep in the
+The word after the counter (``offset + SLEEPERS_OFFSET``, 4) counts the threads asleep in the
 kernel on it: ``ring()`` makes the FUTEX_WAKE system call only when that count
 is non-zero, so ringing a peer that is still spinning costs two atomic
 instructions. Both words belong to the doorbell; keep them zero-initialised.
@@ -23,10 +23,25 @@ from __future__ import annotations
 import operator
 from typing import Any
 
+from fastenv import native
 from fastenv.errors import FastEnvTimeout
 from fastenv.shm import futex
 
-__all__ = ["Doorbell"]
+__all__ = ["DOORBELL_BYTES", "SLEEPERS_OFFSET", "Doorbell"]
+
+#: The sleepers word lies this many bytes after the counter word.
+SLEEPERS_OFFSET = 4
+#: Bytes a doorbell takes in its buffer (the counter, then the sleepers word).
+DOORBELL_BYTES = 8
+
+# The shared-memory fast path (fastenv._layout) finds a doorbell's sleepers word on its own.
+native.verify_constants(
+    {
+        "BELL_SLEEPERS": ("fastenv.shm.doorbell.SLEEPERS_OFFSET", SLEEPERS_OFFSET),
+        "BELL_BYTES": ("fastenv.shm.doorbell.DOORBELL_BYTES", DOORBELL_BYTES),
+    },
+    (native.LAYOUT_MODULE,),
+)
 
 class Doorbell:
     """Sequence-counter doorbell on the 32-bit word at ``offset`` of ``buf``.
@@ -38,14 +53,16 @@ class Doorbell:
             close it.
         offset: byte offset of the counter word; a multiple of 4, with the
             sleepers word at ``offset + 4`` also inside ``buf``.
-        backend: ``None`` for the active backend (:data:`fastenv.shm.futex.BACKEND`),
-            ``"native"`` / ``"python"``, or a backend module.
+        backend: ``None`` for the backend :mod:`fastenv.native` selected
+            (:data:`fastenv.shm.futex.BACKEND`), ``"native"`` / ``"python"``,
+            or a backend module.
         spin_us: spin budget of :meth:`wait` before it sleeps, in microseconds;
             ``None`` for the backend's default.
 
     Raises:
         ValueError: ``offset`` is misaligned or out of bounds.
-        ImportError: ``backend="native"`` and the extension is not built.
+        fastenv.native.NativeBackendError: ``backend="native"`` and the extension
+            cannot be used (an ``ImportError``).
     """
 
     __slots__ = ("_backend", "_buf", "_offset", "_sleepers", "_spin_us")
@@ -61,7 +78,7 @@ class Doorbell:
         self._backend = futex.get_backend(backend)
         self._buf = buf
         self._offset = operator.index(offset)
-        self._sleepers = self._offset + 4
+        self._sleepers = self._offset + SLEEPERS_OFFSET
         self._spin_us = (
             self._backend.DEFAULT_SPIN_US if spin_us is None else int(spin_us)
         )

@@ -1,12 +1,10 @@
 """Atomic 32-bit words and futex wait/wake, native or pure Python.
 
-The backend is chosen once, at import, in the style of pyzmq's backend:
-
-* ``FASTENV_NATIVE`` unset (or anything but ``0``/``1``): use the C extension
-  :mod:`fastenv._native` when it imports, else the pure-Python fallback;
-* ``FASTENV_NATIVE=0``: always the pure-Python fallback;
-* ``FASTENV_NATIVE=1``: the C extension or nothing -- the original
-  ``ImportError`` is raised if it is missing.
+The backend is the one :mod:`fastenv.native` selects for every compiled part
+(``FASTENV_NATIVE``; :func:`fastenv.native.select_backend` switches it): the C
+extension :mod:`fastenv._native`, or the pure-Python fallback below. This
+module keeps the fallback and rebinds its module-level functions to whichever
+backend is selected.
 
 Both backends export the names in :data:`PUBLIC_API` with the same semantics.
 Every function takes a writable buffer (``mmap``, ``SharedMemory.buf``,
@@ -56,18 +54,21 @@ the word, so ``wake`` is a no-op returning 0.
 from __future__ import annotations
 
 import ctypes
-import importlib
 import math
 import operator
-import os
+import struct
 import threading
 import time
 import types
 from typing import Any
 
+from fastenv import native
+from fastenv.shm.arena import ENVELOPE, FAST, FAST_DATA
+
 __all__ = [
     "BACKEND",
     "DEFAULT_SPIN_US",
+    "MAX_SPIN_US",
     "PUBLIC_API",
     "add",
     "backend_info",
@@ -92,6 +93,9 @@ PUBLIC_API: tuple[str, ...] = (
 )
 
 _U32_MASK = 0xFFFFFFFF
+
+#: Spin budgets of ``wait`` are capped at this many microseconds (both backends).
+MAX_SPIN_US = 1_000_000
 
 # --------------------------------------------------------------------------
 # pure-Python fallback
@@ -208,7 +212,7 @@ def _py_wait(
             return False
         now = time.monotonic()
         deadline = math.inf if timeout is None else now + timeout
-        spin_end = min(now + min(spin_us, 1_000_000) * 1e-6, deadline)
+        spin_end = min(now + min(spin_us, MAX_SPIN_US) * 1e-6, deadline)
         while now < spin_end:
             if word[0] != expected:
                 return True
@@ -256,65 +260,87 @@ python_backend = types.SimpleNamespace(
 )
 
 # --------------------------------------------------------------------------
-# backend selection
-
-native_backend: types.ModuleType | None
-_native_error: BaseException | None
-try:
-    # By name: ``from fastenv import _native`` would report a "circular import"
-    # while the package is still initialising, hiding the real reason.
-    native_backend = importlib.import_module("fastenv._native")
-except ImportError as exc:  # not built, or built for another interpreter
-    native_backend = None
-    _native_error = exc
-else:
-    _native_error = None
-    _missing = [name for name in PUBLIC_API if not hasattr(native_backend, name)]
-    if _missing:
-        _native_error = ImportError(
-            f"fastenv._native lacks {', '.join(_missing)}; rebuild it"
-        )
-        native_backend = None
+# the selected backend
 
 
-def _select() -> tuple[Any, str, str | None]:
-    """Return (backend, name, reason the fallback is used or None)."""
-    forced = os.environ.get("FASTENV_NATIVE", "").strip()
-    if forced == "0":
-        return (
-            python_backend,
-            "python",
-            "FASTENV_NATIVE=0 forces the pure-Python fallback",
-        )
-    if native_backend is not None:
-        return native_backend, "native", None
-    if forced == "1":
-        assert _native_error is not None
-        raise _native_error
-    return python_backend, "python", f"fastenv._native unavailable: {_native_error}"
+def _envelope_fields() -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Offsets and widths of the fields of :data:`fastenv.shm.arena.ENVELOPE` (packed)."""
+    order, codes = ENVELOPE.format[0], ENVELOPE.format[1:]
+    offsets = tuple(struct.calcsize(order + codes[:i]) for i in range(len(codes)))
+    sizes = tuple(struct.calcsize(order + code) for code in codes)
+    return offsets, sizes
 
 
-_backend, BACKEND, _fallback_reason = _select()
+def _shared_constants() -> tuple[dict[str, tuple[str, Any]], dict[str, tuple[str, Any]]]:
+    """The values the C code hardcodes that this module and :mod:`fastenv.shm.arena` own:
+    (what both extensions mirror, what only the shared-memory fast path mirrors)."""
+    offsets, sizes = _envelope_fields()
+    both = {"MAX_SPIN_US": ("fastenv.shm.futex.MAX_SPIN_US", MAX_SPIN_US)}
+    fast_path = {
+        "FAST_KIND": ("fastenv.shm.arena.FAST", FAST),
+        "FAST_DATA": ("fastenv.shm.arena.FAST_DATA", FAST_DATA),
+        "ENVELOPE_SIZE": ("fastenv.shm.arena.ENVELOPE.size", ENVELOPE.size),
+        "ENVELOPE_OFFSETS": (f"the field offsets of fastenv.shm.arena.ENVELOPE {ENVELOPE.format!r}", offsets),
+        "ENVELOPE_FIELD_SIZES": (f"the field sizes of fastenv.shm.arena.ENVELOPE {ENVELOPE.format!r}", sizes),
+    }
+    return both, fast_path
 
+
+_both, _fast_path = _shared_constants()
+native.verify_constants(_both)
+native.verify_constants(_fast_path, (native.LAYOUT_MODULE,))
+del _both, _fast_path
+
+#: :mod:`fastenv._native` when it can be used (whichever backend is selected), else None.
+native_backend: types.ModuleType | None = None
+#: Why :data:`native_backend` is None (an ``ImportError``), else None.
+_native_error: BaseException | None = None
+_backend: Any = python_backend
+#: ``"native"`` or ``"python"``: the selected backend (see :mod:`fastenv.native`).
+BACKEND: str = "python"
+_fallback_reason: str | None = None
 #: Default spin budget of :func:`wait` in microseconds for the active backend.
-DEFAULT_SPIN_US: int = _backend.DEFAULT_SPIN_US
+DEFAULT_SPIN_US: int = _PY_DEFAULT_SPIN_US
 
-load = _backend.load
-store = _backend.store
-add = _backend.add
-compare_exchange = _backend.compare_exchange
-wait = _backend.wait
-wake = _backend.wake
-ring = _backend.ring
+load = _py_load
+store = _py_store
+add = _py_add
+compare_exchange = _py_compare_exchange
+wait = _py_wait
+wake = _py_wake
+ring = _py_ring
+
+
+def _apply(selected: native.Backend) -> None:
+    """Rebind this module's backend and functions to ``selected`` (a :func:`fastenv.native.bind` listener)."""
+    global native_backend, _native_error, _backend, BACKEND, _fallback_reason, DEFAULT_SPIN_US
+    global load, store, add, compare_exchange, wait, wake, ring
+    state = native.part(native.NATIVE_MODULE)
+    native_backend = state.module
+    _native_error = None if state.available else ImportError(state.error)
+    _backend = selected.native if selected.native is not None else python_backend
+    BACKEND = selected.name
+    _fallback_reason = None if selected.native is not None else selected.reason
+    DEFAULT_SPIN_US = _backend.DEFAULT_SPIN_US
+    load = _backend.load
+    store = _backend.store
+    add = _backend.add
+    compare_exchange = _backend.compare_exchange
+    wait = _backend.wait
+    wake = _backend.wake
+    ring = _backend.ring
+
+
+native.bind(_apply)
 
 
 def get_backend(backend: Any = None) -> Any:
     """Resolve ``backend`` to a backend module.
 
     ``None`` is the active backend (:data:`BACKEND`); ``"native"`` or
-    ``"python"`` name one explicitly (``ImportError`` if the extension is not
-    built); any other object is returned as is after checking it exports
-    :data:`PUBLIC_API`.
+    ``"python"`` name one explicitly (:class:`fastenv.native.NativeBackendError`,
+    an ``ImportError``, if the extension cannot be used); any other object is
+    returned as is after checking it exports :data:`PUBLIC_API`.
     """
     if backend is None:
         return _backend
@@ -323,7 +349,7 @@ def get_backend(backend: Any = None) -> Any:
             return python_backend
         if backend == "native":
             if native_backend is None:
-                raise ImportError(f"fastenv._native is not available: {_native_error}")
+                raise native.NativeBackendError(f"fastenv._native is not available: {_native_error}")
             return native_backend
         raise ValueError(
             f"unknown futex backend {backend!r}; expected 'native' or 'python'"

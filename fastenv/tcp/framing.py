@@ -91,6 +91,7 @@ from typing import Any
 
 import numpy as np
 
+from fastenv import native
 from fastenv.errors import (
     ConnectionLost,
     DecodeError,
@@ -99,13 +100,9 @@ from fastenv.errors import (
     MissingDependency,
     ProtocolError,
 )
-from fastenv.shm import futex
 from fastenv.tcp.pool import ReceivePool
 
 log = logging.getLogger("fastenv.tcp")
-
-# The native poll loop (with the rest of the native part); without it the stream blocks at once.
-_spin_readable = futex.native_backend.spin_readable if futex.BACKEND == "native" else None
 
 MAGIC = b"FEs1"
 HEADER = struct.Struct("<4sBBHQII")
@@ -328,7 +325,10 @@ class MessageStream:
         self._timeout: float | None = -1.0
         self._staging = bytearray(STAGING_BYTES)
         self._pool = ReceivePool()
-        self._spin = _spin_readable if spin_us > 0 else None
+        # The native poll loop (fastenv._native, with the rest of the native backend); without it
+        # the stream blocks at once.
+        compiled = native.BACKEND.native
+        self._spin = compiled.spin_readable if compiled is not None and spin_us > 0 else None
         self._spin_us = int(spin_us)
         self._view = memoryview(self._staging)
         self._start = 0

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 import fastenv
-from fastenv.shm import plane
+from fastenv import native
 from tests.routes import ROUTES, Route
 
 T = 20.0  # bound on every blocking call
@@ -24,13 +24,14 @@ def route(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 
 
 @pytest.fixture
-def connect(route: Route, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+def connect(route: Route) -> Iterator[Any]:
     """``connect(**options)``: a client on this module's route, closed at teardown."""
-    if route.client_backend is not None:
-        monkeypatch.setattr(plane, "DOORBELL_BACKEND", route.client_backend)
+    previous = native.select_backend(route.client_backend) if route.client_backend is not None else None
     made: list[fastenv.FastRemoteEnv] = []
 
     def make(**options: Any) -> fastenv.FastRemoteEnv:
+        if options.get("role") == "observer":
+            route.proxy_transitions(T)  # observers subscribe on a third port: reachable through the route too
         env = route.connect(**{"timeout": T, **options})
         made.append(env)
         return env
@@ -38,6 +39,8 @@ def connect(route: Route, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     yield make
     for env in made:
         env.close()
+    if previous is not None:
+        native.select_backend(previous)
 
 
 @pytest.fixture

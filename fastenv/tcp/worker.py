@@ -1,0 +1,202 @@
+"""The server's end of a session's TCP data stream: a worker thread that runs its calls."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from fastenv import codec
+from fastenv.errors import ConnectionLost, EncodeError, ProtocolError
+from fastenv.replay import ReplyRecord, StaleRequest
+from fastenv.tcp.framing import (
+    CALL,
+    DEFAULT_CHUNK_SIZE,
+    ERROR,
+    KIND_NAMES,
+    RESULT,
+    MessageRejected,
+)
+from fastenv.tcp.handshake import open_stream
+from fastenv.tcp.layouts import StreamDecoder, StreamEncoder
+from fastenv.transport.base import Executor
+from fastenv.wire import ErrorKind, error_body, parse_call
+
+log = logging.getLogger("fastenv.tcp")
+
+DEFAULT_IO_TIMEOUT_S = 30.0
+
+
+class _Stopped(Exception):
+    """Raised inside the worker's waits when stop() was called."""
+
+class TcpServerWorker:
+    """Serves one session's TCP data stream in a thread.
+
+    Args:
+        sock: the session's data connection (owned from now on; closed when the worker ends).
+        execute: runs one call, ``(name, args, kwargs) -> (ok, value)``; an
+            exception from it becomes an ERROR reply of kind ``"internal"``.
+        limits: decoder limits applied to requests.
+        max_message_bytes: largest request accepted and reply sent.
+        chunk_size: most bytes per ``sendmsg`` / ``recv_into``.
+        compression: None (default), True (lz4), "lz4" or "zstd" for replies.
+        io_timeout: once a message has begun, the longest stretch without
+            progress (a stalled or non-reading client) before the
+            connection is aborted.
+        on_exit: called from the worker thread when it ends, with the error
+            that ended it (None after :meth:`stop` or a clean close).
+        record: the session's :class:`~fastenv.replay.ReplyRecord`, shared by
+            its successive streams: a call re-sent after a reconnection is
+            answered from it instead of running twice.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        execute: Executor,
+        *,
+        limits: codec.Limits,
+        max_message_bytes: int,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        compression: str | bool | None = None,
+        io_timeout: float = DEFAULT_IO_TIMEOUT_S,
+        on_exit: Callable[[BaseException | None], None] | None = None,
+        record: ReplyRecord | None = None,
+    ) -> None:
+        self._record = record
+        self._stream = open_stream(sock, chunk_size, compression, max_message_bytes)
+        self._sock = sock
+        self._execute = execute
+        self._limits = limits
+        self._encoder = StreamEncoder()
+        self._decoder = StreamDecoder(limits)
+        self._io_timeout = io_timeout
+        self._on_exit = on_exit
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fastenv-tcp-worker", daemon=True)
+        self.calls = 0
+        self.exit_reason: BaseException | None = None
+
+    def start(self) -> None:
+        """Start serving."""
+        self._thread.start()
+
+    def is_alive(self) -> bool:
+        """Whether the worker thread still runs."""
+        return self._thread.is_alive()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the worker to end; True if it has."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop serving and close the connection; waits up to ``timeout`` for a running call."""
+        self._stop.set()
+        if not self._thread.is_alive():
+            if self._thread.ident is None:  # never started: close here
+                self._stream.close()
+            return
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)  # wakes a blocked read or write; the thread closes
+        except OSError:
+            pass
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def _check_stop(self) -> None:
+        if self._stop.is_set():
+            raise _Stopped()
+
+    def _run(self) -> None:
+        stream = self._stream
+        reason: BaseException | None = None
+        try:
+            while not self._stop.is_set():
+                try:
+                    request = stream.recv(alive=self._check_stop, stall=self._io_timeout, label="data stream request")
+                except MessageRejected as exc:
+                    self._send(ERROR, exc.seq, error_body(ErrorKind.PROTOCOL, exc))
+                    continue
+                self.calls += 1
+                seq = request.seq
+                kind, value, name = self._run_once(request)
+                del request
+                self._send(kind, seq, value, name)
+                del value
+        except _Stopped:
+            pass
+        except ConnectionLost as exc:
+            if not self._stop.is_set():
+                log.debug("TCP data stream ended: %s", exc)
+                reason = exc
+        except Exception as exc:  # noqa: BLE001 - a broken stream or a bug must never reach the server
+            if not self._stop.is_set():
+                log.warning("TCP data stream closed: %s: %s", type(exc).__name__, exc)
+                reason = exc
+        finally:
+            stream.close()
+            self.exit_reason = reason
+            if self._on_exit is not None:
+                try:
+                    self._on_exit(reason)
+                except Exception:
+                    log.exception("on_exit callback of a TCP worker failed")
+
+    def _run_once(self, request: Any) -> tuple[int, Any, str]:
+        """``(kind, value, call name)``: the reply to ``request`` (recorded, so a re-sent call is not run twice).
+
+        The request is decoded even when the record answers it: a call re-sent
+        on a new stream announces its layouts there, and later calls use them.
+        """
+        seq = request.seq
+        if request.kind != CALL:
+            error = ProtocolError(f"expected a CALL, got {KIND_NAMES[request.kind]}")
+            return ERROR, error_body(ErrorKind.PROTOCOL, error), ""
+        try:
+            body = self._decoder.decode(request.skeleton, request.buffers, request.flags, request.layout_id)
+            name, args, kwargs = parse_call(body)
+        except (ProtocolError, ValueError, TypeError) as exc:
+            return ERROR, error_body(ErrorKind.PROTOCOL, exc), ""
+        del body, request
+
+        def handle() -> tuple[int, Any, str]:
+            return self._handle(name, args, kwargs)
+
+        if self._record is None:
+            return handle()
+        try:
+            return self._record.run(seq, handle, self._check_stop)
+        except StaleRequest as exc:
+            return ERROR, error_body(ErrorKind.PROTOCOL, exc), ""
+
+    def _handle(self, name: str, args: tuple, kwargs: dict) -> tuple[int, Any, str]:
+        try:
+            ok, value = self._execute(name, args, kwargs)
+        except Exception as exc:  # the executor should not raise; if it does, say so
+            log.exception("TCP data plane executor failed")
+            return ERROR, error_body(ErrorKind.INTERNAL, exc, traceback.format_exc()), name
+        return (RESULT if ok else ERROR), value, name
+
+    def _send(self, kind: int, seq: int, value: Any, name: str = "") -> None:
+        """Send the reply to call ``seq`` (a result through the layout of call ``name`` when it fits)."""
+        try:
+            skeleton, buffers, flags, layout_id = self._encoder.encode(name, value, use_layouts=kind == RESULT)
+        except EncodeError as exc:
+            kind, flags, layout_id = ERROR, 0, 0
+            skeleton, buffers = codec.encode(error_body(ErrorKind.ENCODE, exc))
+        try:
+            self._stream.send(
+                kind, seq, skeleton, buffers, alive=self._check_stop, stall=self._io_timeout,
+                label="data stream reply", flags=flags, layout_id=layout_id,
+            )
+        except ProtocolError as exc:  # FrameTooLarge: nothing was sent, the stream is intact
+            if self._stream.broken is not None:
+                raise
+            self._encoder.refused(name, flags)
+            skeleton, _ = codec.encode(error_body(ErrorKind.ENCODE, exc))
+            self._stream.send(ERROR, seq, skeleton, [], alive=self._check_stop, stall=self._io_timeout)
