@@ -19,7 +19,7 @@ from typing import Any
 
 from fastenv import protocol
 from fastenv._version import __version__
-from fastenv.control.address import host_identity, refuses_connections
+from fastenv.control.address import host_identity
 from fastenv.control.dealer import ClientChannel
 from fastenv.errors import (
     AlreadyPendingError,
@@ -33,15 +33,13 @@ from fastenv.errors import (
     SessionLost,
 )
 from fastenv.protocol import GETATTR, LEASE, Kind
+from fastenv.session.resume import RECONNECT_BACKOFF_S, reconnect_transport, resume_session
 from fastenv.session.state import ClientState
 from fastenv.transport.base import CallBody, ClientTransport, Reply
 from fastenv.transport.choose import RouteOptions, open_route
-from fastenv.transport.control import as_reply, unwrap
+from fastenv.transport.control import unwrap
 from fastenv.wire import error_from_body, is_session_gone
 
-RECONNECT_BACKOFF_S = (0.02, 0.5)  # first and longest pause between attempts to resume a session
-RESUME_ATTEMPT_S = (0.25, 1.0)  # first and longest wait for the answer to one RESUME
-REFUSAL_PROBE_S = 0.5  # how long a check that the server's port refuses connections may take
 DEFAULT_TIMEOUT = object()  # a call's timeout left to the session's default
 
 _CALL_LABELS = {"step": "step()", "reset": "reset()", "get_state": "get_state()"}
@@ -305,65 +303,11 @@ class ClientSession:
         pending.sent = True
 
     def _reconnect_transport(self, deadline: float | None, cause: ConnectionLost) -> None:
-        """Re-open what the drop broke on the resumed session's route, until the call's deadline.
-
-        A reconnection that fails (its own connection cut, a refused token
-        after the server ended the session meanwhile) is followed by a new
-        RESUME, which raises :class:`~fastenv.SessionLost` when the session is gone.
-        """
         assert self.transport is not None
-        pause, longest = RECONNECT_BACKOFF_S
-        while True:
-            try:
-                self.transport.reconnect(deadline)
-                return
-            except (ConnectionLost, FastEnvTimeout) as exc:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise ConnectionLost(
-                        f"{cause}; the data stream could not be reconnected within the call's timeout ({exc})"
-                    ) from exc
-                time.sleep(pause if remaining is None else min(pause, remaining))
-                pause = min(pause * 2, longest)
-                self._resume_session(deadline, cause)
-            except ProtocolError as exc:  # a stream that answers something else: not this server any more
-                raise ConnectionLost(f"{cause}; the data stream could not be reconnected ({exc})") from exc
+        reconnect_transport(self.transport, deadline, cause, lambda: self._resume_session(deadline, cause))
 
     def _resume_session(self, deadline: float | None, cause: ConnectionLost) -> None:
-        """RESUME on the control channel, with backoff, until the call's deadline."""
-        channel = self.channel
-        pause, longest = RECONNECT_BACKOFF_S
-        try:
-            channel.check_alive()  # take in the connection events so far
-        except ConnectionLost:
-            pass
-        attempt_s = RESUME_ATTEMPT_S[0]
-        while True:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise ConnectionLost(f"{cause}; the session could not be resumed within the call's timeout") from cause
-            probe_s = REFUSAL_PROBE_S if remaining is None else min(REFUSAL_PROBE_S, remaining)
-            if not channel.connected and refuses_connections(self.address, probe_s):
-                raise ConnectionLost(f"{cause}; the server at {self.address} is not running (connection refused)") from cause
-            try:
-                # A RESUME sent into a connection that is being cut is lost: ask again soon.
-                attempt = attempt_s if remaining is None else min(attempt_s, max(remaining, 0.001))
-                attempt_s = min(attempt_s * 2, RESUME_ATTEMPT_S[1])
-                token = self.welcome.get("token", b"")
-                reply = channel.request(
-                    Kind.RESUME, {"session": self.session_id, "token": token}, attempt, what="resuming the session"
-                )
-            except (FastEnvTimeout, ConnectionLost):  # connections cut on arrival look the same: keep trying
-                left = None if deadline is None else deadline - time.monotonic()
-                time.sleep(pause if left is None else min(pause, max(0.0, left)))
-                pause = min(pause * 2, longest)
-                continue
-            ok, body = as_reply(reply)
-            if not ok:
-                if is_session_gone(body):
-                    raise SessionLost(f"{cause}; {body.get('message')}") from cause
-                raise error_from_body(body)
-            return
+        resume_session(self.channel, self.session_id, self.welcome.get("token", b""), deadline, cause)
 
     def _session_lost(self, pending: PendingCall, deadline: float | None, lost: SessionLost) -> None:
         """The server's session is gone: raise ``lost``, or re-create the session first when asked to.
