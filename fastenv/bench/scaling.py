@@ -1,18 +1,8 @@
 """Scaling suites: aggregate steps/s as one server gets more to do (``fastenv-bench --scaling AXIS``).
 
-An *axis* says what a count means. :data:`~fastenv.bench.axes.AXES` holds (see
-:mod:`fastenv.bench.axes`):
-
-- ``clients``: one ``fastenv serve TARGET --mode per-client`` server and
-  *count* client processes, each driving its own env on it.
-- ``envs``: one ``fastenv serve TARGET --num-envs COUNT --mode per-client``
-  server (*count* envs behind one batched
-  :class:`~fastenv.vector.VectorHost`) and one client process driving them
-  with :class:`fastenv.FastVectorEnv`; in the same table, Gymnasium's
-  ``AsyncVectorEnv(COUNT envs, shared_memory=True)`` (``gym-async``) and
-  ``SyncVectorEnv(COUNT envs)`` (``gym-sync``) over the same env, each built
-  in its own client process (see :mod:`fastenv.bench.vectors`). Throughput
-  counts env steps: batch steps × count.
+Each count is a point on an *axis* (``clients``: client processes on one
+per-client server; ``envs``: envs behind one ``--num-envs`` server, beside
+Gymnasium's vector envs): see :mod:`fastenv.bench.axes`.
 
 For every (transport, count) point, :func:`run_point` starts the server (for
 fastenv rows), then the client processes (``python -m fastenv.bench.scaling
