@@ -6,19 +6,20 @@ holds the connection, the route and the call machinery.
 
 from __future__ import annotations
 
-import functools
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from fastenv import gym_types  # noqa: F401  (registers Gymnasium spaces with the codec)
 from fastenv.batching import pack_column, unpack_results
+from fastenv.client_sharing import SharingCalls
+from fastenv.client_views import HandshakeAttributes
 from fastenv.control.address import normalize_address
 from fastenv.control.auth import AuthLike, client_auth
 from fastenv.control.dealer import ClientChannel
-from fastenv.errors import ControlDenied, FastEnvTimeout, ProtocolError, TrustedModeError, UnknownMethodError
-from fastenv.observe import Transition, TransitionSubscriber
-from fastenv.protocol import BATCH_STEP, GETATTR, LEASE
+from fastenv.errors import TrustedModeError
+from fastenv.observe import TransitionSubscriber
+from fastenv.protocol import BATCH_STEP
 from fastenv.session.client import DEFAULT_TIMEOUT, ClientSession, SessionOptions
 from fastenv.session.state import ClientState
 from fastenv.transport.choose import RouteOptions
@@ -29,7 +30,7 @@ ROLES = ("shared", "controller", "observer")
 SESSION_LOST_POLICIES = ("raise", "recreate")
 
 
-class FastRemoteEnv:
+class FastRemoteEnv(HandshakeAttributes, SharingCalls):
     """A remote env that looks like the local one.
 
     ``reset``, ``step``, ``render``, ``get_state``, ``set_state`` and every other
@@ -175,13 +176,6 @@ class FastRemoteEnv:
         """
         return cls(address, auth=auth, factory=factory, **kwargs)
 
-    def _subscribe(self, timeout: float) -> None:
-        offer = self._session.welcome.get("observe")
-        if not offer:
-            raise ProtocolError("the server offers no transition stream")
-        host = self.address.removeprefix("tcp://").rpartition(":")[0]  # brackets kept: a ZeroMQ endpoint
-        self._observer = TransitionSubscriber(f"tcp://{host}:{int(offer['port'])}", timeout=timeout, auth=self._auth)
-
     # ------------------------------------------------------------------ the session
 
     @property
@@ -207,42 +201,6 @@ class FastRemoteEnv:
     def on_session_lost(self) -> str:
         """``"raise"`` or ``"recreate"``."""
         return self._session.options.on_session_lost
-
-    @property
-    def transport(self) -> str:
-        """The data plane chosen: ``"shm"``, or ``"tcp"`` (the TCP stream or, see :attr:`transport_reason`, the control connection)."""
-        return self._session.plane
-
-    @property
-    def transport_reason(self) -> str:
-        """Why :attr:`transport` was chosen, and how calls travel."""
-        return self._session.reason
-
-    @property
-    def session_id(self) -> str:
-        """The server's id of this session."""
-        return self._session.session_id
-
-    @property
-    def server_info(self) -> dict[str, Any]:
-        """What the server said about itself in the handshake (version, host, mode, limits...)."""
-        return self._session.welcome["server"]
-
-    @property
-    def env_info(self) -> dict[str, Any]:
-        """The served env's description from the handshake (class, methods, attributes)."""
-        return self._session.welcome["env"]
-
-    @property
-    def env_hash(self) -> str:
-        """A hash of :attr:`env_info`: equal for envs described alike."""
-        return self._session.welcome["env_hash"]
-
-    @property
-    def views_valid_for(self) -> int | None:
-        """On shared memory, how many further calls a returned view stays valid (None: arrays are owned)."""
-        transport = self._session.transport
-        return None if transport is None else transport.views_valid_for
 
     # ------------------------------------------------------------------ calls
 
@@ -316,110 +274,9 @@ class FastRemoteEnv:
         """
         return self.receive_result(timeout)
 
-    # ------------------------------------------------------------------ sharing
-
-    def acquire_control(self, timeout: float = 0.0) -> None:
-        """Take the control lease of a shared env, waiting up to ``timeout`` seconds for it.
-
-        While this client holds it, other clients cannot change the env (they
-        get :class:`~fastenv.LeaseHeld`). Released by :meth:`release_control`,
-        by closing, or when this client vanishes.
-        """
-        self._session.acquire_control(timeout)
-
-    def release_control(self) -> bool:
-        """Give the control lease back; False if this client did not hold it."""
-        return bool(self.invoke(LEASE, ("release",)))
-
-    @property
-    def lease_holder(self) -> str | None:
-        """Session id of the client holding the control lease (None: nobody)."""
-        return self.invoke(LEASE, ("holder",))
-
-    def next_transition(self, timeout: float | None = None) -> Transition:
-        """(Observers) the next call that changed the shared env, in order.
-
-        Raises :class:`~fastenv.FastEnvTimeout` if none comes within ``timeout``
-        seconds. A slow observer skips transitions instead of slowing the
-        controller; :attr:`skipped` counts them.
-        """
-        if self._observer is None:
-            raise ControlDenied("only observers receive transitions: connect with role='observer'")
-        return self._observer.next(timeout)
-
-    def transitions(self, timeout: float | None = None) -> Iterator[Transition]:
-        """(Observers) iterate over transitions until none comes for ``timeout`` seconds."""
-        while True:
-            try:
-                yield self.next_transition(timeout)
-            except FastEnvTimeout:
-                return
-
-    @property
-    def skipped(self) -> int:
-        """(Observers) how many transitions this observer missed because it fell behind."""
-        return self._observer.skipped if self._observer is not None else 0
-
     def ping(self, timeout: float = 5.0) -> None:
         """Round-trip a PING; raises if the server does not answer in ``timeout`` seconds."""
         self._session.ping(timeout)
-
-    @property
-    def unwrapped(self) -> FastRemoteEnv:
-        """The client is its own innermost env (wrappers live on the server)."""
-        return self
-
-    @property
-    def observation_space(self) -> Any:
-        """The served env's observation space (from the handshake)."""
-        return self._described("observation_space")
-
-    @property
-    def action_space(self) -> Any:
-        """The served env's action space (from the handshake)."""
-        return self._described("action_space")
-
-    @property
-    def metadata(self) -> Any:
-        """The served env's ``metadata``."""
-        return self._described("metadata")
-
-    @property
-    def spec(self) -> Any:
-        """The served env's ``spec`` (a Gymnasium ``EnvSpec`` or None)."""
-        return self._attributes().get("spec")
-
-    @property
-    def render_mode(self) -> Any:
-        """The served env's ``render_mode``."""
-        return self._attributes().get("render_mode")
-
-    def _attributes(self) -> dict[str, Any]:
-        """The attributes the handshake described (empty before it)."""
-        session = self.__dict__.get("_session")
-        return {} if session is None else session.welcome.get("env", {}).get("attributes", {})
-
-    def _described(self, name: str) -> Any:
-        attributes = self._attributes()
-        if name in attributes:
-            return attributes[name]
-        raise AttributeError(f"the served env ({self.env_info.get('class')}) has no attribute {name!r}")
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        attributes = self._attributes()
-        if name in attributes:
-            return attributes[name]
-        session = self.__dict__.get("_session")
-        if session is None:
-            raise AttributeError(name)
-        if name in session.welcome.get("env", {}).get("methods", ()):
-            return functools.partial(self.call, name)
-        try:
-            return self.invoke(GETATTR, (name,))
-        except UnknownMethodError as exc:
-            raise AttributeError(str(exc)) from None
 
     # ------------------------------------------------------------------ lifetime
 
@@ -443,11 +300,6 @@ class FastRemoteEnv:
             return
         session.close(timeout)
         self._close_observer()
-
-    def _close_observer(self) -> None:
-        if self._observer is not None:
-            self._observer.close()
-            self._observer = None
 
     def __enter__(self) -> FastRemoteEnv:
         return self
