@@ -38,7 +38,8 @@ from fastenv.control.auth import AuthConfig, keygen
 from fastenv.errors import FastEnvError
 from fastenv.protocol import Kind
 from fastenv.server_process import ServerProcess
-from fastenv.tcp import framing
+from fastenv.tcp import compression as tcp_compression
+from fastenv.tcp import format as tcp_format
 from fastenv.tcp.handshake import HELLO as DATA_HELLO
 from fastenv.tcp.handshake import connect_data_stream
 from tests.hostile import (
@@ -415,9 +416,9 @@ def test_live_replayed_and_reordered_frames(
 def _data_message(kind: int, seq: int, value: Any) -> bytes:
     skeleton, raw = codec.encode(value)
     parts = [bytes(memoryview(b).cast("B")) for b in raw]
-    table = b"".join(framing.ENTRY.pack(framing.RAW, len(p), len(p)) for p in parts)
+    table = b"".join(tcp_format.ENTRY.pack(tcp_compression.RAW, len(p), len(p)) for p in parts)
     return (
-        framing.HEADER.pack(framing.MAGIC, kind, 0, 0, seq, len(skeleton), len(parts))
+        tcp_format.HEADER.pack(tcp_format.MAGIC, kind, 0, 0, seq, len(skeleton), len(parts))
         + table
         + skeleton
         + b"".join(parts)
@@ -427,16 +428,16 @@ def _data_message(kind: int, seq: int, value: Any) -> bytes:
 @st.composite
 def data_stream_bytes(draw: st.DrawFn) -> bytes:
     """Bytes for a session's adopted data stream: valid calls, corrupted headers or bodies, or noise."""
-    kind = draw(st.sampled_from([framing.CALL, framing.RESULT, framing.ERROR, 0, 9]))
+    kind = draw(st.sampled_from([tcp_format.CALL, tcp_format.RESULT, tcp_format.ERROR, 0, 9]))
     message = _data_message(kind, draw(st.integers(min_value=0, max_value=2**64 - 1)), draw(call_bodies | values))
     how = draw(st.sampled_from(["valid", "mutated", "header", "noise", "cut"]))
     if how == "mutated":
         return draw(mutated(message))
     if how == "header":
-        head = bytearray(message[: framing.HEADER.size])
-        at = draw(st.integers(min_value=0, max_value=framing.HEADER.size - 1))
+        head = bytearray(message[: tcp_format.HEADER.size])
+        at = draw(st.integers(min_value=0, max_value=tcp_format.HEADER.size - 1))
         head[at] ^= draw(st.integers(min_value=1, max_value=255))
-        return bytes(head) + message[framing.HEADER.size :]
+        return bytes(head) + message[tcp_format.HEADER.size :]
     if how == "noise":
         return draw(st.binary(max_size=256))
     if how == "cut":

@@ -29,7 +29,8 @@ from fastenv.errors import FrameTooLarge, NestingTooDeep, ServerBusy, TooManyPen
 from fastenv.protocol import Kind
 from fastenv.wire import error_from_body
 from fastenv.shm.arena import list_segments, segment_owner
-from fastenv.tcp.framing import CALL, MessageStream
+from fastenv.tcp.format import CALL
+from fastenv.tcp.framing import MessageStream
 from fastenv.tcp.handshake import HELLO as DATA_HELLO
 from fastenv.tcp.handshake import connect_data_stream
 from tests.hostile import Touch as _Touch

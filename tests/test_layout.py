@@ -12,7 +12,7 @@ from assertions import assert_same
 from fastenv import codec
 from fastenv.errors import DecodeError
 from fastenv.layout import Layout, LayoutMismatch, ReceivedLayouts, SentLayouts, infer_spec
-from fastenv.tcp.framing import FLAG_LAYOUT, FLAG_LAYOUT_DEF
+from fastenv.tcp.format import FLAG_LAYOUT, FLAG_LAYOUT_DEF
 from fastenv.tcp.layouts import StreamDecoder, StreamEncoder
 
 from fastenv import layout as layout_module

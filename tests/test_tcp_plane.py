@@ -44,12 +44,12 @@ from fastenv.tcp import (
     TcpDataListener,
     TcpServerWorker,
     connect_data_stream,
-    framing,
 )
-from fastenv.tcp.framing import FLAG_LAYOUT, FLAG_LAYOUT_DEF
-from fastenv.tcp.layouts import StreamDecoder, StreamEncoder
-from fastenv.tcp.framing import CALL, ENTRY, ERROR, HEADER, MAGIC, RESULT
+from fastenv.tcp import compression as tcp_compression
+from fastenv.tcp import format as tcp_format
+from fastenv.tcp.format import CALL, ENTRY, ERROR, FLAG_LAYOUT, FLAG_LAYOUT_DEF, HEADER, MAGIC, RESULT
 from fastenv.tcp.handshake import HELLO
+from fastenv.tcp.layouts import StreamDecoder, StreamEncoder
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -203,7 +203,7 @@ def _plane_to(address: tuple[str, int], **kwargs: Any) -> TcpClientPlane:
     return TcpClientPlane(socket.create_connection(address, timeout=T), lambda: None, **kwargs)
 
 
-def _read_call(conn: socket.socket) -> framing.Message:
+def _read_call(conn: socket.socket) -> tcp_format.Message:
     """Read one message the way a server does (on a dup, so ``conn`` stays ours)."""
     dup = conn.dup()
     try:
@@ -319,8 +319,8 @@ def test_steps_travel_through_layouts_after_the_first(tcp: Any, monkeypatch: pyt
     for ok, (obs, reward, terminated, truncated, info) in results:
         assert ok and obs["left"].shape == (48, 64, 3) and (obs["left"] == 7).all()
         assert (reward, terminated, truncated, info) == (1.5, False, False, {"frame": 3})
-    assert sent_flags[:2] == [framing.FLAG_LAYOUT_DEF, framing.FLAG_LAYOUT_DEF]  # request, reply
-    assert set(sent_flags[2:]) == {framing.FLAG_LAYOUT}
+    assert sent_flags[:2] == [tcp_format.FLAG_LAYOUT_DEF, tcp_format.FLAG_LAYOUT_DEF]  # request, reply
+    assert set(sent_flags[2:]) == {tcp_format.FLAG_LAYOUT}
 
 
 def test_malformed_layout_messages_get_protocol_errors_in_sync(tcp: Any) -> None:
@@ -332,7 +332,7 @@ def test_malformed_layout_messages_get_protocol_errors_in_sync(tcp: Any) -> None
             (codec.encode((1, ("bogus",), ("echo", (), {})))[0], [], 0),  # invalid spec in a definition
         ]
         for seq, (skeleton, bufs, layout_id) in enumerate(cases, start=1):
-            flags = framing.FLAG_LAYOUT if layout_id else framing.FLAG_LAYOUT_DEF
+            flags = tcp_format.FLAG_LAYOUT if layout_id else tcp_format.FLAG_LAYOUT_DEF
             stream.send(CALL, seq, skeleton, bufs, deadline=time.monotonic() + T, flags=flags, layout_id=layout_id)
             reply = stream.recv(deadline=time.monotonic() + T)
             assert (reply.kind, reply.seq) == (ERROR, seq)
@@ -823,21 +823,21 @@ def test_compression_round_trip_both_ways(tcp: Any, compression: str) -> None:
         assert_same(out, value)
         assert out["zeros"].flags.writeable
     entries = _wire_entries(value, compression)
-    codec_id = framing.CODEC_IDS[compression]
+    codec_id = tcp_compression.CODEC_IDS[compression]
     assert entries[0][0] == codec_id and entries[0][2] < entries[0][1] // 50  # zeros shrink
-    assert entries[1][0] == framing.RAW  # incompressible: sent raw
-    assert entries[2][0] == framing.RAW  # below the threshold
+    assert entries[1][0] == tcp_compression.RAW  # incompressible: sent raw
+    assert entries[2][0] == tcp_compression.RAW  # below the threshold
     assert entries[3][0] == codec_id
 
 
 @pytest.mark.parametrize("compression", CODECS)
 def test_corrupt_compressed_buffer_is_rejected_in_sync(compression: str) -> None:
-    codec_id = framing.CODEC_IDS[compression]
+    codec_id = tcp_compression.CODEC_IDS[compression]
     a, b = socket.socketpair()
     with a, b:
         reader = MessageStream(b)
         skeleton, _ = codec.encode(np.zeros(100_000, np.uint8))
-        bad = _frame(RESULT, 5, skeleton, [(codec_id, 100_000, 64)], flags=framing.FLAG_COMPRESSED) + os.urandom(64)
+        bad = _frame(RESULT, 5, skeleton, [(codec_id, 100_000, 64)], flags=tcp_format.FLAG_COMPRESSED) + os.urandom(64)
         a.sendall(bad)
         with pytest.raises(MessageRejected) as info:
             reader.recv(deadline=time.monotonic() + T)
@@ -854,10 +854,10 @@ def test_missing_codec_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "zstandard", None)
     for name in ("lz4", "zstd", True):
         with pytest.raises(MissingDependency, match=r"fastenv\[compress\]"):
-            framing.resolve_compression(name)
+            tcp_compression.resolve_compression(name)
     with pytest.raises(ValueError):
-        framing.resolve_compression("gzip")
-    assert framing.resolve_compression(None) is None
+        tcp_compression.resolve_compression("gzip")
+    assert tcp_compression.resolve_compression(None) is None
 
 
 # --------------------------------------------------------------------------- framing details

@@ -31,7 +31,7 @@ from fastenv.shm.arena import (
 )
 from fastenv.shm.layouts import LayoutReceiver, LayoutSender
 from fastenv.shm.plane import DEFAULT_SHAPE
-from fastenv.tcp.framing import FLAG_LAYOUT
+from fastenv.tcp.format import FLAG_LAYOUT
 from fastenv.tcp.layouts import StreamDecoder, StreamEncoder
 
 __all__ = ["PlanePath", "ShmPath", "TcpPath", "open_path"]

@@ -32,7 +32,7 @@ is not encrypted, so a server started with authentication (CURVE keys) does
 not open this listener at all: its clients' calls travel on the encrypted
 control connection instead (see :mod:`fastenv.server`).
 
-Failures: every wait is sliced (:data:`~fastenv.tcp.framing.WAIT_SLICE_S`) so
+Failures: every wait is sliced (:data:`~fastenv.tcp.socketio.WAIT_SLICE_S`) so
 the client's ``alive()`` check and the worker's stop flag are seen within
 ~50 ms; a call that times out, or any error in the middle of a message,
 aborts the stream, and later calls on it raise
@@ -41,15 +41,11 @@ session on the control connection and connects a new stream
 (:meth:`~fastenv.tcp.client.TcpClientPlane.reconnect`).
 """
 
+from fastenv.errors import MissingDependency
 from fastenv.tcp.client import TcpClientPlane
-from fastenv.tcp.framing import (
-    DEFAULT_CHUNK_SIZE,
-    DEFAULT_CODEC,
-    DEFAULT_MAX_MESSAGE_BYTES,
-    MessageRejected,
-    MessageStream,
-    MissingDependency,
-)
+from fastenv.tcp.compression import DEFAULT_CODEC
+from fastenv.tcp.format import MessageRejected
+from fastenv.tcp.framing import DEFAULT_CHUNK_SIZE, DEFAULT_MAX_MESSAGE_BYTES, MessageStream
 from fastenv.tcp.handshake import StreamRefused, connect_data_stream
 from fastenv.tcp.listener import TcpDataListener
 from fastenv.tcp.session import TcpServerStream

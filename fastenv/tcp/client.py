@@ -11,15 +11,8 @@ from typing import Any
 
 from fastenv import codec
 from fastenv.errors import ProtocolError
-from fastenv.tcp.framing import (
-    CALL,
-    DEFAULT_CHUNK_SIZE,
-    DEFAULT_MAX_MESSAGE_BYTES,
-    ERROR,
-    KIND_NAMES,
-    RESULT,
-    MessageRejected,
-)
+from fastenv.tcp.format import CALL, ERROR, KIND_NAMES, RESULT, MessageRejected
+from fastenv.tcp.framing import DEFAULT_CHUNK_SIZE, DEFAULT_MAX_MESSAGE_BYTES
 from fastenv.tcp.handshake import open_stream
 from fastenv.tcp.layouts import StreamDecoder, StreamEncoder
 

@@ -25,7 +25,7 @@ import numpy as np
 from fastenv import codec
 from fastenv.errors import DecodeError
 from fastenv.layout import LayoutMismatch, ReceivedLayouts, SentLayouts
-from fastenv.tcp.framing import FLAG_LAYOUT, FLAG_LAYOUT_DEF
+from fastenv.tcp.format import FLAG_LAYOUT, FLAG_LAYOUT_DEF
 
 
 def _wire(array: np.ndarray, fortran: bool) -> np.ndarray:

@@ -12,14 +12,8 @@ from typing import Any
 from fastenv import codec
 from fastenv.errors import ConnectionLost, EncodeError, ProtocolError
 from fastenv.replay import ReplyRecord, StaleRequest
-from fastenv.tcp.framing import (
-    CALL,
-    DEFAULT_CHUNK_SIZE,
-    ERROR,
-    KIND_NAMES,
-    RESULT,
-    MessageRejected,
-)
+from fastenv.tcp.format import CALL, ERROR, KIND_NAMES, RESULT, MessageRejected
+from fastenv.tcp.framing import DEFAULT_CHUNK_SIZE
 from fastenv.tcp.handshake import open_stream
 from fastenv.tcp.layouts import StreamDecoder, StreamEncoder
 from fastenv.transport.base import Executor
