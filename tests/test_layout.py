@@ -10,12 +10,12 @@ import pytest
 from assertions import assert_same
 
 from fastenv import codec
+from fastenv import layout as layout_module
 from fastenv.errors import DecodeError
-from fastenv.layout import Layout, LayoutMismatch, ReceivedLayouts, SentLayouts, infer_spec
+from fastenv.layout import Layout, LayoutMismatch, infer_spec
+from fastenv.negotiation import ReceivedLayouts, SentLayouts
 from fastenv.tcp.format import FLAG_LAYOUT, FLAG_LAYOUT_DEF
 from fastenv.tcp.layouts import StreamDecoder, StreamEncoder
-
-from fastenv import layout as layout_module
 
 # Both packers when the C one is in use; the Python packer alone otherwise.
 BACKENDS = [True, False] if layout_module._native_layout is not None else [False]

@@ -10,11 +10,10 @@ from fastenv.errors import (
 )
 from fastenv.layout import (
     LayoutMismatch,
-    ReceivedLayouts,
-    SentLayouts,
     copy_strided,
     native_put,
 )
+from fastenv.negotiation import ReceivedLayouts, SentLayouts
 from fastenv.shm import futex
 from fastenv.shm.arena import (
     ENVELOPE,

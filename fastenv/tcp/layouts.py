@@ -24,7 +24,8 @@ import numpy as np
 
 from fastenv import codec
 from fastenv.errors import DecodeError
-from fastenv.layout import LayoutMismatch, ReceivedLayouts, SentLayouts
+from fastenv.layout import LayoutMismatch
+from fastenv.negotiation import ReceivedLayouts, SentLayouts
 from fastenv.tcp.format import FLAG_LAYOUT, FLAG_LAYOUT_DEF
 
 
