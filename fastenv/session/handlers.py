@@ -271,8 +271,8 @@ class ControlHandlers:
             arena.unlink()  # mapped by the client (or refused): the name is no longer needed
         if choice["transport"] == "shm":
             error = None
-            if session.route.name == "shm":
-                error = ProtocolError("a data plane is already attached")
+            if session.state is not SessionState.OFFERED:
+                error = ProtocolError("a data plane is already attached, or no shared memory was offered")
             elif arena is None or choice.get("nonce") != arena.nonce:
                 error = ProtocolError("shared-memory probe failed: wrong nonce")
             if error is not None:
@@ -283,10 +283,8 @@ class ControlHandlers:
             self._registry.attach_shm(session, arena)
         elif arena is not None:
             arena.close()
-        if session.state is SessionState.OFFERED:
-            session.state = SessionState.ACTIVE
-        plane = "shm" if session.route.name == "shm" else "tcp"
-        self.reply(identity, Kind.RESULT, message.request_id, {"transport": plane})
+        session.state = SessionState.ACTIVE
+        self.reply(identity, Kind.RESULT, message.request_id, {"transport": session.plane})
 
     def _on_resume(self, identity: bytes, message: Message) -> None:
         """A client whose connection dropped takes its session up again."""

@@ -99,6 +99,7 @@ class SessionRegistry:
             peer_alive=functools.partial(process_alive, session.peer.get("host", {}).get("pid")),
         )
         session.route = worker
+        session.plane = "shm"
         worker.start()
 
     def adopt_stream(self, token: bytes, sock: socket.socket) -> bool:

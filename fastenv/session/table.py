@@ -48,6 +48,7 @@ class Session:
     role: str = "shared"
     client_key: str | None = None  # the client's public key (Z85) on an authenticated connection
     state: SessionState = SessionState.ACTIVE
+    plane: str = "tcp"  # the data plane the client was told at ATTACH: "shm", or "tcp" (stream or control connection)
     offered_arena: Arena | None = None  # OFFERED: created at HELLO, until the client proves it can map it
     stream: TcpServerStream | None = None  # the data stream it may connect (None: shared memory, or no listener)
     calls: int = 0
