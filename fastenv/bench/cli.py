@@ -20,7 +20,7 @@ Rows: ``fastenv-shm`` / ``fastenv-shm-py`` / ``fastenv-tcp`` (see
 its own shared memory + pipes), the socket and pipe baselines
 (:mod:`fastenv.bench.baselines`) and the shared-memory ping-pong floors
 (:mod:`fastenv.bench.floors`). Under the table: the in-process ``np.copyto``
-reference time for the payload, then the issue's targets
+reference time for the payload, then the performance targets
 (:mod:`fastenv.bench.targets`) computed from this run, each PASS, MISS or n/a.
 Then, unless ``--no-breakdown``, each fastenv row's p50 split into encode,
 transport, env step and decode (:mod:`fastenv.bench.breakdown`: encode,

@@ -3,7 +3,7 @@
 - :func:`comparison_table`: one payload, one row per transport: medians across
   repeats of p50 / p90 / p99 / max round trip, steps/s, MB/s, client and
   server CPU per step, and p50 relative to the reference row.
-- :func:`targets_table`: the issue's targets, PASS / MISS / n/a.
+- :func:`targets_table`: the performance targets, PASS / MISS / n/a.
 - :func:`sweep_table`: ``--sweep``: MB/s per transport (rows) and payload (columns).
 - :func:`scaling_table`: ``--scaling``: aggregate steps/s per transport and count,
   speedup over the transport's smallest count and efficiency (``--scaling

@@ -16,7 +16,7 @@ still holds is never overwritten, and arrays stay owned and writable, exactly
 as with fresh allocations.
 
 Memory: the pool keeps at most ``max_bytes`` of buffers (the stream sets it to
-twice the largest message it has received, the issue's bound); a buffer that
+twice the largest message it has received); a buffer that
 does not fit is allocated unpooled and freed as usual when its arrays go.
 """
 
