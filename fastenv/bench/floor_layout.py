@@ -9,14 +9,16 @@ offset. Both ends compute the same :class:`FloorLayout` from the payload.
 from __future__ import annotations
 
 import mmap
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from fastenv.bench.serverproc import Baseline
 from fastenv.bench.workloads import get_workload, observation_arrays
 
-__all__ = ["CLOSE", "COMMAND", "DATA", "REPLY", "REQUEST", "RESET", "SEED", "STEP", "FloorLayout"]
+__all__ = ["CLOSE", "COMMAND", "DATA", "REPLY", "REQUEST", "RESET", "SEED", "STEP", "FloorClient", "FloorLayout"]
 
 REQUEST, REPLY, COMMAND, SEED = 0, 64, 128, 136  # separate cache lines for the two counters
 DATA = 192
@@ -67,3 +69,20 @@ class FloorLayout:
                 view.flags.writeable = False
             views.append((key, view))
         return views
+
+
+class FloorClient(Baseline):
+    """A floor's client side: it copies the action into place and transports only the observation."""
+
+    _action: np.ndarray
+    _call: Callable[[int], Any]  # the floor's own round trip
+
+    def step(self, action: Any) -> Any:
+        """Step the server's env; ``(observation views, None, None, None, None)``."""
+        np.copyto(self._action, action)
+        return self._call(STEP), None, None, None, None
+
+    @staticmethod
+    def comparable(result: Any, expected: Any) -> tuple[Any, Any]:
+        """Only the observation is transported: compare that."""
+        return result[0], expected[0]

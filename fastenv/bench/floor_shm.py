@@ -16,8 +16,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from fastenv.bench.floor_layout import CLOSE, COMMAND, REPLY, REQUEST, RESET, STEP, FloorLayout
-from fastenv.bench.serverproc import PARENT_CHECK_S, Baseline, announce, parent_gone
+from fastenv.bench.floor_layout import CLOSE, COMMAND, REPLY, REQUEST, RESET, FloorClient, FloorLayout
+from fastenv.bench.serverproc import PARENT_CHECK_S, announce, parent_gone
 from fastenv.bench.workloads import get_workload
 from fastenv.errors import FastEnvTimeout
 
@@ -113,7 +113,7 @@ def serve_shm(mode: str, payload: str, fd: int) -> None:
         env.close()
 
 
-class _ShmPingPong(Baseline):
+class _ShmPingPong(FloorClient):
     """Client side of the shared-memory ping-pong floors (see :mod:`fastenv.bench.floors`)."""
 
     server_module = "fastenv.bench.floors"
@@ -147,16 +147,6 @@ class _ShmPingPong(Baseline):
         """Reset the server's env; ``(observation views, {})`` (info is not transported)."""
         self._words[1] = 0 if seed is None else seed
         return self._call(RESET), {}
-
-    def step(self, action: Any) -> Any:
-        """Step the server's env; ``(observation views, None, None, None, None)``."""
-        np.copyto(self._action, action)
-        return self._call(STEP), None, None, None, None
-
-    @staticmethod
-    def comparable(result: Any, expected: Any) -> tuple[Any, Any]:
-        """Only the observation is transported: compare that."""
-        return result[0], expected[0]
 
     def _disconnect(self) -> None:
         words = getattr(self, "_words", None)

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from fastenv.bench.floor_layout import CLOSE, RESET, STEP, FloorLayout
-from fastenv.bench.serverproc import PARENT_CHECK_S, Baseline, accept_one_client, parent_gone
+from fastenv.bench.floor_layout import CLOSE, RESET, STEP, FloorClient, FloorLayout
+from fastenv.bench.serverproc import PARENT_CHECK_S, accept_one_client, parent_gone
 from fastenv.bench.workloads import get_workload
 
 __all__ = ["TcpRaw", "serve_tcp"]
@@ -94,7 +94,7 @@ def serve_tcp(payload: str) -> None:
         env.close()
 
 
-class TcpRaw(Baseline):
+class TcpRaw(FloorClient):
     """The network floor: raw action / observation bytes over a 127.0.0.1 TCP socket (see :mod:`fastenv.bench.floors`)."""
 
     name = "tcp-raw"
@@ -130,16 +130,6 @@ class TcpRaw(Baseline):
     def reset(self, seed: int | None = None) -> Any:
         """Reset the server's env; ``(observation views, {})`` (info is not transported)."""
         return self._call(RESET, 0 if seed is None else seed), {}
-
-    def step(self, action: Any) -> Any:
-        """Step the server's env; ``(observation views, None, None, None, None)``."""
-        np.copyto(self._action, action)
-        return self._call(STEP), None, None, None, None
-
-    @staticmethod
-    def comparable(result: Any, expected: Any) -> tuple[Any, Any]:
-        """Only the observation is transported: compare that."""
-        return result[0], expected[0]
 
     def _disconnect(self) -> None:
         sock = getattr(self, "_sock", None)
