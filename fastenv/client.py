@@ -50,9 +50,10 @@ class FastRemoteEnv(HandshakeAttributes, SharingCalls):
             server's segment (same host, same /dev/shm), TCP otherwise;
             ``"shm"`` requires shared memory; ``"tcp"`` never uses it.
             :attr:`transport` and :attr:`transport_reason` say what was chosen and why.
-        copy: on shared memory, return owned arrays instead of read-only views
-            into the arena. A view stays valid for ``shm_slots - 1`` further calls
-            (:attr:`views_valid_for`); on other routes arrays are always owned.
+        copy: on shared memory, return owned arrays instead of views into the
+            arena (views are writable and never written again while held; up
+            to ``shm_slots - 1`` held replies stay zero-copy, later ones are
+            copied); on other routes arrays are always owned.
         spin_us: on shared memory, how long to spin for a reply before sleeping
             (default :data:`fastenv.shm.plane.CLIENT_SPIN_US`); spinning trades a
             little CPU for latency.

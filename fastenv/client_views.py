@@ -50,12 +50,6 @@ class HandshakeAttributes:
         return self._session.welcome["env_hash"]
 
     @property
-    def views_valid_for(self) -> int | None:
-        """On shared memory, how many further calls a returned view stays valid (None: arrays are owned)."""
-        transport = self._session.transport
-        return None if transport is None else transport.views_valid_for
-
-    @property
     def unwrapped(self) -> HandshakeAttributes:
         """The client is its own innermost env (wrappers live on the server)."""
         return self

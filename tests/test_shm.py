@@ -12,6 +12,7 @@ import numpy as np
 import psutil
 import pytest
 import zmq
+from assertions import assert_same
 
 import fastenv
 from fastenv import native, protocol
@@ -68,24 +69,38 @@ def test_same_host_picks_shm_and_says_why(serve, doorbell_backend: str) -> None:
         assert env.transport == "tcp" and "requested" in env.transport_reason
 
 
-def test_views_are_read_only_and_valid_for_the_documented_number_of_calls(serve) -> None:
+def _shares_arena(array: np.ndarray, env: fastenv.FastRemoteEnv) -> bool:
+    """Whether ``array`` lies in the session's arena (a zero-copy view) rather than in owned memory."""
+    arena = env._session.transport.arena
+    start = np.frombuffer(arena.buf, np.uint8).ctypes.data
+    return start <= array.ctypes.data < start + len(arena.buf)
+
+
+def test_kept_views_never_change_and_are_writable(serve) -> None:
     server = serve("fastenv.examples:CameraEnv", "--shm-slots", "3", env_kwargs={"height": 16, "width": 16})
     action = np.zeros(20, np.float32)
+    local = CameraEnv(height=16, width=16)
     with fastenv.FastRemoteEnv(server.address) as env:
-        assert env.views_valid_for == 2
-        env.reset(seed=0)
+        assert_same(env.reset(seed=0), local.reset(seed=0))
         for _ in range(3):  # let the layout settle so steps take the fast path
             env.step(action)
-        obs = env.step(action)[0]
-        frame, snapshot = obs["left"], obs["left"].copy()
-        assert not frame.flags.writeable
-        with pytest.raises(ValueError):
-            frame[0, 0, 0] = 1
-        for _ in range(env.views_valid_for):
+            local.step(action)
+        kept, expected = [], []
+        for _ in range(6):  # more than the 2 slots a 3-slot arena lends: later ones are copies
+            kept.append(env.step(action)[0])
+            expected.append(local.step(action)[0])
+        assert [_shares_arena(obs["left"], env) for obs in kept] == [True, True, False, False, False, False]
+        frame = kept[0]["left"]
+        assert frame.flags.writeable
+        frame[0, 0, 0] = 7  # the caller's to change, like the local env's
+        expected[0]["left"][0, 0, 0] = 7
+        for _ in range(10):
             env.step(action)
-            assert np.array_equal(frame, snapshot)  # still valid
-        env.step(action)  # its slot is now reused: documented, frames change every step
-        assert not np.array_equal(frame, snapshot)
+        for obs, want in zip(kept, expected):
+            assert_same(obs, want)  # still what each call returned
+        kept.clear()  # the held slots are free again: replies are zero-copy views once more
+        later = env.step(action)[0]
+        assert _shares_arena(later["left"], env)
 
 
 _VIEWS_AFTER_CLOSE = """
@@ -120,7 +135,7 @@ def test_views_outlive_close_without_a_segfault(serve) -> None:
 def test_copy_true_gives_owned_arrays_forever(serve) -> None:
     server = serve("fastenv.examples:CameraEnv", env_kwargs={"height": 16, "width": 16})
     with fastenv.FastRemoteEnv(server.address, copy=True) as env:
-        assert env.transport == "shm" and env.views_valid_for is None
+        assert env.transport == "shm"
         env.reset(seed=0)
         kept = [env.step(np.zeros(20, np.float32))[0] for _ in range(10)]
         snapshots = [obs["left"].copy() for obs in kept]
@@ -255,8 +270,8 @@ def test_client_reads_a_reply_only_after_the_doorbell() -> None:
 
     from fastenv import codec
     from fastenv.shm.arena import ENVELOPE, REPLY_BELL, REQUEST_BELL, RESULT, Arena
-    from fastenv.shm.doorbell import Doorbell
     from fastenv.shm.client import ShmClientPlane
+    from fastenv.shm.doorbell import Doorbell
     from fastenv.shm.plane import DEFAULT_SHAPE, WAIT_SLICE_S
 
     server_arena = Arena.create(DEFAULT_SHAPE)

@@ -162,9 +162,8 @@ def observations_equal(a: Any, b: Any) -> bool:
 def snapshot(value: Any) -> Any:
     """A deep copy in which every array is owned and writable.
 
-    fastenv's shared-memory client returns read-only views that are reused
-    after a few calls (``FastRemoteEnv.views_valid_for``); anything a check
-    keeps past the next call must be a snapshot.
+    What a check keeps must not share memory with what the transport under
+    test may reuse (a baseline's buffers, a floor's shared memory).
     """
     if isinstance(value, np.ndarray):
         return value.copy()

@@ -6,6 +6,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from fastenv import codec
 from fastenv.errors import (
     ConnectionLost,
@@ -30,6 +32,7 @@ from fastenv.shm.arena import (
 from fastenv.shm.doorbell import Doorbell
 from fastenv.shm.layouts import LayoutReceiver, LayoutSender
 from fastenv.shm.plane import CLIENT_SPIN_US, CONSUMED_WORD, WAIT_SLICE_S, Done, encode_general, make_bell, words
+from fastenv.shm.slots import ReplySlots
 
 
 class ShmClientPlane:
@@ -39,6 +42,11 @@ class ShmClientPlane:
         arena: the attached arena.
         alive: called between wait slices; raises if the server is known to be gone.
         copy: decode replies into owned arrays instead of views into the arena.
+
+    Returned arrays are writable views into the reply slot they arrived in,
+    and that slot is not written again while any of them is alive
+    (:mod:`fastenv.shm.slots`): what a call returned never changes unless the
+    caller changes it.
 
     The arena never drops: a :class:`~fastenv.errors.ConnectionLost` from it
     means the server process is gone, and the session with it, so this route
@@ -72,7 +80,8 @@ class ShmClientPlane:
         shape = arena.shape
         self._request_offset = arena.request_offset()
         self._slot_offsets = [shape.slot_offset(slot) for slot in range(shape.slots)]
-        self._slot_layouts = [self._receiver.region(offset, True) for offset in self._slot_offsets]
+        self._slot_layouts = [self._receiver.region(offset, False) for offset in self._slot_offsets]
+        self._slots = ReplySlots(self._slot_layouts)
         self._fast = native_take is not None and self._reply_bell.backend is futex.native_backend
         self._load = self._reply_bell.backend.load
         self._fresh = True  # nothing sent to this generation yet
@@ -86,13 +95,8 @@ class ShmClientPlane:
 
     @property
     def slots(self) -> int:
-        """How many replies the ring holds: a returned view stays valid for ``slots - 1`` more calls."""
+        """How many reply slots the arena has: up to ``slots - 1`` replies the caller holds stay zero-copy."""
         return self.arena.shape.slots
-
-    @property
-    def views_valid_for(self) -> int | None:
-        """How many further calls a returned view stays valid (None: replies are copied into owned arrays)."""
-        return None if self._copy else self.arena.shape.slots - 1
 
     def reconnect(self, deadline: float | None) -> None:
         """Never called: the route is not resumable."""
@@ -127,7 +131,7 @@ class ShmClientPlane:
             try:
                 got = native_take(
                     self.arena.buf, REPLY_BELL, seen, self._spin_us, remaining,
-                    self._slot_offsets[slot], self._slot_layouts[slot], self._copy, -1,
+                    self._slot_offsets[slot], self._slot_layouts[slot], self._copy or slot == self._slots.bounce, -1,
                 )
             except BaseException:  # interrupted (Ctrl-C) before the reply was read
                 self._unread = (CALL, seq, seen)
@@ -150,7 +154,7 @@ class ShmClientPlane:
         buf = arena.buf
         if self._load(buf, CONSUMED_WORD) != self._seq & 0xFFFFFFFF:
             return None  # the server still reads our last request: the general path waits
-        seq = self._seq + 1
+        seq = self._next_seq()
         seen = self._load(buf, REPLY_BELL)
         capacity = arena.shape.request_capacity
         if not self._sender.write_fast(arena, self._request_offset, capacity, body[0], CALL, seq, body, REQUEST_BELL):
@@ -166,7 +170,7 @@ class ShmClientPlane:
         self._wait_consumed(deadline, what)
         arena = self.arena
         offset, capacity = arena.request_offset(), arena.shape.request_capacity
-        seq = self._seq + 1
+        seq = self._next_seq()
         write: Callable[[int], None] | None = None
         if not self._sender.write_fast(arena, offset, capacity, key, CALL, seq, body):
             encoded = encode_general(CALL, body, self._sender, key)
@@ -188,7 +192,8 @@ class ShmClientPlane:
                 encoded.write(arena, offset, capacity, seq)
 
             write = write_general
-        return self._post(write, CALL)
+            seq = self._next_seq()  # a GROW on the way used numbers too
+        return self._post(write, CALL, seq)
 
     def receive(self, ticket: Any, deadline: float | None, what: str) -> tuple[bool, Any]:
         """Wait for the reply to the call behind ``ticket`` (from :meth:`send`)."""
@@ -203,10 +208,16 @@ class ShmClientPlane:
         """Send the request (``write(seq)`` puts it in place; None: already written) and read the reply."""
         return self._collect(kind, self._post(write, kind), deadline, what)
 
-    def _post(self, write: Callable[[int], None] | None, kind: int) -> tuple[int, int]:
-        """Write the next request (None: already written) and ring; returns ``(seq, reply bell value)``."""
-        self._seq += 1
-        seq = self._seq
+    def _next_seq(self) -> int:
+        """The next call's sequence number: its reply slot must hold nothing the caller still has."""
+        return self._seq + 1 if self._copy else self._slots.next_seq(self._seq)
+
+    def _post(self, write: Callable[[int], None] | None, kind: int, seq: int | None = None) -> tuple[int, int]:
+        """Write request ``seq`` (default: the next; ``write`` None: already written) and ring.
+
+        Returns ``(seq, reply bell value)``.
+        """
+        seq = self._seq = self._next_seq() if seq is None else seq
         seen = self._reply_bell.value()
         if write is not None:
             write(seq)
@@ -246,11 +257,15 @@ class ShmClientPlane:
             if reply_seq != seq:
                 raise ProtocolError("remapped arena does not hold the reply")
         capacity = arena.shape.slot_capacity
+        copy = self._copy or self._slots.copies(seq)
         if reply_kind == FAST:
-            return flags, self._receiver.read(arena, slot, capacity, skeleton_len, readonly=True, copy=self._copy)
-        _, _, skeleton, buffers = arena.read_envelope(slot, capacity)
-        if self._copy:
+            return flags, self._receiver.read(arena, slot, capacity, skeleton_len, readonly=False, copy=copy)
+        _, _, skeleton, buffers = arena.read_envelope(slot, capacity, readonly=False)
+        if copy:
             buffers = [bytearray(b) for b in buffers]
+        else:  # arrays are built on these (their base), which says whether the caller still holds one
+            buffers = [np.frombuffer(b, np.uint8) for b in buffers]
+            self._slots.decoded(seq % self._slots.count, buffers)
         value = codec.decode(skeleton, buffers)
         if flags & WITH_LAYOUT:
             if not (isinstance(value, tuple) and len(value) == 3):

@@ -37,7 +37,6 @@ class TcpClientPlane:
 
     name = "tcp"
     resumable = True
-    views_valid_for = None  # arrays land in buffers nobody else references: the caller owns them
 
     def __init__(
         self,

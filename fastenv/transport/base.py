@@ -3,7 +3,8 @@
 A *client transport* carries one call at a time and its reply: the body
 ``(name, args, kwargs)`` goes out, ``(True, value)`` or ``(False, error
 body)`` comes back (an error body is :func:`fastenv.wire.error_body`'s dict;
-the caller turns it into an exception). Every wait ends at an absolute
+the caller turns it into an exception). What a transport returns is the
+caller's: it never changes afterwards unless the caller changes it. Every wait ends at an absolute
 ``deadline`` on the monotonic clock (None: no limit) with
 :class:`~fastenv.errors.FastEnvTimeout`; a broken connection raises
 :class:`~fastenv.errors.ConnectionLost`. After a drop the session is resumed
@@ -57,10 +58,6 @@ class ClientTransport(Protocol):
 
     def resend(self, body: CallBody, deadline: float | None, what: str) -> Any:
         """Send the unanswered call ``body`` again under its sequence number; returns its ticket."""
-
-    @property
-    def views_valid_for(self) -> int | None:
-        """How many further calls a returned array stays valid (None: returned arrays are owned)."""
 
     def close(self) -> None:
         """Release the route's resources (idempotent)."""

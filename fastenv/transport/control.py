@@ -48,7 +48,6 @@ class ControlTransport:
 
     name = "control"
     resumable = True
-    views_valid_for = None  # replies are decoded into owned arrays
 
     def __init__(self, channel: ClientChannel) -> None:
         self._channel = channel

@@ -97,15 +97,3 @@ def _join_dict(space: Dict, parts: Sequence[Any], out: dict[str, Any]) -> dict[s
 @join.register(Tuple)
 def _join_tuple(space: Tuple, parts: Sequence[Any], out: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(join(sub, [part[i] for part in parts], out[i]) for i, sub in enumerate(space.spaces))
-
-
-def set_writeable(batch: Any, writeable: bool) -> None:
-    """Set the ``writeable`` flag of every array leaf of ``batch`` (arrays it owns)."""
-    if isinstance(batch, np.ndarray):
-        batch.flags.writeable = writeable
-    elif isinstance(batch, dict):
-        for value in batch.values():
-            set_writeable(value, writeable)
-    elif isinstance(batch, tuple):
-        for value in batch:
-            set_writeable(value, writeable)

@@ -43,12 +43,9 @@ class FastVectorEnv(VectorEnv):
     ``step`` sends the actions to every server before it waits for any, so the
     servers step at the same time. With one server the batch comes back as the
     server sent it: on shared memory the observations, rewards, terminations
-    and truncations are read-only views into the session's arena, valid for
-    :attr:`views_valid_for` further calls (pass ``copy=True`` for owned
-    arrays). With several servers each server's rows are written once into
-    one batch; that batch is owned when every server sends owned arrays, and
-    otherwise comes from a ring of read-only buffers valid for
-    :attr:`views_valid_for` further calls.
+    and truncations are views into the session's arena, never written again
+    while the caller holds them (pass ``copy=True`` for owned arrays). With
+    several servers each server's rows are written once into a new batch.
 
     Args:
         addresses: one server address, or a list of them (on any hosts).
@@ -111,18 +108,6 @@ class FastVectorEnv(VectorEnv):
         self.metadata["autoreset_mode"] = AutoresetMode.NEXT_STEP
         self.spec = first.spec
         self.render_mode = first.render_mode
-        windows = [remote.views_valid_for for remote in self.remotes]
-        if len(self.remotes) == 1:
-            self.views_valid_for: int | None = windows[0]
-        elif any(window is not None for window in windows):
-            self.views_valid_for = min(window for window in windows if window is not None)
-        else:
-            self.views_valid_for = None
-        # Several servers whose arrays are views: join into a ring of buffers, each
-        # reused only after views_valid_for further calls (like an arena slot).
-        ring_size = self.views_valid_for + 1 if len(self.remotes) > 1 and self.views_valid_for is not None else 0
-        self._ring = [batch.empty(self.single_observation_space, self.num_envs) for _ in range(ring_size)]
-        self._ring_next = 0
 
     # ------------------------------------------------------------------ info
 
@@ -257,16 +242,7 @@ class FastVectorEnv(VectorEnv):
     def _join_observations(self, parts: list[Any]) -> Any:
         if len(parts) == 1:
             return parts[0]
-        if not self._ring:
-            return batch.join(
-                self.single_observation_space, parts, batch.empty(self.single_observation_space, self.num_envs)
-            )
-        out = self._ring[self._ring_next]
-        self._ring_next = (self._ring_next + 1) % len(self._ring)
-        batch.set_writeable(out, True)
-        joined = batch.join(self.single_observation_space, parts, out)
-        batch.set_writeable(out, False)
-        return joined
+        return batch.join(self.single_observation_space, parts, batch.empty(self.single_observation_space, self.num_envs))
 
     def _join_infos(self, per_server: list[list[dict[str, Any]]]) -> dict[str, Any]:
         infos: dict[str, Any] = {}

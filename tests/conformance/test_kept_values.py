@@ -1,29 +1,52 @@
-"""What a call returned stays as it was while the caller keeps it, the same on every route.
+"""What a call returned is the caller's: it never changes afterwards, on every route.
 
-Found while writing ``test_observers.py``: on shared memory, an observation
-kept from ``reset`` was overwritten by the reply of a later ``echo``.
+Kept values are what replay buffers, trajectories and state histories hold;
+on shared memory they are views into reply slots, which must not be written
+again while the caller holds them.
 """
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
-import pytest
+from assertions import assert_same
 
-SHM_OVERWRITES_KEPT_REPLY = (
-    "shm: a reply slot still referenced by a kept reset observation is reused: after reset(seed=3) "
-    "(observation kept), three steps (results dropped) and echo({'frame': 2x3 uint8, 'tag': 'any method'}), "
-    "the kept observation holds the echoed frame's bytes (contract 3 of DESIGN.md)"
-)
+STEPS = 1000
 
 
-@pytest.fixture
-def expect_kept_values_intact(route, request: pytest.FixtureRequest) -> None:
-    if route.uses_shm:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=SHM_OVERWRITES_KEPT_REPLY))
+def _arrays(value: object) -> list[np.ndarray]:
+    if isinstance(value, np.ndarray):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [array for item in value for array in _arrays(item)]
+    if isinstance(value, dict):
+        return [array for item in value.values() for array in _arrays(item)]
+    return []
 
 
-@pytest.mark.usefixtures("expect_kept_values_intact")
-def test_a_kept_observation_is_not_overwritten_by_later_calls(env) -> None:
+def test_every_value_returned_stays_as_it_was(env) -> None:
+    kept: list[object] = []
+    snapshots: list[object] = []
+
+    def keep(value: object) -> None:
+        kept.append(value)
+        snapshots.append(copy.deepcopy(value))
+
+    keep(env.reset(seed=3))
+    for _ in range(STEPS):
+        keep(env.step(0))
+        keep(env.get_state())
+    keep(env.call("echo", {"frame": np.arange(6, dtype=np.uint8).reshape(2, 3), "tag": "any method"}))
+    keep(env.batch_step([0, 0, 0]))
+    keep(env.reset(seed=4))
+    for _ in range(20):  # and more calls after all of that
+        env.step(0)
+    for value, snapshot in zip(kept, snapshots):
+        assert_same(value, snapshot)
+
+
+def test_a_kept_observation_is_not_overwritten_by_a_later_reply_of_another_shape(env) -> None:
     obs = env.reset(seed=3)[0]
     kept = obs.copy()
     for _ in range(3):
@@ -31,3 +54,13 @@ def test_a_kept_observation_is_not_overwritten_by_later_calls(env) -> None:
     echoed = {"frame": np.arange(6, dtype=np.uint8).reshape(2, 3), "tag": "any method"}
     assert np.array_equal(env.call("echo", echoed)["frame"], echoed["frame"])
     assert obs.tobytes() == kept.tobytes(), f"the kept observation changed: {obs.tobytes().hex()}"
+
+
+def test_returned_arrays_are_writable_like_the_local_envs(env) -> None:
+    obs, _ = env.reset(seed=3)
+    step = env.step(0)
+    for array in _arrays(obs) + _arrays(step):
+        assert array.flags.writeable
+    obs[0] = 42.0  # the caller's own: changing it changes nothing else
+    again = env.step(0)[0]
+    assert obs[0] == 42.0 and again[0] != 42.0
