@@ -25,12 +25,19 @@ from fastenv.session.state import ClientState
 from fastenv.transport.choose import RouteOptions
 from fastenv.trusted import NOT_AUTHENTICATED, pack_factory
 
+try:  # with Gymnasium installed, FastRemoteEnv is a gymnasium.Env: wrappers, checkers and trainers take it
+    from gymnasium import Env as _EnvBase
+    from gymnasium.utils import seeding
+except ImportError:  # Gymnasium is optional
+    _EnvBase = object  # type: ignore[assignment,misc]
+    seeding = None  # type: ignore[assignment]
+
 TRANSPORTS = ("auto", "shm", "tcp")
 ROLES = ("shared", "controller", "observer")
 SESSION_LOST_POLICIES = ("raise", "recreate")
 
 
-class FastRemoteEnv(HandshakeAttributes, SharingCalls):
+class FastRemoteEnv(HandshakeAttributes, SharingCalls, _EnvBase):
     """A remote env that looks like the local one.
 
     ``reset``, ``step``, ``render``, ``get_state``, ``set_state`` and every other
@@ -229,8 +236,16 @@ class FastRemoteEnv(HandshakeAttributes, SharingCalls):
     # ------------------------------------------------------------------ env API
 
     def reset(self, *args: Any, **kwargs: Any) -> Any:
-        """``env.reset(...)`` on the server; arguments pass through unchanged."""
-        return self._session.invoke("reset", args, kwargs)
+        """``env.reset(...)`` on the server; arguments pass through unchanged.
+
+        With a ``seed``, the client's own :attr:`np_random` (Gymnasium's) is
+        seeded with it too, as a local env's ``super().reset(seed=seed)`` does.
+        """
+        result = self._session.invoke("reset", args, kwargs)
+        seed = kwargs.get("seed")
+        if seed is not None and seeding is not None:
+            self._np_random, self._np_random_seed = seeding.np_random(seed)
+        return result
 
     def step(self, action: Any) -> Any:
         """``env.step(action)`` on the server; returns exactly what it returned."""

@@ -71,8 +71,14 @@ class HandshakeAttributes:
 
     @property
     def spec(self) -> Any:
-        """The served env's ``spec`` (a Gymnasium ``EnvSpec`` or None)."""
+        """The served env's ``spec`` (a Gymnasium ``EnvSpec`` or None); ``gymnasium.make`` sets its own."""
+        if "_spec" in self.__dict__:
+            return self.__dict__["_spec"]
         return self._attributes().get("spec")
+
+    @spec.setter
+    def spec(self, value: Any) -> None:
+        self.__dict__["_spec"] = value
 
     @property
     def render_mode(self) -> Any:
