@@ -15,6 +15,7 @@ from fastenv.errors import FastEnvError
 from fastenv.launch.cli import register as _add_launch
 from fastenv.server import ATTACH_GRACE_S, DEFAULT_MAX_PENDING, DEFAULT_MAX_SESSIONS
 from fastenv.server_process import READY_LINE
+from fastenv.shm.plane import DEFAULT_SHAPE
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -119,8 +120,9 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--shm-slots",
         type=int,
-        default=4,
-        help="reply slots per shared-memory session: a client's views stay valid for SLOTS-1 further calls (default: 4)",
+        default=DEFAULT_SHAPE.slots,
+        help="reply slots per shared-memory session: up to SLOTS-1 replies a client holds stay zero-copy, "
+        f"later ones are copied (default: {DEFAULT_SHAPE.slots})",
     )
     serve.add_argument(
         "--spin-us", type=int, default=None, help="how long a shared-memory worker spins before sleeping (µs)"

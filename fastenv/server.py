@@ -119,8 +119,8 @@ class EnvServer:
             is watched instead.
         close_env: close a shared env on shutdown (default: only if the server made it).
         shm: offer the shared-memory data plane to clients on this host.
-        shm_slots: reply slots per session arena (a client's views stay valid
-            for ``shm_slots - 1`` further calls).
+        shm_slots: reply slots per session arena (up to ``shm_slots - 1``
+            replies a client holds stay zero-copy; later ones are copied).
         shm_spin_us: how long a shared-memory worker spins for the next request
             before sleeping (default :data:`fastenv.shm.plane.SERVER_SPIN_US`).
         data_port: TCP port of the data stream that carries calls for clients

@@ -281,7 +281,7 @@ def test_client_reads_a_reply_only_after_the_doorbell() -> None:
 
     def slow_server() -> None:
         Doorbell(server_arena.buf, REQUEST_BELL).wait(0, 10)
-        seq = 1
+        seq = ENVELOPE.unpack_from(server_arena.buf, server_arena.request_offset())[4]  # the client picks it
         slot = server_arena.shape.slot_offset(seq % server_arena.shape.slots)
         skeleton, buffers = codec.encode(reply)
         # The matching header lands first; the body only after several wait slices.

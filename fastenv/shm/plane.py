@@ -59,7 +59,10 @@ def words() -> Any:
     return futex.get_backend(None)
 
 
-DEFAULT_SHAPE = ArenaShape(request_capacity=64 * 1024, slot_capacity=256 * 1024, slots=4)
+# 10 reply slots: a caller holding its last 8 replies (a frame stack, a short history) still gets
+# the next one zero-copy; a caller that drops its values uses the first two or three only (see
+# fastenv.shm.slots). Slots the caller never needs are never touched, so they cost no memory.
+DEFAULT_SHAPE = ArenaShape(request_capacity=64 * 1024, slot_capacity=256 * 1024, slots=10)
 
 
 

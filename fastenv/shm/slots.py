@@ -63,14 +63,17 @@ class ReplySlots:
         return False
 
     def next_seq(self, last: int) -> int:
-        """The first sequence number after ``last`` whose slot is free (the bounce slot's when none is)."""
-        count = self.count
+        """The first sequence number after ``last`` whose slot is the lowest free one (else the bounce slot).
+
+        Taking the lowest free slot keeps a caller that drops its values on
+        the same two or three slots (warm in the CPU caches), however many
+        the arena has.
+        """
         first = last + 1
-        for seq in range(first, first + count):
-            slot = seq % count
-            if slot != self.bounce and not self.held(slot):
-                return seq
-        return first + (self.bounce - first) % count
+        slot = 0
+        while slot < self.bounce and self.held(slot):
+            slot += 1
+        return first + (slot - first) % self.count
 
     def copies(self, seq: int) -> bool:
         """Whether the reply to ``seq`` must be copied out (it lands in the bounce slot)."""
