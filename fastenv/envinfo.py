@@ -76,12 +76,26 @@ def public_methods(env: Any) -> list[str]:
     return sorted(names)
 
 
+def wrapper_chain(env: Any, limit: int = 64) -> list[str]:
+    """Qualified class names of the wrappers around the env, outermost first (Gymnasium's ``.env`` chain)."""
+    chain: list[str] = []
+    unwrapped = getattr(env, "unwrapped", env)
+    while env is not unwrapped and len(chain) < limit:
+        chain.append(f"{type(env).__module__}.{type(env).__qualname__}")
+        inner = getattr(env, "env", None)
+        if inner is None or inner is env:
+            break
+        env = inner
+    return chain
+
+
 def describe(env: Any) -> dict[str, Any]:
     """The env description sent in the handshake (without its hash)."""
     unwrapped = getattr(env, "unwrapped", env)
     info: dict[str, Any] = {
         "class": f"{type(unwrapped).__module__}.{type(unwrapped).__qualname__}",
         "wrapper": f"{type(env).__module__}.{type(env).__qualname__}",
+        "wrappers": wrapper_chain(env),
         "methods": public_methods(env),
         "attributes": {},
     }
