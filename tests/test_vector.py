@@ -270,6 +270,24 @@ def test_one_server_shm_batch_is_zero_copy(serve) -> None:
         sync.close()
 
 
+@pytest.mark.parametrize("transport", ["shm", "tcp"])
+def test_every_batch_kept_stays_as_it_was(serve, cartpole_pair: list[str], transport: str) -> None:
+    one = serve("CartPole-v1", "--num-envs", "8", "--mode", "per-client")
+    for addresses in ([one.address], cartpole_pair):  # one server (views into its arena), two (joined rows)
+        with FastVectorEnv(addresses, timeout=30, transport=transport) as envs:
+            sync = cartpole_sync(8)
+            kept, expected = [envs.reset(seed=3)], [sync.reset(seed=3)]
+            sampler = sync.action_space
+            sampler.seed(3)
+            for _ in range(300):
+                actions = sampler.sample()
+                kept.append(envs.step(actions))
+                expected.append(sync.step(actions))
+            for got, want in zip(kept, expected):
+                same(got, want)  # every batch returned is still what it was
+            sync.close()
+
+
 @pytest.mark.parametrize("options", [{"transport": "tcp"}, {"transport": "shm", "copy": True}])
 def test_one_server_owned_arrays(serve, options: dict[str, Any]) -> None:
     server = serve("CartPole-v1", "--num-envs", "3", "--mode", "per-client")
