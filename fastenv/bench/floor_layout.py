@@ -18,7 +18,7 @@ import numpy as np
 from fastenv.bench.serverproc import Baseline
 from fastenv.bench.workloads import get_workload, observation_arrays
 
-__all__ = ["CLOSE", "COMMAND", "DATA", "REPLY", "REQUEST", "RESET", "SEED", "STEP", "FloorClient", "FloorLayout"]
+__all__ = ["CLOSE", "COMMAND", "DATA", "REPLY", "REQUEST", "RESET", "SEED", "STEP", "FloorClient", "FloorLayout", "serve_command"]
 
 REQUEST, REPLY, COMMAND, SEED = 0, 64, 128, 136  # separate cache lines for the two counters
 DATA = 192
@@ -86,3 +86,16 @@ class FloorClient(Baseline):
     def comparable(result: Any, expected: Any) -> tuple[Any, Any]:
         """Only the observation is transported: compare that."""
         return result[0], expected[0]
+
+
+def serve_command(env: Any, command: int, seed: int, action: np.ndarray, views: list[tuple[str | None, np.ndarray]]) -> None:
+    """A floor server's work for one request: reset or step ``env`` and copy the observation into ``views``."""
+    if command == RESET:
+        observation = env.reset(seed=seed)[0]
+    else:
+        observation = env.step(action.copy())[0]
+    if views[0][0] is None:
+        np.copyto(views[0][1], observation)
+    else:
+        for key, view in views:
+            np.copyto(view, observation[key])

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from fastenv.bench.floor_layout import CLOSE, COMMAND, REPLY, REQUEST, RESET, FloorClient, FloorLayout
+from fastenv.bench.floor_layout import CLOSE, COMMAND, REPLY, REQUEST, RESET, FloorClient, FloorLayout, serve_command
 from fastenv.bench.serverproc import PARENT_CHECK_S, announce, parent_gone
 from fastenv.bench.workloads import get_workload
 from fastenv.errors import FastEnvTimeout
@@ -95,15 +95,7 @@ def serve_shm(mode: str, payload: str, fd: int) -> None:
             command = int(words[0])
             if command == CLOSE:
                 break
-            if command == RESET:
-                observation = env.reset(seed=int(words[1]))[0]
-            else:
-                observation = env.step(action.copy())[0]
-            if views[0][0] is None:
-                np.copyto(views[0][1], observation)
-            else:
-                for key, view in views:
-                    np.copyto(view, observation[key])
+            serve_command(env, command, int(words[1]), action, views)
             reply.ring()
     finally:
         words = action = views = None  # drop the buffer exports before unmapping

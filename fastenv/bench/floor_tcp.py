@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from fastenv.bench.floor_layout import CLOSE, RESET, STEP, FloorClient, FloorLayout
+from fastenv.bench.floor_layout import CLOSE, RESET, STEP, FloorClient, FloorLayout, serve_command
 from fastenv.bench.serverproc import PARENT_CHECK_S, accept_one_client, parent_gone
 from fastenv.bench.workloads import get_workload
 
@@ -78,15 +78,7 @@ def serve_tcp(payload: str) -> None:
                         break
                 except OSError:
                     break
-                if command == RESET:
-                    observation = env.reset(seed=seed)[0]
-                else:
-                    observation = env.step(action.copy())[0]
-                if views[0][0] is None:
-                    np.copyto(views[0][1], observation)
-                else:
-                    for key, view in views:
-                        np.copyto(view, observation[key])
+                serve_command(env, command, seed, action, views)
                 conn.sendall(reply)
     finally:
         reply.release()
