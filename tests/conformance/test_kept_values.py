@@ -64,3 +64,21 @@ def test_returned_arrays_are_writable_like_the_local_envs(env) -> None:
     obs[0] = 42.0  # the caller's own: changing it changes nothing else
     again = env.step(0)[0]
     assert obs[0] == 42.0 and again[0] != 42.0
+
+
+def test_kept_transitions_of_an_observer_stay_as_they_were(connect) -> None:
+    observer = connect(role="observer")
+    driver = connect()
+    driver.reset(seed=1)
+    for _ in range(50):
+        driver.step(0)
+    kept, snapshots = [], []
+    for _ in range(51):
+        transition = observer.next_transition(timeout=30.0)
+        kept.append(transition)
+        snapshots.append(copy.deepcopy(transition.result))
+    for _ in range(50):  # more transitions arrive (and are read) after those were returned
+        driver.step(0)
+        observer.next_transition(timeout=30.0)
+    for transition, snapshot in zip(kept, snapshots):
+        assert_same(transition.result, snapshot)
