@@ -271,7 +271,7 @@ def test_one_server_shm_batch_is_zero_copy(serve) -> None:
 
 
 @pytest.mark.parametrize("transport", ["shm", "tcp"])
-def test_every_batch_kept_stays_as_it_was(serve, cartpole_pair: list[str], transport: str) -> None:
+def test_every_batch_of_1000_steps_kept_stays_as_it_was(serve, cartpole_pair: list[str], transport: str) -> None:
     one = serve("CartPole-v1", "--num-envs", "8", "--mode", "per-client")
     for addresses in ([one.address], cartpole_pair):  # one server (views into its arena), two (joined rows)
         with FastVectorEnv(addresses, timeout=30, transport=transport) as envs:
@@ -279,7 +279,7 @@ def test_every_batch_kept_stays_as_it_was(serve, cartpole_pair: list[str], trans
             kept, expected = [envs.reset(seed=3)], [sync.reset(seed=3)]
             sampler = sync.action_space
             sampler.seed(3)
-            for _ in range(300):
+            for _ in range(1000):
                 actions = sampler.sample()
                 kept.append(envs.step(actions))
                 expected.append(sync.step(actions))
