@@ -17,8 +17,8 @@ measured round trip to the transport:
     in a real shared-memory arena of the plane's shape: the client packs the
     request into the request region, the server reads it back as copies (the
     env may keep the action), the server packs the reply into the next reply
-    slot (slots in turn, as on the plane), and the client reads it back as
-    read-only views (the rows' ``copy=False``). A message whose structure has
+    slot (slots in turn), and the client reads it back as views (the rows'
+    ``copy=False``). A message whose structure has
     no layout (and the first of each kind, which announces the layout) goes
     through the general codec into the arena, as on the plane. The env's
     :func:`fastenv.reply_array` arrays are lent from the reply slot as the

@@ -10,7 +10,7 @@ whichever the transport.
 fastenv rows:
 
 - ``fastenv-shm``: ``FastRemoteEnv(transport="shm")`` with the default
-  ``copy=False`` (read-only views into the arena), native doorbell.
+  ``copy=False`` (views into the arena), native doorbell.
 - ``fastenv-shm-py``: the same with the pure-Python doorbell on both sides:
   the server is started with ``FASTENV_NATIVE=0``, and since the client's
   backend is fixed when :mod:`fastenv.shm.futex` is imported, the client loop

@@ -8,9 +8,9 @@ shape, doorbells, general-path envelopes); the ends are
 
 Client: writes a CALL envelope into the request region, rings the request
 doorbell, waits on the reply doorbell, and decodes the reply from reply slot
-``seq % slots`` as read-only numpy views (zero copy). A view stays valid until
-``slots`` further calls have been made (then its slot is reused); pass
-``copy=True`` to the client for owned arrays.
+``seq % slots`` as numpy views (zero copy). It picks ``seq`` so that the slot
+holds nothing the caller still has (:mod:`fastenv.shm.slots`): a returned view
+never changes; pass ``copy=True`` to the client for owned arrays.
 
 Server: one worker thread per session waits on the request doorbell, copies
 the request out (the env may keep the action), runs it, writes the reply into
