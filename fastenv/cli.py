@@ -15,6 +15,7 @@ from fastenv.errors import FastEnvError
 from fastenv.launch.cli import register as _add_launch
 from fastenv.server import ATTACH_GRACE_S, DEFAULT_MAX_PENDING, DEFAULT_MAX_SESSIONS
 from fastenv.server_process import READY_LINE
+from fastenv.session.envthread import ENV_THREADS
 from fastenv.shm.plane import DEFAULT_SHAPE
 
 
@@ -125,6 +126,13 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         f"later ones are copied (default: {DEFAULT_SHAPE.slots})",
     )
     serve.add_argument(
+        "--env-thread",
+        choices=ENV_THREADS,
+        default="caller",
+        help="the thread envs are built and called on: caller (default: the thread that received the call, no hop), "
+        "main (this process's main thread: for simulators bound to it, Isaac Sim, OpenGL) or dedicated (one per env)",
+    )
+    serve.add_argument(
         "--spin-us", type=int, default=None, help="how long a shared-memory worker spins before sleeping (µs)"
     )
     serve.add_argument("--log-level", default="WARNING", help="logging level (default: WARNING)")
@@ -165,6 +173,7 @@ def _serve(args: argparse.Namespace) -> int:
         data_port=args.data_port,
         num_envs=args.num_envs,
         heartbeat_interval=args.heartbeat_interval,
+        env_thread=args.env_thread,
     )
     signal.signal(signal.SIGTERM, lambda *_: server.stop(timeout=0))
     try:

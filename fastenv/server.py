@@ -52,32 +52,30 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
 import zmq
 
-from fastenv import codec, protocol
+from fastenv import codec
 from fastenv.codec import Limits
 from fastenv.control.address import check_bind_allowed, host_identity
 from fastenv.control.auth import AuthConfig, AuthLike, server_auth
 from fastenv.control.dealer import HEARTBEAT_INTERVAL_S
-from fastenv.control.inbox import Inbox
-from fastenv.control.reclaim import MemoryReclaimer
 from fastenv.control.router import ServerSocket
 from fastenv.control.zap import ZapHandler
-from fastenv.errors import FastEnvError, ServerConfigError, TooManyPending
+from fastenv.errors import FastEnvError, ServerConfigError
 from fastenv.observe import TransitionPublisher
 from fastenv.session.config import ServerConfig
 from fastenv.session.dispatch import Dispatcher, close_quietly
+from fastenv.session.envthread import EnvThreads
 from fastenv.session.handlers import ControlHandlers
+from fastenv.session.loop import ControlLoop
 from fastenv.session.registry import SessionRegistry
 from fastenv.session.table import EnvHandle
 from fastenv.shm.arena import reclaim_stale
 from fastenv.shm.plane import DEFAULT_SHAPE, SERVER_SPIN_US
 from fastenv.tcp.listener import TcpDataListener
-from fastenv.wire import ErrorKind
 
 log = logging.getLogger("fastenv.server")
 
@@ -132,6 +130,12 @@ class EnvServer:
         heartbeat_interval: seconds between heartbeats; a vanished client's
             session is reclaimed within two intervals.
         observers: publish transitions to observer clients (shared mode only).
+        env_thread: the thread envs are built and called on: ``"caller"``
+            (default: the thread that received the call; no hop), ``"main"``
+            (the thread that made this server, which then runs
+            :meth:`serve_forever`; for simulators bound to the main thread) or
+            ``"dedicated"`` (a thread per env); see
+            :class:`~fastenv.session.envthread.EnvThreads`.
 
     Example::
 
@@ -164,6 +168,7 @@ class EnvServer:
         max_sessions: int = DEFAULT_MAX_SESSIONS,
         max_pending: int = DEFAULT_MAX_PENDING,
         attach_grace: float = ATTACH_GRACE_S,
+        env_thread: str = "caller",
     ) -> None:
         if (env is None) == (factory is None):
             raise ServerConfigError("give EnvServer exactly one of env= or factory=")
@@ -202,6 +207,10 @@ class EnvServer:
         self._close_shared = close_env if close_env is not None else env is None
         self._observers = observers and mode == "shared"
         self._dispatcher = Dispatcher(self.stats)
+        try:
+            self._env_threads = EnvThreads(env_thread)
+        except ValueError as exc:
+            raise ServerConfigError(str(exc)) from None
         self._context: zmq.Context | None = None  # with auth: the server's own, run by its ZAP handler
         self._zap: ZapHandler | None = None
         self._socket: ServerSocket | None = None
@@ -209,11 +218,10 @@ class EnvServer:
         self._publisher: TransitionPublisher | None = None
         self._registry: SessionRegistry | None = None
         self._handlers: ControlHandlers | None = None
-        self._next_liveness_check = 0.0
+        self._control_loop: ControlLoop | None = None
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
-        self._reclaimer = MemoryReclaimer()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -238,10 +246,11 @@ class EnvServer:
             return self._socket
         if self._closed:
             raise ServerConfigError("this EnvServer is closed")
-        if self.mode == "shared" and self._shared_env is None:
-            self._shared_env = self._make_env()
         if self.mode == "shared":
-            self._dispatcher.shared = EnvHandle(self._shared_env)
+            shared = EnvHandle(self._shared_env, runner=self._env_threads.for_new_env())
+            if shared.env is None:
+                shared.env = self._shared_env = shared.on_env_thread(self._make_env)
+            self._dispatcher.shared = shared
         if self.config.shm:
             for name in reclaim_stale():
                 log.warning("removed stale shared-memory segment %s (its owner is dead)", name)
@@ -268,16 +277,18 @@ class EnvServer:
             raise
         self._dispatcher.publisher = self._publisher
         self._registry = registry
-        self._handlers = ControlHandlers(
+        handlers = self._handlers = ControlHandlers(
             self._socket,
             registry,
             self._dispatcher,
             make_env=self._make_env,
+            env_runner=self._env_threads.for_new_env,
             publisher=self._publisher,
             data_port=self._data_listener.port if self._data_listener is not None else None,
             host=host_identity(),
             stats=self.stats,
         )
+        self._control_loop = ControlLoop(self._socket, handlers, registry, self._data_listener, self.stats)
         return self._socket
 
     def _make_env(self) -> Any:
@@ -300,61 +311,38 @@ class EnvServer:
     def serve_forever(self, poll_interval: float = 0.25) -> None:
         """Serve until :meth:`stop` (or KeyboardInterrupt); then close sessions and sockets.
 
-        Messages are taken in per client and handled round-robin
-        (:class:`~fastenv.control.inbox.Inbox`), so one client's flood
-        delays only that client.
+        The control loop is :class:`~fastenv.session.loop.ControlLoop`. With
+        ``env_thread="main"`` this thread runs the envs' calls and the control
+        loop runs on a thread of its own.
         """
-        sock = self._bind()
-        assert self._handlers is not None
-        handle = self._handlers.handle
-        poller = zmq.Poller()
-        poller.register(sock.socket, zmq.POLLIN)
-        tick_ms = int(min(poll_interval, self.config.heartbeat_interval / 4) * 1000)
-        inbox = Inbox(self.config.max_pending)
+        main = self._env_threads.main
+        if main is None:
+            try:
+                self._loop(poll_interval)
+            finally:
+                self._shutdown()
+            return
+        if not main.on_owner():
+            raise ServerConfigError("env_thread='main': call serve_forever() on the thread that made the EnvServer")
+        self._bind()
+        loop = threading.Thread(target=self._loop, args=(poll_interval,), name="fastenv-server", daemon=True)
+        loop.start()
         try:
-            while not self._stopping.is_set():
-                if inbox or poller.poll(tick_ms):
-                    self._take_in(sock, inbox)
-                    frames = inbox.pop()
-                    if frames is not None:
-                        handle(frames)
-                try:
-                    self._check_liveness()
-                except Exception:  # a bug in reclaiming one session must not take the server down
-                    log.exception("liveness check failed")
+            main.serve(self._stopping)
         finally:
+            self._stopping.set()
+            loop.join()
             self._shutdown()
 
-    def _take_in(self, sock: ServerSocket, inbox: Inbox) -> None:
-        """Move the messages waiting on the socket into ``inbox``; refuse a client's beyond ``max_pending``."""
-        assert self._handlers is not None
-        while not inbox.full:
-            frames = sock.recv()
-            if frames is None:
-                return
-            identity = frames[0].bytes
-            if not inbox.put(identity, frames):
-                self.stats["requests"] += 1
-                error = TooManyPending(
-                    f"this client already has {self.config.max_pending} requests waiting on the server (max_pending)"
-                )
-                self._handlers.reply_error(identity, protocol.peek_request_id(frames[1:]), ErrorKind.LIMIT, error)
-
-    def _check_liveness(self) -> None:
-        """End the sessions of clients that vanished (see the module docstring), four times an interval."""
-        now = time.monotonic()
-        if now < self._next_liveness_check:
-            return
-        self._next_liveness_check = now + self.config.heartbeat_interval / 4
-        assert self._socket is not None and self._registry is not None
-        closed = self._socket.disconnections() + self._registry.ended
-        if self._data_listener is not None:
-            closed += self._data_listener.dropped
-        self._reclaimer.check(closed)
-        self.stats["reaped"] += self._registry.reap(now)
+    def _loop(self, poll_interval: float) -> None:
+        self._bind()
+        assert self._control_loop is not None
+        self._control_loop.run(self._stopping, poll_interval)
 
     def start(self) -> str:
         """Serve in a background thread; returns the address."""
+        if self._env_threads.main is not None:
+            raise ServerConfigError("env_thread='main' serves on the thread that made the server: call serve_forever()")
         address = self.address
         if self._thread is None:
             self._thread = threading.Thread(target=self.serve_forever, name="fastenv-server", daemon=True)
@@ -379,8 +367,14 @@ class EnvServer:
         self._closed = True
         if self._registry is not None:
             self._registry.end_all()
+        shared = self._dispatcher.shared
         if self._close_shared and self._shared_env is not None:
-            close_quietly(self._shared_env)
+            if shared is not None:
+                shared.on_env_thread(close_quietly, self._shared_env)
+            else:
+                close_quietly(self._shared_env)
+        if shared is not None and shared.runner is not None and shared.runner.dedicated:
+            shared.runner.stop()
         self._close_sockets()
 
     def _close_sockets(self) -> None:

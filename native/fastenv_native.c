@@ -394,6 +394,94 @@ native_ring(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
     return PyLong_FromUnsignedLong(value);
 }
 
+PyDoc_STRVAR(ring_wait_doc,
+"ring_wait(buf, ring_offset, wait_offset, expected, timeout=None, spin_us=DEFAULT_SPIN_US) -> bool\n"
+"\n"
+"Ring the doorbell at ring_offset, then wait while the word at wait_offset\n"
+"equals expected, as wait() does (both doorbells' sleepers words follow their\n"
+"counters).  The GIL is released before the ring and the spin follows it in\n"
+"the same stretch: a peer thread woken by the ring finds the GIL free, and\n"
+"one that answers while this thread spins is seen without a GIL hand-over.\n"
+"Returns True when the waited word changed, False on timeout.");
+
+static PyObject *
+native_ring_wait(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"buf", "ring_offset", "wait_offset", "expected", "timeout", "spin_us", NULL};
+    PyObject *buf_obj, *ring_obj, *wait_obj, *expected_obj, *timeout_obj = Py_None;
+    Py_ssize_t spin_us = FASTENV_DEFAULT_SPIN_US;
+    Py_ssize_t ring_offset, wait_offset;
+    uint32_t expected;
+    int forever = 1;
+    double timeout = 0.0;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOO|On:ring_wait", kwlist, &buf_obj, &ring_obj,
+                                     &wait_obj, &expected_obj, &timeout_obj, &spin_us)) {
+        return NULL;
+    }
+    if (parse_offset(ring_obj, &ring_offset) < 0 || parse_offset(wait_obj, &wait_offset) < 0 ||
+        parse_u32(expected_obj, "expected", &expected) < 0) {
+        return NULL;
+    }
+    if (timeout_obj != Py_None) {
+        timeout = PyFloat_AsDouble(timeout_obj);
+        if (timeout == -1.0 && PyErr_Occurred()) {
+            return NULL;
+        }
+        if (isnan(timeout)) {
+            PyErr_SetString(PyExc_ValueError, "timeout must not be NaN");
+            return NULL;
+        }
+        forever = timeout > FASTENV_MAX_TIMEOUT_S;
+    }
+    if (spin_us < 0) {
+        PyErr_SetString(PyExc_ValueError, "spin_us must be >= 0");
+        return NULL;
+    }
+    if (spin_us > FASTENV_MAX_SPIN_US) {
+        spin_us = FASTENV_MAX_SPIN_US;
+    }
+    Py_buffer view;
+    uint32_t *ring_word;
+    if (acquire_word(buf_obj, ring_offset, &view, &ring_word) < 0) {
+        return NULL;
+    }
+    if (ring_offset > view.len - FASTENV_BELL_BYTES || wait_offset > view.len - FASTENV_BELL_BYTES) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "doorbell offset out of bounds");
+        return NULL;
+    }
+    uint32_t *ring_sleepers = (uint32_t *)((char *)view.buf + ring_offset + FASTENV_BELL_SLEEPERS);
+    uint32_t *wait_word = (uint32_t *)((char *)view.buf + wait_offset);
+    uint32_t *wait_sleepers = (uint32_t *)((char *)view.buf + wait_offset + FASTENV_BELL_SLEEPERS);
+    int64_t start = monotonic_ns();
+    int64_t deadline = forever ? INT64_MAX : start + (int64_t)(timeout * (double)NS_PER_S);
+    long woken;
+    wait_status status;
+    Py_BEGIN_ALLOW_THREADS
+    doorbell_ring(ring_word, ring_sleepers, &woken);
+    status = spin_phase(wait_word, expected, start + (int64_t)spin_us * 1000, forever, deadline);
+    Py_END_ALLOW_THREADS
+    if (woken < 0) {
+        int saved_errno = errno;
+        PyBuffer_Release(&view);
+        errno = saved_errno;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    int changed;
+    if (status == WAIT_CHANGED || status == WAIT_TIMEOUT) {
+        changed = status == WAIT_CHANGED;
+    }
+    else {
+        changed = wait_for_ring(wait_word, wait_sleepers, expected, 0, forever, deadline);
+    }
+    PyBuffer_Release(&view);
+    if (changed < 0) {
+        return NULL;
+    }
+    return PyBool_FromLong(changed);
+}
+
 PyDoc_STRVAR(spin_readable_doc,
 "spin_readable(fd, spin_us) -> bool\n"
 "\n"
@@ -455,6 +543,7 @@ static PyMethodDef native_methods[] = {
     {"wait", (PyCFunction)(void (*)(void))native_wait, METH_VARARGS | METH_KEYWORDS, wait_doc},
     {"wake", (PyCFunction)(void (*)(void))native_wake, METH_VARARGS | METH_KEYWORDS, wake_doc},
     {"ring", (PyCFunction)(void (*)(void))native_ring, METH_FASTCALL, ring_doc},
+    {"ring_wait", (PyCFunction)(void (*)(void))native_ring_wait, METH_VARARGS | METH_KEYWORDS, ring_wait_doc},
     {"spin_readable", (PyCFunction)(void (*)(void))native_spin_readable, METH_FASTCALL, spin_readable_doc},
     {NULL, NULL, 0, NULL},
 };

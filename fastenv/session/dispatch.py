@@ -11,8 +11,10 @@ role, serves a repeated ``get_state()`` from the env's cache, runs
 
 from __future__ import annotations
 
+import functools
 import logging
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 from fastenv import envinfo
@@ -44,6 +46,13 @@ class Dispatcher:
         self.publisher: TransitionPublisher | None = None
         self.shared: EnvHandle | None = None
         self.stats = stats
+
+    def executor_for(self, session: Session) -> Callable[[str, tuple, dict], tuple[bool, Any]]:
+        """``(name, args, kwargs) -> (ok, value)`` for ``session``'s calls: :meth:`execute`, on the env's thread if it has one."""
+        runner = session.handle.runner
+        if runner is None:
+            return functools.partial(self.execute, session)
+        return functools.partial(runner.run, self.execute, session)
 
     def execute(self, session: Session, name: str, args: tuple, kwargs: dict) -> tuple[bool, Any]:
         """Run one call on the session's env; ``(True, value)`` or ``(False, error body)``.

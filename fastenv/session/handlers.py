@@ -22,6 +22,7 @@ from fastenv.observe import TransitionPublisher
 from fastenv.protocol import Kind, Message
 from fastenv.replay import StaleRequest
 from fastenv.session.dispatch import Dispatcher, close_quietly
+from fastenv.session.envthread import EnvThread
 from fastenv.session.registry import SessionRegistry
 from fastenv.session.state import SessionState
 from fastenv.session.table import EnvHandle, Session
@@ -41,6 +42,7 @@ class ControlHandlers:
         registry: the sessions.
         dispatcher: runs calls on envs.
         make_env: a new env from the server's factory (per-client mode).
+        env_runner: the thread a new env is built and called on (None: the callers').
         publisher: the transition publisher (None: no observers).
         data_port: the TCP data listener's port (None: no data stream is offered).
         host: the server's host identity, sent in the welcome.
@@ -54,6 +56,7 @@ class ControlHandlers:
         dispatcher: Dispatcher,
         *,
         make_env: Callable[[], Any],
+        env_runner: Callable[[], EnvThread | None],
         publisher: TransitionPublisher | None,
         data_port: int | None,
         host: dict[str, Any],
@@ -64,6 +67,7 @@ class ControlHandlers:
         self._config = registry.config
         self._dispatcher = dispatcher
         self._make_env = make_env
+        self._env_runner = env_runner
         self._publisher = publisher
         self._data_port = data_port
         self._host = host
@@ -170,20 +174,24 @@ class ControlHandlers:
             self._registry.end(old)
         handle: EnvHandle | None = self._dispatcher.shared
         owns = self._config.mode == "per-client" or shipped is not None
+        runner = None
         try:
-            if shipped is not None:
-                handle = EnvHandle(shipped())
-            elif self._config.mode == "per-client":
-                handle = EnvHandle(self._make_env())
+            if owns:  # a new env, built on the thread all its calls will run on
+                runner = self._env_runner()
+                made = EnvHandle(None, runner=runner)
+                made.env = made.on_env_thread(shipped if shipped is not None else self._make_env)
+                handle = made
             assert handle is not None
-            env = handle.env
-            if peer.get("vector"):
-                env = _vector_view(env)
-            description = envinfo.describe(env)
+            env, description = handle.on_env_thread(_described, handle.env, bool(peer.get("vector")))
         except Exception as exc:
             self.stats["env_errors"] += 1
             if owns and handle is not None and handle is not self._dispatcher.shared:
-                close_quietly(handle.env)
+                if handle.env is not None:
+                    handle.on_env_thread(close_quietly, handle.env)
+                if handle.runner is not None and handle.runner.dedicated:
+                    handle.runner.stop()
+            elif runner is not None and runner.dedicated:
+                runner.stop()
             self.reply_error(identity, message.request_id, ErrorKind.REMOTE, exc, traceback.format_exc())
             return
         session = self._registry.open(
@@ -248,9 +256,9 @@ class ControlHandlers:
             self.stats["protocol_errors"] += 1
             self.reply_error(identity, message.request_id, ErrorKind.PROTOCOL, exc)
             return
-        execute = self._dispatcher.execute
+        execute = self._dispatcher.executor_for(session)
         try:
-            ok, value = session.call_record.run(message.request_id, lambda: execute(session, name, args, kwargs))
+            ok, value = session.call_record.run(message.request_id, lambda: execute(name, args, kwargs))
         except StaleRequest:
             return  # a duplicate of a request the client has given up on: nobody waits for a reply
         self.reply(identity, Kind.RESULT if ok else Kind.ERROR, message.request_id, value)
@@ -318,6 +326,13 @@ class ControlHandlers:
         if session is not None:
             self._registry.end(session)
         self.reply(identity, Kind.RESULT, message.request_id, None)
+
+
+def _described(env: Any, vector: bool) -> tuple[Any, dict[str, Any]]:
+    """What a session's calls run on (a vector view when asked for) and its description (on the env's thread)."""
+    if vector:
+        env = _vector_view(env)
+    return env, envinfo.describe(env)
 
 
 def _vector_view(env: Any) -> Any:

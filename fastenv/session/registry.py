@@ -22,6 +22,7 @@ from fastenv.control.address import process_alive
 from fastenv.control.router import ServerSocket
 from fastenv.session.config import ServerConfig
 from fastenv.session.dispatch import Dispatcher, close_quietly
+from fastenv.session.envthread import EnvThreadStopped
 from fastenv.session.state import SessionState
 from fastenv.session.table import EnvHandle, Session, SessionTable
 from fastenv.shm.arena import Arena
@@ -68,7 +69,7 @@ class SessionRegistry:
             role=role,
             client_key=client_key,
         )
-        execute = functools.partial(self._dispatcher.execute, session)
+        execute = self._dispatcher.executor_for(session)
         if self._streams:
             session.stream = TcpServerStream(
                 execute,
@@ -92,7 +93,7 @@ class SessionRegistry:
             session.stream = None  # no TCP stream for this session: its token no longer adopts one
         worker = ShmServerWorker(
             arena,
-            functools.partial(self._dispatcher.execute, session),
+            self._dispatcher.executor_for(session),
             limits=self.config.limits,
             max_message_bytes=self.config.max_message_bytes,
             spin_us=self.config.shm_spin_us,
@@ -144,10 +145,16 @@ class SessionRegistry:
         with session.handle.lock:
             if session.handle.lease == session.session_id:
                 session.handle.lease = None
-        if session.env is not session.handle.env:
-            close_quietly(session.env)  # a vector view made for this session (never closes the env itself)
-        if session.owns_env:
-            close_quietly(session.handle.env)
+        handle = session.handle
+        try:
+            if session.env is not handle.env:  # a vector view made for this session (never closes the env itself)
+                handle.on_env_thread(close_quietly, session.env)
+            if session.owns_env:
+                handle.on_env_thread(close_quietly, handle.env)
+        except EnvThreadStopped:  # shutting down: the env's thread is gone, and the env with the process
+            log.warning("session %s: its env was not closed (its thread has stopped)", session.session_id)
+        if session.owns_env and handle.runner is not None and handle.runner.dedicated:
+            handle.runner.stop()
         log.info("session %s closed after %d calls", session.session_id, session.calls)
 
     def end_all(self) -> None:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from fastenv.replay import ReplyRecord
+from fastenv.session.envthread import EnvThread
 from fastenv.session.state import SessionState
 from fastenv.shm.arena import Arena
 from fastenv.tcp.session import TcpServerStream
@@ -31,6 +32,12 @@ class EnvHandle:
     transitions: int = 0  # calls that changed it; observers see this as Transition.seq
     lease: str | None = None  # session id of the client holding the control lease
     cached_state: tuple[int, Any] | None = None  # (id of the env object asked, get_state() value)
+    runner: EnvThread | None = None  # the thread every call on the env runs on (None: the caller's)
+
+    def on_env_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` on the env's thread (at once, on the caller's, when it has none)."""
+        runner = self.runner
+        return fn(*args) if runner is None else runner.run(fn, *args)
 
 
 @dataclass
