@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,18 +13,14 @@ import pytest
 pytest.importorskip("stable_baselines3")
 
 import gymnasium
-import torch
 from assertions import assert_same
-from stable_baselines3 import PPO
 from stable_baselines3.common.monitor import Monitor
-from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+from stable_baselines3.common.vec_env import SubprocVecEnv
 
-import fastenv
 from fastenv.sb3 import RemoteVecEnv
 from fastenv.server_process import ServerProcess
 
 T = 30.0
-STEPS = 256
 
 
 @pytest.fixture(scope="module")
@@ -35,21 +33,19 @@ def _cartpole() -> gymnasium.Env:
     return gymnasium.make("CartPole-v1")
 
 
-def _weights(model: PPO) -> dict[str, torch.Tensor]:
-    return {name: tensor.detach().clone() for name, tensor in model.policy.state_dict().items()}
+def _train(kind: str, address: str, tmp_path: Path) -> dict[str, np.ndarray]:
+    """The policy weights after training in ``tests/sb3_train.py`` (a process of its own, see there)."""
+    out = tmp_path / f"{kind}.npz"
+    script = Path(__file__).parent / "sb3_train.py"
+    subprocess.run([sys.executable, str(script), kind, address, str(out)], check=True, timeout=300)
+    with np.load(out) as weights:
+        return dict(weights)
 
 
-def _train(venv: Any) -> dict[str, torch.Tensor]:
-    torch.manual_seed(0)
-    model = PPO("MlpPolicy", venv, n_steps=32, batch_size=32, n_epochs=2, seed=0, device="cpu")
-    model.learn(STEPS)
-    return _weights(model)
-
-
-def _same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+def _same_weights(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
     assert a.keys() == b.keys()
     for name in a:
-        assert torch.equal(a[name], b[name]), name
+        assert np.array_equal(a[name], b[name]), name
 
 
 def test_remote_vec_env_rolls_out_as_subproc_vec_env(cartpole: str) -> None:
@@ -77,20 +73,9 @@ def test_remote_vec_env_rolls_out_as_subproc_vec_env(cartpole: str) -> None:
         local.close()
 
 
-def test_ppo_trains_the_same_weights_through_fastenv(cartpole: str) -> None:
-    local = _train(DummyVecEnv([_cartpole]))
-    remote_env = DummyVecEnv([lambda: fastenv.FastRemoteEnv(cartpole, timeout=T)])
-    try:
-        _same_weights(_train(remote_env), local)
-    finally:
-        remote_env.close()
+def test_ppo_trains_the_same_weights_through_fastenv(cartpole: str, tmp_path: Path) -> None:
+    _same_weights(_train("remote", cartpole, tmp_path), _train("local", cartpole, tmp_path))
 
 
-def test_ppo_on_remote_vec_env_matches_subproc_vec_env(cartpole: str) -> None:
-    local_env = SubprocVecEnv([_cartpole] * 4)
-    remote_env = RemoteVecEnv(cartpole, num_envs=4, timeout=T)
-    try:
-        _same_weights(_train(remote_env), _train(local_env))
-    finally:
-        remote_env.close()
-        local_env.close()
+def test_ppo_on_remote_vec_env_matches_subproc_vec_env(cartpole: str, tmp_path: Path) -> None:
+    _same_weights(_train("remote-vec", cartpole, tmp_path), _train("subproc", cartpole, tmp_path))
