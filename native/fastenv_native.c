@@ -233,6 +233,28 @@ PyDoc_STRVAR(wait_doc,
 "sleepers >= 0 is the offset of a word counting the threads asleep on this\n"
 "word (see ring); -1 for none.");
 
+/* A wait's timeout (None: forever) and spin budget, checked: 0, or -1 with a Python exception set. */
+static int
+parse_wait_budget(PyObject *timeout_obj, Py_ssize_t spin_us, double *timeout, int *forever)
+{
+    if (timeout_obj != Py_None) {
+        *timeout = PyFloat_AsDouble(timeout_obj);
+        if (*timeout == -1.0 && PyErr_Occurred()) {
+            return -1;
+        }
+        if (isnan(*timeout)) {
+            PyErr_SetString(PyExc_ValueError, "timeout must not be NaN");
+            return -1;
+        }
+        *forever = *timeout > FASTENV_MAX_TIMEOUT_S;
+    }
+    if (spin_us < 0) {
+        PyErr_SetString(PyExc_ValueError, "spin_us must be >= 0");
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *
 native_wait(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
 {
@@ -254,19 +276,7 @@ native_wait(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
         parse_u32(expected_obj, "expected", &expected) < 0) {
         return NULL;
     }
-    if (timeout_obj != Py_None) {
-        timeout = PyFloat_AsDouble(timeout_obj);
-        if (timeout == -1.0 && PyErr_Occurred()) {
-            return NULL;
-        }
-        if (isnan(timeout)) {
-            PyErr_SetString(PyExc_ValueError, "timeout must not be NaN");
-            return NULL;
-        }
-        forever = timeout > FASTENV_MAX_TIMEOUT_S;
-    }
-    if (spin_us < 0) {
-        PyErr_SetString(PyExc_ValueError, "spin_us must be >= 0");
+    if (parse_wait_budget(timeout_obj, spin_us, &timeout, &forever) < 0) {
         return NULL;
     }
 
@@ -423,19 +433,7 @@ native_ring_wait(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
         parse_u32(expected_obj, "expected", &expected) < 0) {
         return NULL;
     }
-    if (timeout_obj != Py_None) {
-        timeout = PyFloat_AsDouble(timeout_obj);
-        if (timeout == -1.0 && PyErr_Occurred()) {
-            return NULL;
-        }
-        if (isnan(timeout)) {
-            PyErr_SetString(PyExc_ValueError, "timeout must not be NaN");
-            return NULL;
-        }
-        forever = timeout > FASTENV_MAX_TIMEOUT_S;
-    }
-    if (spin_us < 0) {
-        PyErr_SetString(PyExc_ValueError, "spin_us must be >= 0");
+    if (parse_wait_budget(timeout_obj, spin_us, &timeout, &forever) < 0) {
         return NULL;
     }
     if (spin_us > FASTENV_MAX_SPIN_US) {
