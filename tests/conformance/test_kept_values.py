@@ -69,16 +69,20 @@ def test_returned_arrays_are_writable_like_the_local_envs(env) -> None:
 def test_kept_transitions_of_an_observer_stay_as_they_were(connect) -> None:
     observer = connect(role="observer")
     driver = connect()
-    driver.reset(seed=1)
-    for _ in range(50):
-        driver.step(0)
     kept, snapshots = [], []
-    for _ in range(51):
-        transition = observer.next_transition(timeout=30.0)
+
+    def step_and_keep(call: str, *args: object) -> None:
+        driver.invoke(call, args, {"seed": 1} if call == "reset" else {})
+        transition = observer.next_transition(timeout=30.0)  # keeping up: a slow observer would skip
         kept.append(transition)
         snapshots.append(copy.deepcopy(transition.result))
+
+    step_and_keep("reset")
+    for _ in range(50):
+        step_and_keep("step", 0)
     for _ in range(50):  # more transitions arrive (and are read) after those were returned
         driver.step(0)
         observer.next_transition(timeout=30.0)
+    assert observer.skipped == 0
     for transition, snapshot in zip(kept, snapshots):
         assert_same(transition.result, snapshot)
