@@ -17,7 +17,7 @@ Quick start::
 from fastenv import gym_envs as _gym_envs  # noqa: F401  (registers the fastenv/... Gymnasium ids, lazily)
 from fastenv._version import __version__
 from fastenv.client import FastRemoteEnv, connect
-from fastenv.codec import Limits, decode, encode, register_type
+from fastenv.codec import Limits, decode, encode, register_dataclass, register_type
 from fastenv.control.auth import AuthConfig
 from fastenv.errors import (
     AddressInUse,
@@ -53,6 +53,7 @@ from fastenv.errors import (
     SSHConnectError,
     TargetError,
     TooManyPending,
+    TorchRequired,
     TransportError,
     TrustedModeError,
     UnknownMethodError,
@@ -76,6 +77,7 @@ __all__ = [
     "ServerBusy",
     "ServerKeyMismatch",
     "TooManyPending",
+    "TorchRequired",
     "TrustedModeError",
     "ClientClosedError",
     "ConnectionLost",
@@ -107,6 +109,7 @@ __all__ = [
     "connect",
     "decode",
     "encode",
+    "register_dataclass",
     "register_type",
     "reply_array",
 ]

@@ -35,6 +35,7 @@ except ImportError:  # Gymnasium is optional
 TRANSPORTS = ("auto", "shm", "tcp")
 ROLES = ("shared", "controller", "observer")
 SESSION_LOST_POLICIES = ("raise", "recreate")
+TENSOR_FORMS = ("torch", "numpy")
 
 
 class FastRemoteEnv(HandshakeAttributes, SharingCalls, _EnvBase):
@@ -96,6 +97,14 @@ class FastRemoteEnv(HandshakeAttributes, SharingCalls, _EnvBase):
         factory: trusted mode (see :meth:`create`): a zero-argument callable,
             cloudpickled and run by the server to make this session's env.
             Needs ``auth`` and a server started with ``--allow-trusted``.
+        tensors: how torch tensors the env returns arrive: ``"torch"`` (the
+            default: tensors of the same dtype and shape; needs
+            ``pip install "fastenv[torch]"`` here) or ``"numpy"`` (the server
+            sends numpy arrays; dtypes numpy lacks are widened: ``bfloat16`` and
+            ``float8`` to ``float32``).
+        device: place every received tensor on this torch device (``"cuda:0"``);
+            ``None`` leaves them in host memory (on shared memory, views of the
+            reply).
 
     Example::
 
@@ -122,11 +131,17 @@ class FastRemoteEnv(HandshakeAttributes, SharingCalls, _EnvBase):
         heartbeat_interval: float | None = None,
         auth: AuthLike | None = None,
         factory: Callable[[], Any] | None = None,
+        tensors: str = "torch",
+        device: Any = None,
     ) -> None:
         if transport not in TRANSPORTS:
             raise ValueError(f"unknown transport {transport!r}; choose one of {', '.join(TRANSPORTS)}")
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
+        if tensors not in TENSOR_FORMS:
+            raise ValueError(f"tensors must be one of {', '.join(TENSOR_FORMS)}")
+        if device is not None and tensors != "torch":
+            raise ValueError("device= places torch tensors: it needs tensors='torch'")
         if on_session_lost not in SESSION_LOST_POLICIES:
             raise ValueError(f"on_session_lost must be one of {', '.join(SESSION_LOST_POLICIES)}")
         self._auth = client_auth(auth)
@@ -144,6 +159,8 @@ class FastRemoteEnv(HandshakeAttributes, SharingCalls, _EnvBase):
             reconnect=reconnect,
             on_session_lost=on_session_lost,
             factory_payload=pack_factory(factory) if factory is not None else None,
+            tensors=tensors,
+            device=device,
         )
         channel_options: dict[str, Any] = {"auth": self._auth}
         if heartbeat_interval is not None:

@@ -26,20 +26,23 @@ set/frozenset  ``(SET, [nodes])`` / ``(FROZENSET, [nodes])``
 complex        ``(COMPLEX, real, imag)``
 numpy array    ``(ARRAY, buffer_index, dtype, shape, order)``
 numpy scalar   ``(SCALAR, dtype, raw_bytes)``
+torch tensor   ``(TENSOR, buffer_index, dtype_name, shape)``
 registered     ``(EXT, type_name, node)``
 =============  ==================================================
 
 Numpy arrays of every numeric, bool, datetime, timedelta, fixed-width string
 and structured dtype are supported (any shape; non-contiguous arrays are sent
 as a C-ordered copy, Fortran-ordered arrays keep their order). Object arrays
-are refused. Other types are sent through :func:`register_type`, which must be
-called with the same name on both sides (Gymnasium spaces and ``EnvSpec`` are
-registered by :mod:`fastenv.gym_types`).
+are refused. torch tensors of every dtype travel as tensors (:mod:`fastenv.tensors`:
+C-ordered, staged to host memory when they live on a device). Other types are
+sent through :func:`register_type`, or :func:`register_dataclass` for a
+dataclass, called with the same name on both sides (Gymnasium spaces and
+``EnvSpec`` are registered by :mod:`fastenv.gym_types`).
 """
 
 from __future__ import annotations
 
-import io
+import dataclasses
 import pickle
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -48,10 +51,12 @@ from typing import Any
 
 import numpy as np
 
+from fastenv import tensors
 from fastenv.errors import DecodeError, EncodeError, FastEnvError, FrameTooLarge, NestingTooDeep
+from fastenv.skeleton import load_skeleton
 
 # Skeleton tags. Part of the wire format: never renumber.
-TUPLE, DICT, ODICT, SET, FROZENSET, COMPLEX, ARRAY, SCALAR, EXT = range(1, 10)
+TUPLE, DICT, ODICT, SET, FROZENSET, COMPLEX, ARRAY, SCALAR, EXT, TENSOR = range(1, 11)
 
 DEFAULT_MAX_DEPTH = 64
 MAX_DIMS = 64  # numpy's own limit on array dimensions
@@ -120,6 +125,36 @@ def register_type(
     _BY_NAME[name] = entry
 
 
+def register_dataclass(cls: type, name: str | None = None) -> type:
+    """Teach the codec to carry instances of the dataclass ``cls``, fields and all.
+
+    Call it once on each side (client and server) with the same ``name``
+    (default: the class's module and qualified name). The fields are read
+    from the class; their values may be anything the codec carries
+    (tensors, arrays, other registered dataclasses, containers). A received
+    instance is rebuilt without calling ``__init__`` or ``__post_init__``,
+    exactly as it was sent. Returns ``cls``, so it works as a decorator.
+    """
+    if not dataclasses.is_dataclass(cls) or not isinstance(cls, type):
+        raise TypeError(f"register_dataclass needs a dataclass type, got {cls!r}")
+    fields = tuple(field.name for field in dataclasses.fields(cls))
+    wire_name = name if name is not None else f"{cls.__module__}.{cls.__qualname__}"
+
+    def to_data(obj: Any) -> list:
+        return [getattr(obj, field) for field in fields]
+
+    def from_data(data: Any) -> Any:
+        if type(data) is not list or len(data) != len(fields):
+            raise DecodeError(f"{wire_name} expects {len(fields)} field values")
+        obj = object.__new__(cls)
+        for field, value in zip(fields, data):
+            object.__setattr__(obj, field, value)
+        return obj
+
+    register_type(cls, wire_name, to_data, from_data)
+    return cls
+
+
 def registered_types() -> list[str]:
     """Wire names of all registered types."""
     return sorted(_BY_NAME)
@@ -184,9 +219,20 @@ def _encode(value: Any, buffers: list[Buffer], depth: int) -> Any:
         return (EXT, entry.name, _encode(entry.to_data(value), buffers, depth))
     if kind is bytearray or kind is memoryview:
         return bytes(value)
+    if tensors.is_tensor(value):
+        entry, array = tensors.host_bits(value)
+        if not array.flags.c_contiguous:  # a tensor travels C-ordered, whatever its strides
+            array = np.ascontiguousarray(array)
+        node = _array_node(array, buffers)
+        return (TENSOR, node[1], entry.name, node[3])
+    if dataclasses.is_dataclass(value):
+        raise EncodeError(
+            f"cannot send the dataclass {kind.__module__}.{kind.__qualname__}: register it on both "
+            "client and server with fastenv.register_dataclass(cls)"
+        )
     raise EncodeError(
         f"cannot send a value of type {kind.__module__}.{kind.__qualname__}: "
-        "fastenv carries plain data (containers, scalars, numpy arrays); "
+        "fastenv carries plain data (containers, scalars, numpy arrays, torch tensors); "
         "teach it this type with fastenv.register_type(cls, name, to_data, from_data) "
         "on both client and server"
     )
@@ -196,99 +242,15 @@ def encode(value: Any, *, max_depth: int = DEFAULT_MAX_DEPTH) -> tuple[bytes, li
     """Split ``value`` into a skeleton and a list of raw array buffers (no array is copied
     unless it is non-contiguous)."""
     buffers: list[Buffer] = []
-    tree = _encode(value, buffers, max_depth)
+    try:
+        tree = _encode(value, buffers, max_depth)
+    finally:
+        if tensors.STAGING.devices:  # device tensors were copied to host memory: wait once per device
+            tensors.STAGING.finish()
     return pickle.dumps(tree, protocol=5), buffers
 
 
 # --------------------------------------------------------------------------- decode
-
-
-# The pickle opcodes a protocol-5 pickle of a skeleton tree (lists, tuples, atoms) is made of.
-# Everything else is refused before the unpickler runs: opcodes that name globals or call
-# anything, and the memo writes that take an index (PUT, BINPUT, LONG_BINPUT), with which a
-# 20-byte payload makes the unpickler allocate and zero gigabytes for its memo table.
-_FIXED_ARGUMENT = {
-    0x80: 1,  # PROTO
-    0x95: 8,  # FRAME
-    0x28: 0,  # MARK
-    0x5D: 0,  # EMPTY_LIST
-    0x29: 0,  # EMPTY_TUPLE
-    0x61: 0,  # APPEND
-    0x65: 0,  # APPENDS
-    0x74: 0,  # TUPLE
-    0x85: 0,  # TUPLE1
-    0x86: 0,  # TUPLE2
-    0x87: 0,  # TUPLE3
-    0x94: 0,  # MEMOIZE (appends to the memo: it grows one entry per opcode at most)
-    0x68: 1,  # BINGET
-    0x6A: 4,  # LONG_BINGET
-    0x4E: 0,  # NONE
-    0x88: 0,  # NEWTRUE
-    0x89: 0,  # NEWFALSE
-    0x4A: 4,  # BININT
-    0x4B: 1,  # BININT1
-    0x4D: 2,  # BININT2
-    0x47: 8,  # BINFLOAT
-}
-_COUNTED_ARGUMENT = {  # opcode -> width of the length that precedes the argument
-    0x8A: 1,  # LONG1
-    0x8B: 4,  # LONG4
-    0x8C: 1,  # SHORT_BINUNICODE
-    0x58: 4,  # BINUNICODE
-    0x8D: 8,  # BINUNICODE8
-    0x43: 1,  # SHORT_BINBYTES
-    0x42: 4,  # BINBYTES
-    0x8E: 8,  # BINBYTES8
-}
-_STOP = 0x2E
-_REFUSED, _END = 1000, 1001
-# One entry per byte value: the fixed argument size, -width for a counted argument, or a marker.
-_OPCODES = [_REFUSED] * 256
-for _op, _size in _FIXED_ARGUMENT.items():
-    _OPCODES[_op] = _size
-for _op, _width in _COUNTED_ARGUMENT.items():
-    _OPCODES[_op] = -_width
-_OPCODES[_STOP] = _END
-
-
-def _check_opcodes(data: bytes) -> None:
-    """Refuse a pickle unless it is only the opcodes of a skeleton tree, whole and in bounds."""
-    table = _OPCODES
-    end = len(data)
-    at = 0
-    while at < end:
-        size = table[data[at]]
-        at += 1
-        if size < 0:  # a counted argument: its length, then that many bytes
-            if size == -1:
-                at += 1 + (data[at] if at < end else 0)
-            else:
-                at += -size + int.from_bytes(data[at : at - size], "little")
-        elif size < _REFUSED:
-            at += size
-        elif size == _END:
-            if at != end:
-                raise DecodeError("malformed payload: data after the end of the skeleton")
-            return
-        else:
-            raise DecodeError(
-                f"refused pickle opcode {data[at - 1]:#04x}: fastenv payloads are data only "
-                "(a peer tried to send code, an object or a memo write)"
-            )
-    raise DecodeError("malformed payload: the skeleton is truncated")
-
-
-class _DataOnlyUnpickler(pickle.Unpickler):
-    """An unpickler that can build only builtin data: every global is refused."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        raise DecodeError(
-            f"refused to load {module}.{name}: fastenv payloads are data only "
-            "(a peer tried to send code or an object)"
-        )
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise DecodeError("refused a persistent reference in a fastenv payload")
 
 
 _DTYPE_CACHE: dict[str, np.dtype] = {}
@@ -316,12 +278,25 @@ def _decode_array(node: tuple, buffers: Sequence[Buffer], limits: Limits) -> np.
     if len(node) != 5:
         raise DecodeError("malformed array node")
     _, index, dtype_spec, shape_node, order = node
-    if not isinstance(index, int) or not 0 <= index < len(buffers):
-        raise DecodeError(f"array refers to buffer {index!r} but {len(buffers)} were sent")
-    dtype = _parse_dtype(dtype_spec)
-    shape = _decode_shape(shape_node)
     if order not in ("C", "F"):
         raise DecodeError(f"invalid array order {order!r}")
+    return _array_on(buffers, index, _parse_dtype(dtype_spec), _decode_shape(shape_node), order, limits)
+
+
+def _decode_tensor(node: tuple, buffers: Sequence[Buffer], limits: Limits) -> Any:
+    if len(node) != 4:
+        raise DecodeError("malformed tensor node")
+    _, index, dtype_name, shape_node = node
+    entry = tensors.dtype_named(dtype_name)
+    array = _array_on(buffers, index, entry.storage, _decode_shape(shape_node), "C", limits)
+    return tensors.tensor_from_array(array, entry)
+
+
+def _array_on(
+    buffers: Sequence[Buffer], index: Any, dtype: np.dtype, shape: tuple[int, ...], order: str, limits: Limits
+) -> np.ndarray:
+    if not isinstance(index, int) or not 0 <= index < len(buffers):
+        raise DecodeError(f"array refers to buffer {index!r} but {len(buffers)} were sent")
     count = 1
     for dim in shape:
         count *= dim
@@ -382,6 +357,8 @@ def _decode(node: Any, buffers: Sequence[Buffer], depth: int, limits: Limits, bu
             return dict(pairs) if tag == DICT else OrderedDict(pairs)
         if tag == ARRAY:
             return _decode_array(node, buffers, limits)
+        if tag == TENSOR:
+            return _decode_tensor(node, buffers, limits)
         if tag == SCALAR:
             _, dtype_spec, raw = node
             dtype = _parse_dtype(dtype_spec)
@@ -443,13 +420,7 @@ def decode(skeleton: Buffer, buffers: Sequence[Buffer] = (), *, limits: Limits =
     if size > limits.max_skeleton_bytes:
         raise FrameTooLarge(f"skeleton of {size} bytes exceeds the limit of {limits.max_skeleton_bytes}")
     data = skeleton if type(skeleton) is bytes else bytes(skeleton)
-    _check_opcodes(data)
-    try:
-        tree = _DataOnlyUnpickler(io.BytesIO(data), buffers=()).load()
-    except DecodeError:
-        raise
-    except Exception as exc:  # any unpickling failure is a protocol error, never a crash
-        raise DecodeError(f"malformed payload: {type(exc).__name__}: {exc}") from exc
+    tree = load_skeleton(data)
     # Every item of a tree our encoder made costs at least one byte of pickle; only a
     # tree that reuses one container many times grows larger (exponentially, if nested).
     budget = [size + 16]

@@ -119,6 +119,14 @@ class EncodeError(ProtocolError, TypeError):
     """A value cannot be sent: its type is not supported by the codec."""
 
 
+class TorchRequired(DecodeError):
+    """A torch tensor arrived where torch is not installed.
+
+    Install ``fastenv[torch]``, or open the client with ``tensors="numpy"``
+    (the server then sends tensors as numpy arrays).
+    """
+
+
 class LimitExceeded(FastEnvError):
     """A request broke one of the server's configured limits.
 

@@ -20,6 +20,7 @@ Spec nodes::
     ("const", value)                a str or bytes leaf that never changes
     ("scalar", kind, fmt)           kind "bool" | "int" | "float" | numpy dtype str; fmt a struct code
     ("array", dtype, shape, order)  a numpy array (its bytes live in the data area)
+    ("tensor", dtype_name, shape)   a torch tensor (its bytes, C-ordered, live in the data area)
     ("tuple", [children]) / ("list", [children])
     ("dict", [keys], [children]) / ("odict", [keys], [children])
 """
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import math
 import struct
+import sys
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from fastenv import native as _switch  # Layout(native=...) is a parameter name here
+from fastenv import tensors
 from fastenv.errors import DecodeError
 
 ALIGN = 64
@@ -100,6 +103,12 @@ def infer_spec(value: Any, depth: int = 32) -> Any:
         return ("array", value.dtype.str, tuple(value.shape), order)
     if kind is tuple or kind is list:
         return ("tuple" if kind is tuple else "list", [infer_spec(item, depth - 1) for item in value])
+    if tensors.is_tensor(value) and kind.__module__ == "torch":  # torch.Tensor itself, not a subclass
+        try:
+            entry = tensors.wire_dtype(value.dtype)
+        except TypeError as exc:  # a dtype no layout carries
+            raise LayoutMismatch(str(exc)) from exc
+        return ("tensor", entry.name, tuple(value.shape))
     if kind is dict or kind is OrderedDict:
         keys = list(value)
         if not all(type(key) in (str, int) for key in keys):
@@ -290,18 +299,26 @@ class _Program:
                 return (getattr(ops, _PLAIN_OPS[kind]), offset)
             return (ops.NPSCALAR, offset, np.dtype(kind).type, ord(spec[2]))
         if tag == "array":
-            dtype, shape, order, offset = self._arrays[self._array]
-            index = self._array
-            self._array += 1
-            nbytes = self._counts[index] * dtype.itemsize
-            format_ = memoryview(np.empty((0,), dtype)).format.encode()
-            return (ops.ARRAY, offset, np.ndarray, format_, tuple(shape), nbytes, index, order == "F")
+            return self._array_node()
+        if tag == "tensor":
+            entry = tensors.dtype_named(spec[1])
+            to_array, from_array = tensors.layout_converter(entry), tensors.layout_builder(entry)
+            return (ops.TENSOR, sys.modules["torch"].Tensor, to_array, from_array, self._array_node())
         if tag in ("tuple", "list"):
             children = tuple(self.node(child) for child in spec[1])
             return (ops.TUPLE if tag == "tuple" else ops.LIST, children)
         keys = tuple(spec[1])
         children = tuple(self.node(child) for child in spec[2])
         return (ops.DICT, keys, children, dict if tag == "dict" else OrderedDict)
+
+
+    def _array_node(self) -> tuple:
+        dtype, shape, order, offset = self._arrays[self._array]
+        index = self._array
+        self._array += 1
+        nbytes = self._counts[index] * dtype.itemsize
+        format_ = memoryview(np.empty((0,), dtype)).format.encode()
+        return (_native_layout.ARRAY, offset, np.ndarray, format_, tuple(shape), nbytes, index, order == "F")
 
 
 _PLAIN_OPS = {"bool": "BOOL", "int": "INT", "float": "FLOAT"}
@@ -322,6 +339,8 @@ def _compile(spec: Any, codes: list[str], arrays: list, counter: list[int]) -> _
         return _compile_scalar(spec[1], spec[2], codes)
     if tag == "array" and len(spec) == 4:
         return _compile_array(spec[1], spec[2], spec[3], arrays)
+    if tag == "tensor" and len(spec) == 3:
+        return _compile_tensor(spec[1], spec[2], arrays)
     if tag in ("tuple", "list") and len(spec) == 2 and isinstance(spec[1], list):
         children = [_compile(child, codes, arrays, counter) for child in spec[1]]
         return _compile_sequence(tuple if tag == "tuple" else list, children)
@@ -383,10 +402,9 @@ def _compile_array(dtype_str: Any, shape: Any, order: Any, arrays: list) -> _Com
         dtype = None
     if dtype is None or dtype.hasobject or dtype.fields is not None or dtype.str != dtype_str:
         raise DecodeError(f"invalid array dtype {dtype_str!r} in layout")
-    if not isinstance(shape, tuple) or not all(type(dim) is int and dim >= 0 for dim in shape) or order not in ("C", "F"):
-        raise DecodeError("invalid array shape or order in layout")
-    if math.prod(shape) * dtype.itemsize > MAX_ARRAY_BYTES:
-        raise DecodeError(f"layout array of shape {shape} is larger than any message")
+    if order not in ("C", "F"):
+        raise DecodeError("invalid array order in layout")
+    _check_shape(shape, dtype)
     arrays.append((dtype, shape, order))
 
     def extract(value: Any, scalars: list, collected: list) -> None:
@@ -395,6 +413,32 @@ def _compile_array(dtype_str: Any, shape: Any, order: Any, arrays: list) -> _Com
         collected.append(value)
 
     return _Compiled(extract, lambda s, a: next(a))
+
+
+def _compile_tensor(dtype_name: Any, shape: Any, arrays: list) -> _Compiled:
+    entry = tensors.dtype_named(dtype_name)
+    _check_shape(shape, entry.storage)
+    arrays.append((entry.storage, shape, "C"))
+    tensor_type = sys.modules["torch"].Tensor
+    to_array = tensors.layout_converter(entry)
+    from_array = tensors.layout_builder(entry)
+
+    def extract(value: Any, scalars: list, collected: list) -> None:
+        if type(value) is not tensor_type or value.shape != shape:
+            raise LayoutMismatch
+        array = to_array(value)
+        if array is None:
+            raise LayoutMismatch
+        collected.append(array)
+
+    return _Compiled(extract, lambda s, a: from_array(next(a)))
+
+
+def _check_shape(shape: Any, dtype: np.dtype) -> None:
+    if not isinstance(shape, tuple) or not all(type(dim) is int and dim >= 0 for dim in shape):
+        raise DecodeError("invalid array shape in layout")
+    if math.prod(shape) * dtype.itemsize > MAX_ARRAY_BYTES:
+        raise DecodeError(f"layout array of shape {shape} is larger than any message")
 
 
 def _compile_sequence(kind: type, children: list[_Compiled]) -> _Compiled:

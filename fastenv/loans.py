@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from fastenv.layout import LayoutMismatch
+from fastenv.tensors import StagingNeeded
 
 __all__ = ["ReplyLoans", "reply_array"]
 
@@ -156,5 +157,5 @@ class ReplyLoans:
         layout = found[1]
         try:
             return layout.extract_into(bytearray(layout.scalars.size), value)
-        except LayoutMismatch:
+        except (LayoutMismatch, StagingNeeded):  # a device tensor was not lent a place in the reply
             return None

@@ -97,8 +97,11 @@ def is_session_gone(body: Any) -> bool:
     return isinstance(body, dict) and body.get("kind") in SESSION_GONE
 
 
-def error_from_body(body: Any) -> FastEnvError:
-    """The typed error an ERROR reply's body stands for (never anything the peer names but these)."""
+def error_from_body(body: Any, what: str = "the call") -> FastEnvError:
+    """The typed error an ERROR reply's body stands for (never anything the peer names but these).
+
+    ``what`` names the call in the errors that need it (``step()``).
+    """
     if not isinstance(body, dict):
         return ProtocolError(f"malformed error reply: {body!r:.200}")
     kind = body.get("kind")
@@ -120,7 +123,7 @@ def error_from_body(body: Any) -> FastEnvError:
     if kind in SESSION_GONE:
         return SessionLost(message)
     if kind == ErrorKind.ENCODE.value:
-        return EncodeError(f"the server could not send the result: {message}")
+        return EncodeError(f"the server could not send the result of {what}: {message}")
     return ProtocolError(f"server rejected the request ({kind}): {message}")
 
 

@@ -32,6 +32,11 @@
  *   (BOOL, off) (INT, off) (FLOAT, off)   Python scalars: u8, int64, double
  *   (NPSCALAR, off, type, code)     numpy scalar; code one of ?bBhHiIqQefd
  *   (ARRAY, off, ndarray, format, shape, nbytes, index, fortran)
+ *   (TENSOR, type, to_array, from_array, array_node)
+ *       a value of exactly `type` (torch.Tensor) whose bytes are an array:
+ *       pack calls to_array(value) (None: the structure differs) and packs
+ *       the result as array_node, an ARRAY node; unpack calls
+ *       from_array(array) on the array array_node rebuilds.
  *   (TUPLE, children) (LIST, children)
  *   (DICT, keys, children, type)    type is dict or OrderedDict
  *
@@ -60,6 +65,7 @@ enum {
     OP_TUPLE = 7,
     OP_LIST = 8,
     OP_DICT = 9,
+    OP_TENSOR = 10,
 };
 
 #define MAX_DEPTH 64
@@ -356,6 +362,33 @@ done:
     return status;
 }
 
+/* A TENSOR node: the value converted to an array by the program's to_array, packed as its ARRAY node. */
+static int
+pack_tensor(pack_ctx *ctx, PyObject *node, PyObject *value)
+{
+    if (node_size(node, 5) < 0) {
+        return PACK_ERROR;
+    }
+    if ((PyObject *)Py_TYPE(value) != PyTuple_GET_ITEM(node, 1)) {
+        return PACK_MISMATCH;
+    }
+    PyObject *array = PyObject_CallOneArg(PyTuple_GET_ITEM(node, 2), value);
+    if (array == NULL) {
+        return PACK_ERROR;
+    }
+    PyObject *array_node = PyTuple_GET_ITEM(node, 4);
+    int status;
+    if (array == Py_None) {
+        status = PACK_MISMATCH;
+    } else if (opcode_of(array_node) != OP_ARRAY) {
+        status = PyErr_Occurred() ? PACK_ERROR : bad_program("tensor node without an array node");
+    } else {
+        status = pack_array(ctx, array_node, array);
+    }
+    Py_DECREF(array);
+    return status;
+}
+
 static int
 pack_node(pack_ctx *ctx, PyObject *node, PyObject *value, int depth)
 {
@@ -434,6 +467,8 @@ pack_node(pack_ctx *ctx, PyObject *node, PyObject *value, int depth)
         return pack_npscalar(ctx, node, value);
     case OP_ARRAY:
         return pack_array(ctx, node, value);
+    case OP_TENSOR:
+        return pack_tensor(ctx, node, value);
     case OP_TUPLE:
     case OP_LIST:
         if (node_size(node, 2) < 0) {
@@ -702,6 +737,26 @@ unpack_node(unpack_ctx *ctx, PyObject *node, int depth)
             return PyObject_CallMethodNoArgs(source, str_copy);
         }
         return Py_NewRef(PyList_GET_ITEM(ctx->arrays, index));
+    case OP_TENSOR: {
+        if (node_size(node, 5) < 0) {
+            return NULL;
+        }
+        PyObject *array_node = PyTuple_GET_ITEM(node, 4);
+        long inner = opcode_of(array_node);
+        if (inner != OP_ARRAY) {
+            if (inner != -1) {
+                bad_program("tensor node without an array node");
+            }
+            return NULL;
+        }
+        PyObject *array = unpack_node(ctx, array_node, depth + 1);
+        if (array == NULL) {
+            return NULL;
+        }
+        PyObject *tensor = PyObject_CallOneArg(PyTuple_GET_ITEM(node, 3), array);
+        Py_DECREF(array);
+        return tensor;
+    }
     case OP_TUPLE:
         return unpack_sequence(ctx, node, 0, depth);
     case OP_LIST:
@@ -767,6 +822,7 @@ layout_exec(PyObject *module)
         {"NONE", OP_NONE}, {"CONST", OP_CONST}, {"BOOL", OP_BOOL}, {"INT", OP_INT},
         {"FLOAT", OP_FLOAT}, {"NPSCALAR", OP_NPSCALAR}, {"ARRAY", OP_ARRAY},
         {"TUPLE", OP_TUPLE}, {"LIST", OP_LIST}, {"DICT", OP_DICT},
+        {"TENSOR", OP_TENSOR},
     };
     for (size_t i = 0; i < sizeof(opcodes) / sizeof(opcodes[0]); i++) {
         if (PyModule_AddIntConstant(module, opcodes[i].name, opcodes[i].value) < 0) {

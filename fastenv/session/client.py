@@ -25,6 +25,7 @@ from fastenv.errors import (
     AlreadyPendingError,
     ClientClosedError,
     ConnectionLost,
+    EncodeError,
     FastEnvError,
     FastEnvTimeout,
     LeaseHeld,
@@ -35,6 +36,7 @@ from fastenv.errors import (
 from fastenv.protocol import GETATTR, LEASE, Kind
 from fastenv.session.resume import RECONNECT_BACKOFF_S, reconnect_transport, resume_session
 from fastenv.session.state import ClientState
+from fastenv.tensors import to_device
 from fastenv.transport.base import CallBody, ClientTransport, Reply
 from fastenv.transport.choose import RouteOptions, open_route
 from fastenv.transport.control import unwrap
@@ -71,6 +73,8 @@ class SessionOptions:
     reconnect: bool = True
     on_session_lost: str = "raise"
     factory_payload: bytes | None = None
+    tensors: str = "torch"  # "numpy": the server sends tensors as numpy arrays
+    device: Any = None  # where received tensors are placed (None: host memory, as received)
 
 
 class ClientSession:
@@ -151,6 +155,8 @@ class ClientSession:
             "role": self.options.role,
             "vector": self.options.vector,
         }
+        if self.options.tensors != "torch":
+            hello["tensors"] = self.options.tensors
         if self.options.factory_payload is not None:
             hello["factory"] = self.options.factory_payload
         reply = self.channel.request(Kind.HELLO, hello, timeout, what="the handshake")
@@ -182,6 +188,8 @@ class ClientSession:
         assert transport is not None
         try:
             ok, value = transport.exchange(body, deadline, what)
+        except EncodeError as exc:
+            raise EncodeError(f"{what} cannot be sent: {exc}") from None
         except ConnectionLost as exc:
             if not self.options.reconnect or isinstance(exc, SessionLost):
                 raise
@@ -199,8 +207,8 @@ class ClientSession:
                 finally:
                     self._settle()
             if not ok:
-                raise error_from_body(value)
-        return value
+                raise error_from_body(value, what)
+        return value if self.options.device is None else to_device(value, self.options.device)
 
     def send_call(self, name: str, args: tuple = (), kwargs: dict | None = None, timeout: Any = DEFAULT_TIMEOUT) -> None:
         """Send a call without waiting for its result (:meth:`receive_result` collects it)."""
@@ -217,6 +225,8 @@ class ClientSession:
             assert self.transport is not None
             try:
                 pending.ticket = self.transport.send(body, deadline, pending.what)
+            except EncodeError as exc:
+                raise EncodeError(f"{pending.what} cannot be sent: {exc}") from None
             except ConnectionLost:
                 if not self.options.reconnect:
                     raise
@@ -247,8 +257,8 @@ class ClientSession:
             raise
         self._settle()
         if not ok:
-            raise error_from_body(value)
-        return value
+            raise error_from_body(value, pending.what)
+        return value if self.options.device is None else to_device(value, self.options.device)
 
     def _settle(self) -> None:
         """No call pending any more: the session is idle, or lost."""

@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from fastenv import envinfo
+from fastenv import envinfo, tensors
 from fastenv.batching import EMPTY_DICTS, pack_results, unpack_column
 from fastenv.errors import ControlDenied, LeaseHeld, UnknownMethodError
 from fastenv.observe import TransitionPublisher
@@ -50,9 +50,15 @@ class Dispatcher:
     def executor_for(self, session: Session) -> Callable[[str, tuple, dict], tuple[bool, Any]]:
         """``(name, args, kwargs) -> (ok, value)`` for ``session``'s calls: :meth:`execute`, on the env's thread if it has one."""
         runner = session.handle.runner
+        execute = self.execute if session.peer.get("tensors") != "numpy" else self._execute_as_numpy
         if runner is None:
-            return functools.partial(self.execute, session)
-        return functools.partial(runner.run, self.execute, session)
+            return functools.partial(execute, session)
+        return functools.partial(runner.run, execute, session)
+
+    def _execute_as_numpy(self, session: Session, name: str, args: tuple, kwargs: dict) -> tuple[bool, Any]:
+        """:meth:`execute`, its result's tensors made numpy arrays (a client that asked for ``tensors="numpy"``)."""
+        ok, value = self.execute(session, name, args, kwargs)
+        return (True, tensors.as_numpy(value)) if ok else (ok, value)
 
     def execute(self, session: Session, name: str, args: tuple, kwargs: dict) -> tuple[bool, Any]:
         """Run one call on the session's env; ``(True, value)`` or ``(False, error body)``.

@@ -140,6 +140,8 @@ class ControlHandlers:
             raise ProtocolError("HELLO 'host' must be a dict (hostname, boot_id, pid)")
         if peer.get("compression") not in (None, "lz4", "zstd"):
             raise ProtocolError(f"unknown compression {peer.get('compression')!r}: use 'lz4', 'zstd' or None")
+        if peer.get("tensors", "torch") not in ("torch", "numpy"):
+            raise ProtocolError(f"unknown tensor form {peer.get('tensors')!r}: use 'torch' or 'numpy'")
         role = peer.get("role", "shared")
         if role not in ROLES:
             raise ProtocolError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")

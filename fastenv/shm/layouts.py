@@ -22,6 +22,7 @@ from fastenv.shm.arena import (
     Arena,
 )
 from fastenv.shm.doorbell import SLEEPERS_OFFSET
+from fastenv.tensors import StagingNeeded, staged
 
 
 class LayoutSender:
@@ -73,11 +74,18 @@ class LayoutSender:
         program, views, layout_id, layout = entry
         buf = arena.buf
         if program is not None:  # the C packer writes the data and the envelope header, and rings, in one call
-            return native_put(program, buf, offset, value, views, copy_strided, kind, layout_id, seq, bell, lent)
+            try:
+                return native_put(program, buf, offset, value, views, copy_strided, kind, layout_id, seq, bell, lent)
+            except StagingNeeded:  # a tensor on a device: copy the message's device tensors to host memory at once
+                value = staged(value)
+                return native_put(program, buf, offset, value, views, copy_strided, kind, layout_id, seq, bell, lent)
         try:
             if lent is not None and not _lent_in_place(layout, views, value, lent):
                 return False
-            layout.pack_into(buf, offset + FAST_DATA, value, views)
+            try:
+                layout.pack_into(buf, offset + FAST_DATA, value, views)
+            except StagingNeeded:
+                layout.pack_into(buf, offset + FAST_DATA, staged(value), views)
         except LayoutMismatch:
             return False
         ENVELOPE.pack_into(buf, offset, FAST, kind, 0, layout_id, seq)

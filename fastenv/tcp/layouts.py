@@ -25,6 +25,7 @@ import numpy as np
 from fastenv import codec
 from fastenv.errors import DecodeError
 from fastenv.layout import LayoutMismatch
+from fastenv.tensors import StagingNeeded, staged
 from fastenv.negotiation import ReceivedLayouts, SentLayouts
 from fastenv.tcp.format import FLAG_LAYOUT, FLAG_LAYOUT_DEF
 
@@ -59,7 +60,11 @@ class StreamEncoder:
                 if scratch is None:
                     scratch = self._scalars[layout_id] = bytearray(layout.scalars.size)
                 try:
-                    arrays = layout.extract_into(scratch, value)
+                    try:
+                        arrays = layout.extract_into(scratch, value)
+                    except StagingNeeded:  # a tensor on a device: copy the message's device tensors at once
+                        value = staged(value)
+                        arrays = layout.extract_into(scratch, value)
                 except LayoutMismatch:
                     pass
                 else:

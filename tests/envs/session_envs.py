@@ -4,10 +4,41 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+import fastenv
+
+
+@dataclass
+class Pose:
+    """A registered dataclass (RoboVerse style: states are nested dataclasses of tensors)."""
+
+    position: Any
+    orientation: Any
+
+
+@dataclass(frozen=True)
+class RobotState:
+    """A registered frozen dataclass holding a dataclass, a dict and tensors."""
+
+    name: str
+    root: Pose
+    joints: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Unregistered:
+    """A dataclass nobody registered: sending it is a typed error."""
+
+    value: int = 0
+
+
+fastenv.register_dataclass(Pose, "tests.Pose")
+fastenv.register_dataclass(RobotState, "tests.RobotState")
 
 
 class Counter:
@@ -65,6 +96,20 @@ class Counter:
     def echo(self, value: Any) -> Any:
         """Return ``value`` as received (the conformance suite's round trip)."""
         return value
+
+    def torch_step(self, action: Any) -> tuple[dict[str, Any], Any, Any, Any, dict]:
+        """A step in torch (Isaac Lab's shape): the action is a tensor, and so is everything returned."""
+        import torch
+
+        self.steps += 1
+        self.total_steps += 1
+        obs = {"policy": action * 2, "count": torch.full((self.obs_size,), float(self.total_steps))}
+        done = torch.tensor(self.steps >= self.horizon)
+        return obs, torch.tensor(float(self.steps)), done, torch.tensor(False), {"steps": torch.tensor(self.steps)}
+
+    def unregistered(self) -> Unregistered:
+        """A value the codec cannot carry."""
+        return Unregistered(self.steps)
 
     def explode(self, message: str) -> None:
         """Raise ``ValueError(message)`` (an env that raises)."""
