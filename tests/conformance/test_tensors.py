@@ -26,6 +26,7 @@ torch = pytest.importorskip("torch")
 from envs.session_envs import Pose, RobotState, Unregistered  # noqa: E402  (registers them here too)
 
 T = 20.0
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none here)")
 
 
 def _catalogue() -> dict[str, Any]:
@@ -186,3 +187,23 @@ def test_an_env_error_about_tensors_keeps_the_session(env) -> None:
     with pytest.raises(RemoteEnvError):
         env.call("torch_step", None)
     assert_same_tensor(env.call("echo", torch.ones(2)), torch.ones(2))
+
+
+@needs_cuda
+def test_cuda_tensors_are_staged_on_send_and_placed_on_receive(connect) -> None:
+    env = connect(device="cuda:0")
+    sent = {"a": torch.randn(3, 4, device="cuda:0"), "b": torch.ones(2, dtype=torch.bfloat16, device="cuda:0")}
+    for _ in range(3):  # the codec, then the compiled layout
+        out = env.call("echo", sent)
+        assert out["a"].device == sent["a"].device and torch.equal(out["a"], sent["a"])
+        assert out["b"].dtype == torch.bfloat16 and torch.equal(out["b"], sent["b"])
+
+
+@needs_cuda
+def test_an_env_returning_cuda_tensors(connect) -> None:
+    env = connect()
+    host = torch.arange(6.0).reshape(2, 3)
+    for _ in range(3):
+        out = env.call("on_device", host, "cuda:0")
+        assert out["moved"].device.type == "cpu" and torch.equal(out["moved"], host)
+        assert torch.equal(out["twice"], host * 2) and torch.equal(out["host"], host)

@@ -107,6 +107,10 @@ class Counter:
         done = torch.tensor(self.steps >= self.horizon)
         return obs, torch.tensor(float(self.steps)), done, torch.tensor(False), {"steps": torch.tensor(self.steps)}
 
+    def on_device(self, tensor: Any, device: str) -> Any:
+        """``tensor`` moved to ``device``: an env whose results live on a GPU."""
+        return {"moved": tensor.to(device), "twice": (tensor * 2).to(device), "host": tensor}
+
     def unregistered(self) -> Unregistered:
         """A value the codec cannot carry."""
         return Unregistered(self.steps)
