@@ -303,7 +303,9 @@ class _Program:
         if tag == "tensor":
             entry = tensors.dtype_named(spec[1])
             to_array, from_array = tensors.layout_converter(entry), tensors.layout_builder(entry)
-            return (ops.TENSOR, sys.modules["torch"].Tensor, to_array, from_array, self._array_node())
+            to_address = tensors.layout_address(entry, tuple(spec[2]))
+            torch_tensor = sys.modules["torch"].Tensor
+            return (ops.TENSOR, torch_tensor, to_array, from_array, self._array_node(), to_address)
         if tag in ("tuple", "list"):
             children = tuple(self.node(child) for child in spec[1])
             return (ops.TUPLE if tag == "tuple" else ops.LIST, children)

@@ -212,6 +212,28 @@ def layout_converter(entry: WireDtype) -> Any:
     return to_array
 
 
+def layout_address(entry: WireDtype, shape: tuple[int, ...]) -> Any:
+    """``tensor -> address of its bytes`` for the C packer's tensor leaf of dtype ``entry`` and ``shape``.
+
+    Returns the address (an int) of a contiguous host tensor's bytes, which
+    the packer copies while it holds the tensor; a numpy view of a strided
+    one; None when the tensor has another dtype or shape. Raises
+    :class:`StagingNeeded` for a tensor on a device.
+    """
+    dtype = entry.dtype
+
+    def to_address(tensor: Any) -> Any:
+        if tensor.dtype is not dtype or tensor.shape != shape:
+            return None
+        if not tensor.is_cpu:
+            raise StagingNeeded
+        if tensor.is_contiguous() and not tensor.is_conj() and not tensor.is_neg():
+            return tensor.data_ptr()
+        return _numpy_of(tensor, entry)
+
+    return to_address
+
+
 def staged(value: Any) -> Any:
     """``value`` with every tensor on a device replaced by a host copy, one synchronisation per device."""
     try:

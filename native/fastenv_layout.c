@@ -32,11 +32,14 @@
  *   (BOOL, off) (INT, off) (FLOAT, off)   Python scalars: u8, int64, double
  *   (NPSCALAR, off, type, code)     numpy scalar; code one of ?bBhHiIqQefd
  *   (ARRAY, off, ndarray, format, shape, nbytes, index, fortran)
- *   (TENSOR, type, to_array, from_array, array_node)
+ *   (TENSOR, type, to_array, from_array, array_node, to_address)
  *       a value of exactly `type` (torch.Tensor) whose bytes are an array:
- *       pack calls to_array(value) (None: the structure differs) and packs
- *       the result as array_node, an ARRAY node; unpack calls
- *       from_array(array) on the array array_node rebuilds.
+ *       pack calls to_address(value), which returns None (the structure
+ *       differs), the address of the tensor's contiguous bytes (an int: the
+ *       node's nbytes are copied from there; the caller checked dtype, shape
+ *       and device) or an array; extract calls to_array(value) (None or an
+ *       array). An array is packed as array_node, an ARRAY node. unpack
+ *       calls from_array(array) on the array array_node rebuilds.
  *   (TUPLE, children) (LIST, children)
  *   (DICT, keys, children, type)    type is dict or OrderedDict
  *
@@ -362,26 +365,61 @@ done:
     return status;
 }
 
-/* A TENSOR node: the value converted to an array by the program's to_array, packed as its ARRAY node. */
+/* Copy nbytes of the ARRAY node from the address a TENSOR node's to_address returned. */
+static int
+pack_address(pack_ctx *ctx, PyObject *array_node, PyObject *address_obj)
+{
+    Py_ssize_t off, nbytes, index;
+    if (node_index(array_node, 1, &off) < 0 || node_index(array_node, 5, &nbytes) < 0 ||
+        node_index(array_node, 6, &index) < 0) {
+        return PACK_ERROR;
+    }
+    if (ctx->collect != NULL) {
+        PyErr_SetString(PyExc_ValueError, "extract: a tensor's address cannot be sent from its own memory");
+        return PACK_ERROR;
+    }
+    if (index < ctx->lent_len && ctx->lent[index]) {
+        return PACK_MISMATCH; /* a lent place holds an array, never a tensor */
+    }
+    void *source = PyLong_AsVoidPtr(address_obj);
+    if (source == NULL && PyErr_Occurred()) {
+        return PACK_ERROR;
+    }
+    char *dest = locate(ctx->base, ctx->room, off, nbytes);
+    if (dest == NULL) {
+        return PACK_ERROR;
+    }
+    if (nbytes > 0) {
+        memmove(dest, source, (size_t)nbytes);
+    }
+    return PACK_OK;
+}
+
+/* A TENSOR node: the value's bytes (from an address or an array the program's converter gives), packed
+ * in its ARRAY node's place. */
 static int
 pack_tensor(pack_ctx *ctx, PyObject *node, PyObject *value)
 {
-    if (node_size(node, 5) < 0) {
+    if (node_size(node, 6) < 0) {
         return PACK_ERROR;
     }
     if ((PyObject *)Py_TYPE(value) != PyTuple_GET_ITEM(node, 1)) {
         return PACK_MISMATCH;
     }
-    PyObject *array = PyObject_CallOneArg(PyTuple_GET_ITEM(node, 2), value);
+    PyObject *array_node = PyTuple_GET_ITEM(node, 4);
+    if (opcode_of(array_node) != OP_ARRAY || node_size(array_node, 8) < 0) {
+        return PyErr_Occurred() ? PACK_ERROR : bad_program("tensor node without an array node");
+    }
+    PyObject *convert = PyTuple_GET_ITEM(node, ctx->collect != NULL ? 2 : 5);
+    PyObject *array = PyObject_CallOneArg(convert, value);
     if (array == NULL) {
         return PACK_ERROR;
     }
-    PyObject *array_node = PyTuple_GET_ITEM(node, 4);
     int status;
     if (array == Py_None) {
         status = PACK_MISMATCH;
-    } else if (opcode_of(array_node) != OP_ARRAY) {
-        status = PyErr_Occurred() ? PACK_ERROR : bad_program("tensor node without an array node");
+    } else if (PyLong_CheckExact(array)) { /* the address of the tensor's contiguous bytes */
+        status = pack_address(ctx, array_node, array);
     } else {
         status = pack_array(ctx, array_node, array);
     }
@@ -738,7 +776,7 @@ unpack_node(unpack_ctx *ctx, PyObject *node, int depth)
         }
         return Py_NewRef(PyList_GET_ITEM(ctx->arrays, index));
     case OP_TENSOR: {
-        if (node_size(node, 5) < 0) {
+        if (node_size(node, 6) < 0) {
             return NULL;
         }
         PyObject *array_node = PyTuple_GET_ITEM(node, 4);
