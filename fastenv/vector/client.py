@@ -22,6 +22,7 @@ from fastenv.errors import (
 )
 from fastenv.vector import batch, calls
 from fastenv.vector.host import check_reset_mask, per_env_seeds
+from fastenv.vector.infos import merge_infos
 
 
 class _State(Enum):
@@ -245,12 +246,8 @@ class FastVectorEnv(VectorEnv):
         return batch.join(self.single_observation_space, parts, batch.empty(self.single_observation_space, self.num_envs))
 
     def _join_infos(self, per_server: list[list[dict[str, Any]]]) -> dict[str, Any]:
-        infos: dict[str, Any] = {}
-        for (start, _), server_infos in zip(self._bounds, per_server):
-            for offset, info in enumerate(server_infos):
-                if info:
-                    infos = self._add_info(infos, info, start + offset)
-        return infos
+        every = per_server[0] if len(per_server) == 1 else list(itertools.chain.from_iterable(per_server))
+        return merge_infos(every, self.num_envs, self._add_info)
 
     # ------------------------------------------------------------------ lifetime
 
