@@ -60,6 +60,7 @@ from fastenv.errors import (
 )
 from fastenv.loans import reply_array
 from fastenv.server import EnvServer
+from fastenv.session.deadline import DeadlineReport, Fallback
 from fastenv.session.state import ClientState
 
 __all__ = [
@@ -82,12 +83,14 @@ __all__ = [
     "ClientClosedError",
     "ConnectionLost",
     "ControlDenied",
+    "DeadlineReport",
     "DecodeError",
     "EncodeError",
     "EnvServer",
     "FastEnvError",
     "FastEnvTimeout",
     "FastRemoteEnv",
+    "Fallback",
     "FrameTooLarge",
     "IncompatibleEnvsError",
     "HostKeyError",

@@ -12,6 +12,7 @@ from typing import Any
 
 from fastenv import gym_types  # noqa: F401  (registers Gymnasium spaces with the codec)
 from fastenv.batching import pack_column, unpack_results
+from fastenv.client_deadline import DeadlineCalls
 from fastenv.client_sharing import SharingCalls
 from fastenv.client_views import HandshakeAttributes
 from fastenv.control.address import normalize_address
@@ -38,7 +39,7 @@ SESSION_LOST_POLICIES = ("raise", "recreate")
 TENSOR_FORMS = ("torch", "numpy")
 
 
-class FastRemoteEnv(HandshakeAttributes, SharingCalls, _EnvBase):
+class FastRemoteEnv(HandshakeAttributes, SharingCalls, DeadlineCalls, _EnvBase):
     """A remote env that looks like the local one.
 
     ``reset``, ``step``, ``render``, ``get_state``, ``set_state`` and every other

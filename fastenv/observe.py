@@ -67,6 +67,8 @@ class Transition:
         kwargs: its keyword arguments.
         result: what the env returned.
         session: id of the session that made the call.
+        fallback: whether the server made the call itself, applying the
+            fallback of a controller's missed deadline (:meth:`FastRemoteEnv.set_deadline`).
     """
 
     seq: int
@@ -75,6 +77,7 @@ class Transition:
     kwargs: dict
     result: Any
     session: str
+    fallback: bool = False
 
 
 class TransitionPublisher:
@@ -133,7 +136,9 @@ class TransitionPublisher:
         self._thread = threading.Thread(target=self._run, name="fastenv-publisher", daemon=True)
         self._thread.start()
 
-    def publish(self, seq: int, method: str, args: tuple, kwargs: dict, result: Any, session: str) -> None:
+    def publish(
+        self, seq: int, method: str, args: tuple, kwargs: dict, result: Any, session: str, fallback: bool = False
+    ) -> None:
         """Hand one transition to the publisher thread; never blocks (a full queue drops it)."""
         if self.backlogged and not self._probing:
             now = time.monotonic()
@@ -143,6 +148,8 @@ class TransitionPublisher:
             self._last_try = now
             self._probing = True
         body = {"seq": seq, "method": method, "args": args, "kwargs": kwargs, "result": result, "session": session}
+        if fallback:
+            body["fallback"] = True
         try:
             frames = protocol.pack(Kind.TRANSITION, seq, body)
         except ProtocolError:  # the result cannot be encoded: observers get the call without it
@@ -296,7 +303,13 @@ class TransitionSubscriber:
         self._last_seq = seq
         self.received += 1
         return Transition(
-            seq, str(body["method"]), tuple(body["args"]), dict(body["kwargs"]), body["result"], str(body["session"])
+            seq,
+            str(body["method"]),
+            tuple(body["args"]),
+            dict(body["kwargs"]),
+            body["result"],
+            str(body["session"]),
+            body.get("fallback") is True,
         )
 
     def close(self) -> None:

@@ -365,6 +365,7 @@ class EnvServer:
         if self._closed:
             return
         self._closed = True
+        self._dispatcher.deadlines.stop()
         if self._registry is not None:
             self._registry.end_all()
         shared = self._dispatcher.shared

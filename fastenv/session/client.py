@@ -393,8 +393,16 @@ class ClientSession:
         if self.state is ClientState.CLOSED:
             return
         self.state = ClientState.CLOSED
+        proof = {"session": self.session_id, "token": self.welcome.get("token", b"")} if self.welcome else None
+        deadline = time.monotonic() + timeout
         try:
-            self.channel.request(Kind.BYE, None, timeout, what="close")
+            while True:  # BYE is idempotent: said again over a control connection that dropped and came back
+                try:
+                    self.channel.request(Kind.BYE, proof, max(0.0, deadline - time.monotonic()), what="close")
+                    break
+                except ConnectionLost:
+                    if time.monotonic() >= deadline:
+                        break
         except FastEnvError:
             pass  # the server is gone or slow: it reclaims the session itself
         finally:

@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
 
 from fastenv import envinfo, tensors
 from fastenv.batching import EMPTY_DICTS, pack_results, unpack_column
-from fastenv.errors import ControlDenied, LeaseHeld, UnknownMethodError
+from fastenv.errors import ControlDenied, FastEnvError, LeaseHeld, UnknownMethodError
 from fastenv.observe import TransitionPublisher
 from fastenv.protocol import BATCH_STEP, GETATTR, LEASE
+from fastenv.session.deadline import DEADLINE, DeadlineWatch, parse_deadline
 from fastenv.session.table import EnvHandle, Session
 from fastenv.wire import ErrorKind, error_body
 
@@ -46,6 +48,8 @@ class Dispatcher:
         self.publisher: TransitionPublisher | None = None
         self.shared: EnvHandle | None = None
         self.stats = stats
+        self.deadlines = DeadlineWatch(self._apply_fallback)
+        self._watched: dict[str, Session] = {}
 
     def executor_for(self, session: Session) -> Callable[[str, tuple, dict], tuple[bool, Any]]:
         """``(name, args, kwargs) -> (ok, value)`` for ``session``'s calls: :meth:`execute`, on the env's thread if it has one."""
@@ -78,6 +82,8 @@ class Dispatcher:
                         self.check_control(session)  # raises the reason
                     handle.cached_state = None
                     result = method(*args, **kwargs)
+                    if session.deadline is not None and session.deadline.stepped(name, args):
+                        log.info("session %s is back in control", session.session_id)
                     if self.publisher is None:  # no observers: only count the transition
                         handle.transitions += 1
                     else:
@@ -85,6 +91,8 @@ class Dispatcher:
                     return True, result
                 if name == LEASE:
                     return True, self._lease(session, args)
+                if name == DEADLINE:
+                    return True, self._deadline(session, args)
                 changes_env = name not in READ_ONLY_CALLS
                 if changes_env:
                     self.check_control(session)
@@ -96,6 +104,8 @@ class Dispatcher:
                 if name == BATCH_STEP:
                     return True, self._batch_step(session, args, kwargs)
                 result = _invoke(session, name, args, kwargs)
+                if session.deadline is not None and name in ("step", "reset") and session.deadline.stepped(name, args):
+                    log.info("session %s is back in control", session.session_id)
                 if changes_env:
                     self._publish(session, name, args, kwargs, result)
                 elif name == "get_state" and not args and not kwargs:
@@ -130,18 +140,117 @@ class Dispatcher:
         if action == "release":
             if handle.lease == session.session_id:
                 handle.lease = None
+                if not session.owns_env:
+                    self.end_deadline(session)  # a deadline guards the controller's commands
                 return True
             return False
         raise UnknownMethodError("the lease takes one of 'acquire', 'release', 'holder'")
 
-    def _publish(self, session: Session, name: str, args: tuple, kwargs: dict, result: Any) -> None:
+    def _publish(
+        self, session: Session, name: str, args: tuple, kwargs: dict, result: Any, fallback: bool = False
+    ) -> None:
         """Count a call that changed the env, and tell the observers about it."""
         handle = session.handle
         handle.transitions += 1
         publisher = self.publisher
         # only the shared env has observers (not an env a trusted client shipped for itself)
         if publisher is not None and publisher.active and name != GETATTR and handle is self.shared:
-            publisher.publish(handle.transitions, name, args, kwargs, result, session.session_id)
+            publisher.publish(handle.transitions, name, args, kwargs, result, session.session_id, fallback)
+
+    # ------------------------------------------------------------------ deadlines
+
+    def _deadline(self, session: Session, args: tuple) -> Any:
+        """``("set", period, tolerance, fallback)`` / ``("clear",)`` / ``("report",)`` (env lock held)."""
+        action = args[0] if args else None
+        if action == "report":
+            return None if session.deadline is None else session.deadline.report()
+        if action == "clear":
+            self.end_deadline(session)
+            return True
+        if action != "set":
+            raise UnknownMethodError("a deadline takes 'set', 'clear' or 'report'")
+        if not session.owns_env and session.handle.lease != session.session_id:
+            raise ControlDenied(
+                "a deadline guards a controller's commands: hold the control lease first "
+                "(role='controller' or acquire_control()), or serve with --mode per-client"
+            )
+        deadline = parse_deadline(args)
+        session.deadline = deadline
+        self._watched[session.session_id] = session
+        self.deadlines.watch(session.session_id, time.monotonic() + deadline.period + deadline.tolerance)
+        return True
+
+    def end_deadline(self, session: Session) -> None:
+        """Drop ``session``'s deadline: no fallback is applied for it any more."""
+        session.deadline = None
+        self._watched.pop(session.session_id, None)
+        self.deadlines.forget(session.session_id)
+
+    def session_ending(self, session: Session) -> None:
+        """``session`` ends (its controller left or vanished): apply its armed fallback once more, then drop it.
+
+        Whatever the controller commanded last must not go on after it: a
+        fallback not applied since its last step is applied now.
+        """
+        deadline = session.deadline
+        if deadline is not None and deadline.due is not None and not deadline.streak:
+            try:
+                session.handle.on_env_thread(self._fallback_on_env_thread, session, True)
+            except FastEnvError:  # the env's thread stopped: the server is shutting down
+                pass
+        self.end_deadline(session)
+
+    def _apply_fallback(self, session_id: str) -> float | None:
+        """Apply a session's fallback if its deadline passed (the watch thread); returns when to look again."""
+        session = self._watched.get(session_id)
+        if session is None or session.ended:
+            self._watched.pop(session_id, None)
+            return None
+        try:
+            return session.handle.on_env_thread(self._fallback_on_env_thread, session)
+        except FastEnvError:  # the env's thread stopped: the server is shutting down
+            return None
+
+    def _fallback_on_env_thread(self, session: Session, ending: bool = False) -> float | None:
+        handle = session.handle
+        with handle.lock:
+            deadline = session.deadline
+            if deadline is None or (session.ended and not ending):
+                return None
+            now = time.monotonic()
+            if deadline.due is None:  # not armed: the controller has not stepped yet
+                return now + deadline.period
+            if now < deadline.due and not ending:  # the controller stepped in time
+                return deadline.due
+            fallback = deadline.fallback
+            if fallback.kind == "repeat" and not deadline.has_action:
+                return now + deadline.period
+            handle.cached_state = None
+            try:
+                if fallback.kind == "method":
+                    name, args = fallback.value, ()
+                    result = envinfo.resolve_member(session.env, name)()
+                else:
+                    name = "step"
+                    args = (deadline.last_action if fallback.kind == "repeat" else fallback.value,)
+                    result = envinfo.resolve_member(session.env, "step")(*args)
+            except Exception:
+                self.stats["env_errors"] += 1
+                log.exception("session %s: the deadline's fallback raised", session.session_id)
+                result = None
+                name, args = (fallback.value, ()) if fallback.kind == "method" else ("step", ())
+            if ending:
+                log.warning("session %s ends: applying its fallback (%s) once more", session.session_id, fallback.kind)
+            elif not deadline.streak:
+                log.warning(
+                    "session %s missed its deadline (%g s): applying its fallback (%s) every period",
+                    session.session_id,
+                    deadline.period,
+                    fallback.kind,
+                )
+            deadline.missed_now(now)
+            self._publish(session, name, args, {}, result, fallback=True)
+            return deadline.due
 
     def _batch_step(self, session: Session, args: tuple, kwargs: dict) -> dict[str, Any]:
         """Step once per action, stopping after a step that ends the episode (env lock held).
@@ -163,6 +272,8 @@ class Dispatcher:
         results = []
         for action in actions:
             result = step(action)
+            if session.deadline is not None and session.deadline.stepped("step", (action,)):
+                log.info("session %s is back in control", session.session_id)
             self._publish(session, "step", (action,), {}, result)
             results.append(result)
             if episode_over(result):

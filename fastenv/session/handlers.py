@@ -324,7 +324,26 @@ class ControlHandlers:
         self.reply(identity, Kind.RESULT, message.request_id, {"session": session.session_id})
 
     def _on_bye(self, identity: bytes, message: Message) -> None:
+        """A client closes its session: found by its connection, or by id and token from a new connection.
+
+        A client on shared memory needs no control traffic to call, so its
+        control connection may have been cut and renewed without a RESUME:
+        its BYE then names the session and proves it is its own.
+        """
         session = self._registry.table.by_identity(identity)
+        if session is None:
+            try:
+                body = message.body(self._config.limits)
+            except FastEnvError:
+                body = None
+            if isinstance(body, dict) and isinstance(body.get("token"), bytes):
+                named = self._registry.table.by_id(str(body.get("session")))
+                if (
+                    named is not None
+                    and hmac.compare_digest(body["token"], named.token)
+                    and named.client_key == message.user_id
+                ):
+                    session = named
         if session is not None:
             self._registry.end(session)
         self.reply(identity, Kind.RESULT, message.request_id, None)

@@ -142,6 +142,7 @@ class SessionRegistry:
             session.offered_arena.unlink()
             session.offered_arena.close()
             session.offered_arena = None
+        self._dispatcher.session_ending(session)
         with session.handle.lock:
             if session.handle.lease == session.session_id:
                 session.handle.lease = None

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastenv.replay import ReplyRecord
+from fastenv.session.deadline import Deadline
 from fastenv.session.envthread import EnvThread
 from fastenv.session.state import SessionState
 from fastenv.shm.arena import Arena
@@ -62,6 +63,7 @@ class Session:
     methods: dict[str, Any] = field(default_factory=dict)  # resolved bound methods, by name
     created: float = field(default_factory=time.monotonic)
     call_record: ReplyRecord = field(default_factory=ReplyRecord)  # calls on the control connection
+    deadline: Deadline | None = None  # the controller's deadline, when it set one
 
     @property
     def ended(self) -> bool:

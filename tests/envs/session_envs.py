@@ -66,6 +66,7 @@ class Counter:
         self.steps = 0
         self.total_steps = 0
         self.state_reads = 0
+        self.safe_stops = 0
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
         self.steps = 0
@@ -92,6 +93,11 @@ class Counter:
 
     def set_state(self, state: dict[str, int]) -> None:
         self.steps = int(state["steps"])
+
+    def safe_stop(self) -> str:
+        """A deadline's fallback: counts how often the server applied it."""
+        self.safe_stops += 1
+        return "stopped"
 
     def echo(self, value: Any) -> Any:
         """Return ``value`` as received (the conformance suite's round trip)."""
