@@ -1,4 +1,4 @@
-"""The ``fastenv`` command: ``serve``, ``keygen``, ``demo``, ``doctor``, ``gc``, ``bench`` (= ``fastenv-bench``)."""
+"""The ``fastenv`` command: ``serve``, ``keygen``, ``demo``, ``doctor``, ``gc``, ``launch``, ``proxy``, ``bench``."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 from fastenv.codec import Limits
 from fastenv.errors import FastEnvError
 from fastenv.launch.cli import register as _add_launch
+from fastenv.proxy_cli import register as _add_proxy
 from fastenv.server import ATTACH_GRACE_S, DEFAULT_MAX_PENDING, DEFAULT_MAX_SESSIONS
 from fastenv.server_process import READY_LINE
 from fastenv.session.envthread import ENV_THREADS
@@ -289,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_doctor(commands)
     _add_gc(commands)
     _add_launch(commands)
+    _add_proxy(commands)
     commands.add_parser("bench", add_help=False, help="compare transports side by side (fastenv-bench; see --help)")
     return parser
 
