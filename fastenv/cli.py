@@ -1,4 +1,4 @@
-"""The ``fastenv`` command: ``serve``, ``keygen``, ``demo``, ``doctor``, ``gc``, ``launch``, ``proxy``, ``bench``."""
+"""The ``fastenv`` command: serve, keygen, demo, doctor, gc, launch, proxy, top, bench (= ``fastenv-bench``)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from fastenv.codec import Limits
 from fastenv.errors import FastEnvError
 from fastenv.launch.cli import register as _add_launch
 from fastenv.proxy_cli import register as _add_proxy
+from fastenv.top import register as _add_top
 from fastenv.server import ATTACH_GRACE_S, DEFAULT_MAX_PENDING, DEFAULT_MAX_SESSIONS
 from fastenv.server_process import READY_LINE
 from fastenv.session.envthread import ENV_THREADS
@@ -136,6 +137,14 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--spin-us", type=int, default=None, help="how long a shared-memory worker spins before sleeping (µs)"
     )
+    serve.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="N",
+        help="serve Prometheus metrics on port N of the bind address (0: a free port, printed; "
+        'needs pip install "fastenv[metrics]"); `fastenv top HOST:N` shows them live',
+    )
     serve.add_argument("--log-level", default="WARNING", help="logging level (default: WARNING)")
     serve.set_defaults(handler=_serve)
 
@@ -175,12 +184,15 @@ def _serve(args: argparse.Namespace) -> int:
         num_envs=args.num_envs,
         heartbeat_interval=args.heartbeat_interval,
         env_thread=args.env_thread,
+        metrics_port=args.metrics_port,
     )
     signal.signal(signal.SIGTERM, lambda *_: server.stop(timeout=0))
     try:
         address = server.address  # binds; in shared mode this also builds the env
         _, data_port = server.data_address or ("", 0)
         stream = f"data stream on port {data_port}" if data_port else "no raw data stream"
+        if server.metrics_port is not None:
+            stream += f", metrics on http://{server.bind_host}:{server.metrics_port}/metrics"
         security = ""
         if args.auth is not None:
             assert server.auth is not None
@@ -291,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_gc(commands)
     _add_launch(commands)
     _add_proxy(commands)
+    _add_top(commands)
     commands.add_parser("bench", add_help=False, help="compare transports side by side (fastenv-bench; see --help)")
     return parser
 

@@ -66,6 +66,7 @@ from fastenv.control.router import ServerSocket
 from fastenv.control.zap import ZapHandler
 from fastenv.errors import FastEnvError, ServerConfigError
 from fastenv.observe import TransitionPublisher
+from fastenv.metrics import MetricsEndpoint, ServerCollector, ServerMetrics
 from fastenv.session.config import ServerConfig
 from fastenv.session.dispatch import Dispatcher, close_quietly
 from fastenv.session.envthread import EnvThreads
@@ -136,6 +137,9 @@ class EnvServer:
             :meth:`serve_forever`; for simulators bound to the main thread) or
             ``"dedicated"`` (a thread per env); see
             :class:`~fastenv.session.envthread.EnvThreads`.
+        metrics_port: serve Prometheus metrics on this port of ``bind`` (0: a
+            free one, see :attr:`metrics_port`; None: no metrics, nothing
+            recorded). Needs ``pip install "fastenv[metrics]"``; see :mod:`fastenv.metrics`.
 
     Example::
 
@@ -169,6 +173,7 @@ class EnvServer:
         max_pending: int = DEFAULT_MAX_PENDING,
         attach_grace: float = ATTACH_GRACE_S,
         env_thread: str = "caller",
+        metrics_port: int | None = None,
     ) -> None:
         if (env is None) == (factory is None):
             raise ServerConfigError("give EnvServer exactly one of env= or factory=")
@@ -207,6 +212,10 @@ class EnvServer:
         self._close_shared = close_env if close_env is not None else env is None
         self._observers = observers and mode == "shared"
         self._dispatcher = Dispatcher(self.stats)
+        self.metrics_port = metrics_port
+        self._metrics: MetricsEndpoint | None = None
+        if metrics_port is not None:
+            self._dispatcher.metrics = ServerMetrics()
         try:
             self._env_threads = EnvThreads(env_thread)
         except ValueError as exc:
@@ -277,6 +286,10 @@ class EnvServer:
             raise
         self._dispatcher.publisher = self._publisher
         self._registry = registry
+        if self._dispatcher.metrics is not None and self._metrics is None:
+            collector = ServerCollector(self._dispatcher.metrics, lambda: iter(registry.table), self.stats)
+            self._metrics = MetricsEndpoint(collector, self.metrics_port or 0, self.bind_host)
+            self.metrics_port = self._metrics.port
         handlers = self._handlers = ControlHandlers(
             self._socket,
             registry,
@@ -379,7 +392,10 @@ class EnvServer:
         self._close_sockets()
 
     def _close_sockets(self) -> None:
-        """Close the publisher, data listener, control socket, ZAP handler and own context (idempotent)."""
+        """Close the metrics endpoint, publisher, data listener, control socket, ZAP handler and context (idempotent)."""
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None
         if self._publisher is not None:
             self._publisher.close()
             self._publisher = None

@@ -21,6 +21,7 @@ from typing import Any
 from fastenv import envinfo, tensors
 from fastenv.batching import EMPTY_DICTS, pack_results, unpack_column
 from fastenv.errors import ControlDenied, FastEnvError, LeaseHeld, UnknownMethodError
+from fastenv.metrics import ServerMetrics
 from fastenv.observe import TransitionPublisher
 from fastenv.protocol import BATCH_STEP, GETATTR, LEASE
 from fastenv.session.deadline import DEADLINE, DeadlineWatch, parse_deadline
@@ -28,6 +29,7 @@ from fastenv.session.table import EnvHandle, Session
 from fastenv.wire import ErrorKind, error_body
 
 log = logging.getLogger("fastenv.server")
+_perf_ns = time.perf_counter_ns
 
 # Calls that leave the env as it was: allowed to observers and while another client holds
 # the lease, and not published as transitions. Everything else counts as changing the env.
@@ -49,15 +51,15 @@ class Dispatcher:
         self.shared: EnvHandle | None = None
         self.stats = stats
         self.deadlines = DeadlineWatch(self._apply_fallback)
+        self.metrics: ServerMetrics | None = None  # what a server with a metrics port records
         self._watched: dict[str, Session] = {}
 
     def executor_for(self, session: Session) -> Callable[[str, tuple, dict], tuple[bool, Any]]:
         """``(name, args, kwargs) -> (ok, value)`` for ``session``'s calls: :meth:`execute`, on the env's thread if it has one."""
         runner = session.handle.runner
         execute = self.execute if session.peer.get("tensors") != "numpy" else self._execute_as_numpy
-        if runner is None:
-            return functools.partial(execute, session)
-        return functools.partial(runner.run, execute, session)
+        bound = functools.partial(execute, session) if runner is None else functools.partial(runner.run, execute, session)
+        return bound if self.metrics is None else self.metrics.timed(bound, session)
 
     def _execute_as_numpy(self, session: Session, name: str, args: tuple, kwargs: dict) -> tuple[bool, Any]:
         """:meth:`execute`, its result's tensors made numpy arrays (a client that asked for ``tensors="numpy"``)."""
@@ -81,7 +83,12 @@ class Dispatcher:
                     if session.role == "observer" or handle.lease not in (None, session.session_id):
                         self.check_control(session)  # raises the reason
                     handle.cached_state = None
-                    result = method(*args, **kwargs)
+                    if self.metrics is None:
+                        result = method(*args, **kwargs)
+                    else:
+                        began = _perf_ns()
+                        result = method(*args, **kwargs)
+                        session.env_ns = _perf_ns() - began
                     if session.deadline is not None and session.deadline.stepped(name, args):
                         log.info("session %s is back in control", session.session_id)
                     if self.publisher is None:  # no observers: only count the transition
@@ -103,7 +110,9 @@ class Dispatcher:
                         return True, cached[1]
                 if name == BATCH_STEP:
                     return True, self._batch_step(session, args, kwargs)
+                began = _perf_ns()
                 result = _invoke(session, name, args, kwargs)
+                session.env_ns = _perf_ns() - began
                 if session.deadline is not None and name in ("step", "reset") and session.deadline.stepped(name, args):
                     log.info("session %s is back in control", session.session_id)
                 if changes_env:
@@ -249,6 +258,8 @@ class Dispatcher:
                     fallback.kind,
                 )
             deadline.missed_now(now)
+            if self.metrics is not None:
+                self.metrics.deadline_misses += 1
             self._publish(session, name, args, {}, result, fallback=True)
             return deadline.due
 

@@ -18,6 +18,7 @@ from fastenv import envinfo, protocol
 from fastenv._version import __version__
 from fastenv.control.router import ServerSocket
 from fastenv.errors import EncodeError, FastEnvError, LimitExceeded, ProtocolError, ServerBusy
+from fastenv.metrics import replied
 from fastenv.observe import TransitionPublisher
 from fastenv.protocol import Kind, Message
 from fastenv.replay import StaleRequest
@@ -264,6 +265,7 @@ class ControlHandlers:
         except StaleRequest:
             return  # a duplicate of a request the client has given up on: nobody waits for a reply
         self.reply(identity, Kind.RESULT if ok else Kind.ERROR, message.request_id, value)
+        replied(execute)
 
     def _on_attach(self, identity: bytes, message: Message) -> None:
         session = self._session_for(identity, message)

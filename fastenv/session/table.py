@@ -64,6 +64,7 @@ class Session:
     created: float = field(default_factory=time.monotonic)
     call_record: ReplyRecord = field(default_factory=ReplyRecord)  # calls on the control connection
     deadline: Deadline | None = None  # the controller's deadline, when it set one
+    env_ns: int = 0  # time in the env's method of the session's last call (with metrics on)
 
     @property
     def ended(self) -> bool:

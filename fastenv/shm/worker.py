@@ -18,6 +18,7 @@ from fastenv.layout import (
     native_take,
 )
 from fastenv.loans import ReplyLoans
+from fastenv.metrics import replied
 from fastenv.shm import futex
 from fastenv.shm.arena import (
     CALL,
@@ -211,7 +212,9 @@ class ShmServerWorker:
         ok, value = self._execute(name, args, kwargs)
         if not loans.lent:
             loans.call = None
-            return self._reply(arena, seq, RESULT if ok else ERROR, value, name)
+            target = self._reply(arena, seq, RESULT if ok else ERROR, value, name)
+            replied(self._execute)
+            return target
         # The env wrote into arrays from fastenv.reply_array(): some may be the reply slot itself.
         if ok and self._reply_fast(arena, seq, value, name, loans.places()):
             loans.end(value, settled=True)

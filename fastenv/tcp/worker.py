@@ -11,6 +11,7 @@ from typing import Any
 
 from fastenv import codec
 from fastenv.errors import ConnectionLost, EncodeError, ProtocolError
+from fastenv.metrics import replied
 from fastenv.replay import ReplyRecord, StaleRequest
 from fastenv.tcp.format import CALL, ERROR, KIND_NAMES, RESULT, MessageRejected
 from fastenv.tcp.framing import DEFAULT_CHUNK_SIZE
@@ -121,6 +122,7 @@ class TcpServerWorker:
                 kind, value, name = self._run_once(request)
                 del request
                 self._send(kind, seq, value, name)
+                replied(self._execute)
                 del value
         except _Stopped:
             pass

@@ -1,0 +1,206 @@
+"""Live server metrics for Prometheus (``fastenv serve --metrics-port N``) and ``fastenv top``.
+
+Recording is cheap enough for every call: a call's timings go into
+fixed-bucket histograms kept here (a bisect and two additions each), and
+Prometheus reads them, with the session table and the server's counters, only
+when it scrapes (:class:`ServerCollector`). Nothing is recorded when the
+server has no metrics port.
+
+Each call is timed twice: **env time**, inside the env's method, and
+**fastenv time**, the rest of what the server spent on it from the moment
+its route handed it over to the moment its reply was written (the control
+lease and env lock, a hop to the env's thread, packing the reply).
+
+Metrics (all prefixed ``fastenv_``): ``sessions{transport,role}``,
+``calls_total{method}``, ``errors_total{kind}``,
+``env_seconds{method}`` and ``overhead_seconds{method,transport}``
+(histograms), ``server_events_total{event}`` (requests, protocol and env
+errors, reaped and resumed sessions), ``deadline_misses_total``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from fastenv.errors import MissingDependency
+
+#: Histogram bucket bounds, seconds: 1 µs to 10 s.
+BUCKETS = (
+    1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.2, 0.5, 1.0, 10.0,
+)
+_perf_ns = time.perf_counter_ns
+
+
+class LatencyHistogram:
+    """Counts of durations in :data:`BUCKETS` (plus one for longer ones), their sum and count."""
+
+    __slots__ = ("counts", "count", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(BUCKETS) + 1)
+        self.count = 0
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        """Count one duration."""
+        self.counts[bisect.bisect_left(BUCKETS, seconds)] += 1
+        self.count += 1
+        self.total += seconds
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """Prometheus buckets: ``(upper bound, count at or below it)``, ending with ``+Inf``."""
+        running, out = 0, []
+        for bound, count in zip((*BUCKETS, float("inf")), self.counts):
+            running += count
+            out.append(("+Inf" if bound == float("inf") else repr(bound), running))
+        return out
+
+    def quantile(self, q: float) -> float:
+        """An estimate of quantile ``q`` (the upper bound of the bucket it falls in)."""
+        if not self.count:
+            return 0.0
+        rank, running = q * self.count, 0
+        for bound, count in zip((*BUCKETS, BUCKETS[-1]), self.counts):
+            running += count
+            if running >= rank:
+                return bound
+        return BUCKETS[-1]
+
+
+class ServerMetrics:
+    """What a server records for its metrics (one per server; calls from any thread, under the GIL)."""
+
+    def __init__(self) -> None:
+        self.calls: collections.Counter[str] = collections.Counter()
+        self.errors: collections.Counter[str] = collections.Counter()
+        self.env_time: dict[str, LatencyHistogram] = collections.defaultdict(LatencyHistogram)
+        self.overhead: dict[tuple[str, str], LatencyHistogram] = collections.defaultdict(LatencyHistogram)
+        self.deadline_misses = 0
+
+    def timed(self, execute: Callable[[str, tuple, dict], tuple[bool, Any]], session: Any) -> TimedExecutor:
+        """``execute`` for ``session``'s calls, timed (see :class:`TimedExecutor`)."""
+        return TimedExecutor(self, execute, session)
+
+
+class TimedExecutor:
+    """An executor that records each call (count, env time, errors) and, at :meth:`replied`, its overhead.
+
+    The env time of a call is what the dispatcher measured around the env's
+    method (``session.env_ns``); the route calls :meth:`replied` once the reply
+    is written, and the overhead is the call's time since the route handed it
+    over, less its env time.
+    """
+
+    def __init__(self, metrics: ServerMetrics, execute: Callable[[str, tuple, dict], tuple[bool, Any]], session: Any):
+        self._metrics = metrics
+        self._execute = execute
+        self._session = session
+        self._current: tuple[str, int, int] | None = None  # (method, began ns, env ns)
+
+    def __call__(self, name: str, args: tuple, kwargs: dict) -> tuple[bool, Any]:
+        began = _perf_ns()
+        session = self._session
+        session.env_ns = 0
+        ok, value = self._execute(name, args, kwargs)
+        metrics = self._metrics
+        metrics.calls[name] += 1
+        if session.env_ns:
+            metrics.env_time[name].observe(session.env_ns / 1e9)
+        if not ok and isinstance(value, dict):
+            metrics.errors[str(value.get("kind"))] += 1
+        self._current = (name, began, session.env_ns)
+        return ok, value
+
+    def replied(self) -> None:
+        """The reply to the last call is written: record the call's overhead."""
+        current, self._current = self._current, None
+        if current is not None:
+            name, began, env_ns = current
+            self._metrics.overhead[(name, self._session.plane)].observe(max(0, _perf_ns() - began - env_ns) / 1e9)
+
+
+def replied(execute: Any) -> None:
+    """Tell a :class:`TimedExecutor` its call's reply is written (nothing for any other executor)."""
+    if type(execute) is TimedExecutor:
+        execute.replied()
+
+
+class ServerCollector:
+    """A Prometheus collector reading a server's metrics, sessions and counters when scraped.
+
+    Args:
+        metrics: what the server recorded.
+        sessions: the open sessions (each with ``plane`` and ``role``).
+        events: the server's counters (``requests``, ``protocol_errors``, ...).
+    """
+
+    def __init__(self, metrics: ServerMetrics, sessions: Callable[[], Iterator[Any]], events: dict[str, int]) -> None:
+        self._metrics = metrics
+        self._sessions = sessions
+        self._events = events
+
+    def collect(self) -> Iterator[Any]:
+        """The metric families (prometheus_client's collector protocol)."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+        metrics = self._metrics
+        sessions = GaugeMetricFamily("fastenv_sessions", "open sessions", labels=["transport", "role"])
+        counted = collections.Counter((session.plane, session.role) for session in self._sessions())
+        for (plane, role), count in sorted(counted.items()):
+            sessions.add_metric([plane, role], count)
+        yield sessions
+        calls = CounterMetricFamily("fastenv_calls", "calls served, by method", labels=["method"])
+        for method, count in sorted(metrics.calls.items()):
+            calls.add_metric([method], count)
+        yield calls
+        errors = CounterMetricFamily("fastenv_errors", "calls answered with an error, by kind", labels=["kind"])
+        for kind, count in sorted(metrics.errors.items()):
+            errors.add_metric([kind], count)
+        yield errors
+        events = CounterMetricFamily("fastenv_server_events", "server counters", labels=["event"])
+        for event, count in sorted(self._events.items()):
+            events.add_metric([event], count)
+        yield events
+        yield CounterMetricFamily("fastenv_deadline_misses", "fallbacks applied for late steps", value=metrics.deadline_misses)
+        env = HistogramMetricFamily("fastenv_env_seconds", "time in the env's method", labels=["method"])
+        for method, histogram in sorted(metrics.env_time.items()):
+            env.add_metric([method], histogram.cumulative(), histogram.total)
+        yield env
+        overhead = HistogramMetricFamily(
+            "fastenv_overhead_seconds", "server time on a call outside the env", labels=["method", "transport"]
+        )
+        for (method, plane), histogram in sorted(metrics.overhead.items()):
+            overhead.add_metric([method, plane], histogram.cumulative(), histogram.total)
+        yield overhead
+
+
+class MetricsEndpoint:
+    """Serves a collector over HTTP for Prometheus (``/metrics``) until :meth:`close`.
+
+    Needs ``pip install "fastenv[metrics]"`` (prometheus_client).
+    """
+
+    def __init__(self, collector: ServerCollector, port: int, host: str = "127.0.0.1") -> None:
+        try:
+            from prometheus_client import CollectorRegistry, start_http_server
+        except ImportError as exc:
+            raise MissingDependency('--metrics-port needs prometheus_client: pip install "fastenv[metrics]"') from exc
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(collector)
+        self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
+        self.port = self._server.server_port
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Stop serving (idempotent)."""
+        with self._lock:
+            server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+            self._thread.join(5)
