@@ -18,7 +18,8 @@ What part of a round trip is the env, and what part the transport:
 - ``in-process``: the env's ``step`` called directly in this process: the
   env's own simulation + rendering time, no transport.
 - fastenv rows: the server runs :class:`TimedStackCube` (the same env, timing
-  its own ``step``), so every timed round trip is paired with the env time of
+  its own ``step``) on a thread of its own (``--env-thread dedicated``: the
+  env's OpenGL context is bound to the thread that built it), so every timed round trip is paired with the env time of
   that very step, measured inside the server: "env ms" is the median of those,
   "added ms" the median of (round trip - env time) per step, "env share" the
   median of env time / round trip per step. Other load on the machine moves
@@ -77,7 +78,7 @@ TIMEOUT_S = 60.0
 class TimedStackCube(StackCubeEnv):
     """The stack-cube task timing its own ``step`` (simulation + rendering); results unchanged.
 
-    Served by the fastenv rows (``fastenv serve benchmarks/bench_mujoco.py:TimedStackCube``);
+    Served by the fastenv rows (``fastenv serve benchmarks/bench_mujoco.py:TimedStackCube --env-thread dedicated``);
     :meth:`step_times` hands the durations over and forgets them.
     """
 
@@ -136,7 +137,7 @@ def run_fastenv(transport: str, payload: str, steps: int, warmup: int) -> Row:
     """A fastenv row: :class:`TimedStackCube` served by ``fastenv serve``, env time read back per step."""
     workload = get_workload(payload)
     target = f"{os.path.abspath(__file__)}:TimedStackCube"
-    with ServerProcess(target, env_kwargs=workload.env_kwargs, ready_timeout=TIMEOUT_S) as server:
+    with ServerProcess(target, workload.serve_args, env_kwargs=workload.env_kwargs, ready_timeout=TIMEOUT_S) as server:
         wanted = FASTENV_ROWS[transport]
         with fastenv.FastRemoteEnv(
             server.address, transport=wanted, timeout=TIMEOUT_S, connect_timeout=TIMEOUT_S

@@ -38,10 +38,13 @@ ROUNDS, QUICK_ROUNDS = 100, 5
 def payload(bench_quick: bool) -> str:
     """``mujoco`` (two 240×320 cameras), or tiny images in quick mode; skips without offscreen GL."""
     name = "mujoco-48x64" if bench_quick else "mujoco"
+    env = get_workload(name).make_env()
     try:
-        get_workload(name).make_env().close()
+        env.reset(seed=0)  # the first render makes the OpenGL context
     except MissingDependency as exc:
         pytest.skip(f"offscreen OpenGL cannot render here: {exc}")
+    finally:
+        env.close()
     return name
 
 

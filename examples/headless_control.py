@@ -11,7 +11,10 @@ Usage::
 
     python examples/headless_control.py                      # starts `fastenv serve` itself
     python examples/headless_control.py --connect HOST:PORT  # drive a running server
-    fastenv serve fastenv.examples.mujoco_stack:make_stack_cube   # ... started like this
+    fastenv serve fastenv.examples.mujoco_stack:make_stack_cube --env-thread main   # ... started like this
+
+The env renders with OpenGL, whose context is bound to one thread, so the
+server builds and calls it on its main thread (``--env-thread main``).
 
 Prints each phase of the pick-and-place, whether the red cube ended on the
 green one, and steps per second.
@@ -30,6 +33,7 @@ import fastenv
 from fastenv.server_process import ServerProcess
 
 TARGET = "fastenv.examples.mujoco_stack:make_stack_cube"
+SERVE_ARGS = ("--env-thread", "main")  # the env's OpenGL context is bound to the thread that built it
 CUBE_HALF = 0.02  # the task's cubes are 4 cm
 FINGER_DROP = 0.045  # finger centres sit this far below the hand
 
@@ -121,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
 
     server = None
     if args.connect is None:
-        server = ServerProcess(TARGET, env_kwargs={"height": args.height, "width": args.width})
+        server = ServerProcess(TARGET, SERVE_ARGS, env_kwargs={"height": args.height, "width": args.width})
         address = server.start()
     else:
         address = args.connect

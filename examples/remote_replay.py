@@ -1,10 +1,10 @@
 """Remote replay: run the task on the server, replay its states locally, render and compare.
 
 1. The server runs the MuJoCo stack-cube task (``fastenv serve
-   fastenv.examples.mujoco_stack:make_stack_cube``, started here unless
-   ``--connect`` names one) and this client drives it with the scripted
-   controller of ``headless_control.py``, calling ``get_state()`` after every
-   step and keeping the server's rendered camera images.
+   fastenv.examples.mujoco_stack:make_stack_cube --env-thread main``, started
+   here unless ``--connect`` names one) and this client drives it with the
+   scripted controller of ``headless_control.py``, calling ``get_state()``
+   after every step and keeping the server's rendered camera images.
 2. A local MuJoCo instance of the same env restores every state with
    ``set_state()`` and renders it; the script prints the largest absolute
    pixel difference from the server's frames.
@@ -40,7 +40,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for headless_control
 
-from headless_control import TARGET, Stacker
+from headless_control import SERVE_ARGS, TARGET, Stacker
 
 import fastenv
 from fastenv.examples.mujoco_stack import StackCubeEnv
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
 
     server = None
     if args.connect is None:
-        server = ServerProcess(TARGET, env_kwargs={"height": args.height, "width": args.width})
+        server = ServerProcess(TARGET, SERVE_ARGS, env_kwargs={"height": args.height, "width": args.width})
         address = server.start()
     else:
         address = args.connect

@@ -60,6 +60,18 @@ def reply_array(shape: int | tuple[int, ...], dtype: Any = float) -> np.ndarray:
     return np.empty(shape, dtype)
 
 
+def current_loans() -> ReplyLoans | None:
+    """The loans :func:`reply_array` uses on this thread (None: it allocates)."""
+    return getattr(_current, "loans", None)
+
+
+def use_loans(loans: ReplyLoans | None) -> ReplyLoans | None:
+    """Make :func:`reply_array` on this thread use ``loans`` (a call run for another thread); returns the previous."""
+    previous = getattr(_current, "loans", None)
+    _current.loans = loans
+    return previous
+
+
 def _shape(shape: int | tuple[int, ...]) -> tuple[int, ...]:
     return (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(side) for side in shape)
 

@@ -57,7 +57,8 @@ def test_the_mujoco_task_passes_the_checker_as_the_local_one_does(serve) -> None
     from fastenv.examples.mujoco_stack import make_stack_cube
 
     kwargs = {"height": 48, "width": 64}
-    server = serve("fastenv.examples.mujoco_stack:make_stack_cube", env_kwargs=kwargs)
+    # its OpenGL context is bound to the thread that built it
+    server = serve("fastenv.examples.mujoco_stack:make_stack_cube", "--env-thread", "dedicated", env_kwargs=kwargs)
     local = make_stack_cube(**kwargs)
     try:
         with fastenv.FastRemoteEnv(server.address, timeout=T) as env:
@@ -125,6 +126,8 @@ def test_record_video_of_the_mujoco_task(serve, tmp_path: Path) -> None:
     _needs_mujoco()
     server = serve(
         "fastenv.examples.mujoco_stack:make_stack_cube",
+        "--env-thread",
+        "dedicated",
         env_kwargs={"height": 48, "width": 64, "render_mode": "rgb_array"},
     )
     pytest.importorskip("moviepy")

@@ -53,8 +53,9 @@ def _run(address: str, schedule: tuple[str, ...], steps: int, **connect: str) ->
         return env.slot_hits
 
 
-def test_env_renders_into_the_reply_slot(serve, test_env_target, backend: str) -> None:
-    server = serve(test_env_target("Lending"))
+@pytest.mark.parametrize("env_thread", ["caller", "dedicated", "main"])
+def test_env_renders_into_the_reply_slot(serve, test_env_target, backend: str, env_thread: str) -> None:
+    server = serve(test_env_target("Lending"), "--env-thread", env_thread)  # the loan follows the call's hop
     slot_hits = _run(server.address, ("normal",), 40)
     # The first step of each slot learns the places; from then on both frames are slot memory.
     assert slot_hits >= 2 * (40 - 8)

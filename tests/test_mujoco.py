@@ -1,8 +1,12 @@
 """The MuJoCo stack-cube task with rendered cameras: Gymnasium API, remote = local, exact replay, examples.
 
-Skipped as a whole, with the reason, only where MuJoCo is not installed or
-offscreen OpenGL cannot render here (``.ci/run`` installs both). Images are
-small (24×32 to 48×64) to keep the module fast on two cores.
+The env's OpenGL context is bound to the thread that built it, so every
+server here runs it with ``--env-thread dedicated`` (or ``main``), and the
+tests show several clients in both modes, and the typed error for a render
+from another thread. Skipped as a whole, with the reason, only where MuJoCo
+is not installed or offscreen OpenGL cannot render here (``.ci/run``
+installs both). Images are small (24×32 to 48×64) to keep the module fast on
+two cores.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from gymnasium.utils.env_checker import check_env
 
 import fastenv
 from fastenv.errors import MissingDependency
-from fastenv.examples.mujoco_render import configure_gl
+from fastenv.examples.mujoco_render import GLThreadError, configure_gl
 from fastenv.examples.mujoco_stack import StackCubeEnv, make_stack_cube
 from fastenv.server_process import ServerProcess
 
@@ -35,11 +39,13 @@ pytest.importorskip("mujoco", reason='MuJoCo is not installed (pip install "fast
 
 
 def _offscreen_gl_problem() -> str | None:
+    env = StackCubeEnv(height=8, width=8)
     try:
-        env = StackCubeEnv(height=8, width=8)
+        env.reset(seed=0)  # the first render makes the OpenGL context
     except MissingDependency as exc:
         return str(exc)
-    env.close()
+    finally:
+        env.close()
     return None
 
 
@@ -51,6 +57,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TARGET = "fastenv.examples.mujoco_stack:make_stack_cube"
 SMALL = {"height": 48, "width": 64}
 TIMEOUT = 60.0
+DEDICATED = ("--env-thread", "dedicated")  # one thread per env: its OpenGL context's
 
 
 def _actions(count: int, seed: int = 3) -> list[np.ndarray]:
@@ -108,7 +115,7 @@ class RemoteGymEnv(gymnasium.Env):
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerProcess]:
     """One ``fastenv serve`` of the task (small images) for the module; every test resets it with a seed."""
-    with ServerProcess(TARGET, env_kwargs=SMALL, ready_timeout=TIMEOUT) as started:
+    with ServerProcess(TARGET, DEDICATED, env_kwargs=SMALL, ready_timeout=TIMEOUT) as started:
         yield started
 
 
@@ -161,15 +168,63 @@ def test_truncates_after_max_episode_steps() -> None:
         env.close()
 
 
-def test_close_frees_the_renderer_thread() -> None:
+def test_the_first_render_makes_the_gl_context_and_close_frees_it() -> None:
+    threads = set(threading.enumerate())
     env = StackCubeEnv(height=16, width=16)
+    assert not env._renderer.active  # building the env makes no OpenGL context
     env.reset(seed=0)
-    assert any(t.name.startswith("mujoco-render") for t in threading.enumerate())
+    assert env._renderer.active and not set(threading.enumerate()) - threads  # made here, on no thread of its own
     env.close()
     env.close()  # twice is fine
-    assert not any(t.name.startswith("mujoco-render") for t in threading.enumerate())
+    assert not env._renderer.active
     with pytest.raises(gymnasium.error.ClosedEnvironmentError):
         env.step(np.zeros(4, np.float32))
+
+
+def _on_thread(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` on a new thread: what it returned, or the exception it raised."""
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append(fn(*args, **kwargs))
+        except BaseException as exc:  # handed back to the test
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, name="foreign")
+    thread.start()
+    thread.join(TIMEOUT)
+    return outcome[0]
+
+
+def test_rendering_on_another_thread_raises_the_typed_error() -> None:
+    env = StackCubeEnv(height=16, width=16, render_mode="rgb_array")
+    try:
+        first = _on_thread(env.reset, seed=0)  # refused before any OpenGL context exists
+        assert isinstance(first, GLThreadError) and isinstance(first, RuntimeError)
+        assert "'foreign'" in str(first) and "'MainThread'" in str(first)
+        assert "--env-thread main" in str(first) and "--env-thread dedicated" in str(first)
+        assert 'env_thread="dedicated"' in str(first)
+        env.reset(seed=0)  # the thread that built it renders
+        for call in (lambda: env.step(np.zeros(4, np.float32)), env.render, lambda: env.render_state(env.get_state())):
+            assert isinstance(_on_thread(call), GLThreadError)
+        refused = _on_thread(env.close)  # the context exists: only its thread may free it
+        assert isinstance(refused, GLThreadError) and "free its renderer" in str(refused)
+        assert env.closed and env._renderer.active
+    finally:
+        env.close()
+    assert not env._renderer.active
+
+
+def test_an_env_that_never_renders_may_be_called_from_any_thread() -> None:
+    env = StackCubeEnv(cameras=())
+    try:
+        obs, _ = _on_thread(env.reset, seed=0)
+        assert list(obs) == ["gripper", "cubes"]
+        assert len(_on_thread(env.step, np.zeros(4, np.float32))) == 5
+    finally:
+        _on_thread(env.close)
+    assert not env._renderer.active
 
 
 def test_missing_mujoco_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -182,10 +237,12 @@ def test_unusable_gl_backend_is_a_missing_dependency() -> None:
     code = (
         "from fastenv.examples.mujoco_stack import StackCubeEnv\n"
         "from fastenv.errors import MissingDependency\n"
+        "env = StackCubeEnv(height=8, width=8)\n"
         "try:\n"
-        "    StackCubeEnv(height=8, width=8)\n"
+        "    env.reset(seed=0)\n"
         "except MissingDependency as exc:\n"
         "    print(exc)\n"
+        "env.close()\n"
     )
     environ = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
     environ["MUJOCO_GL"] = "glfw"  # a windowing backend, with no display to open a window on
@@ -218,7 +275,7 @@ def test_set_state_refuses_a_foreign_state(local: StackCubeEnv) -> None:
 
 def test_passes_gymnasium_check_env_remotely(serve) -> None:
     kwargs = {"height": 24, "width": 32, "render_mode": "rgb_array"}
-    started = serve("fastenv/StackCube-v0", env_kwargs=kwargs)
+    started = serve("fastenv/StackCube-v0", "--env-thread", "main", env_kwargs=kwargs)
     with fastenv.FastRemoteEnv(started.address, timeout=TIMEOUT) as remote:
         assert remote.spec.id == "fastenv/StackCube-v0"
         check_env(RemoteGymEnv(remote))
@@ -265,6 +322,84 @@ def test_remote_states_replay_exactly_locally(server: ServerProcess, local: Stac
             assert got[key].tobytes() == expected_state[key].tobytes(), key
         assert got["time"] == expected_state["time"] and got["steps"] == expected_state["steps"]
         assert_same(obs, expected_obs)
+
+
+TINY = {"height": 24, "width": 32}
+
+
+def _local_run(seed: int, actions: list[np.ndarray]) -> list[Any]:
+    """What a local env returns for ``reset(seed)`` and then ``actions`` (owned copies)."""
+    env = StackCubeEnv(**TINY)
+    try:
+        return [_owned(env.reset(seed=seed))] + [_owned(env.step(action)) for action in actions]
+    finally:
+        env.close()
+
+
+def _client(address: str, transport: str, seed: int, actions: list[np.ndarray], out: dict[int, Any]) -> None:
+    """One client's run: its results, or the exception that ended it, under ``out[seed]``."""
+    try:
+        with fastenv.FastRemoteEnv(address, transport=transport, timeout=TIMEOUT) as remote:
+            out[seed] = [_owned(remote.reset(seed=seed))] + [_owned(remote.step(action)) for action in actions]
+    except BaseException as exc:  # reported by the test
+        out[seed] = exc
+
+
+@pytest.mark.parametrize("transport", ["shm", "tcp"])
+@pytest.mark.parametrize("mode", ["shared", "per-client"])
+@pytest.mark.parametrize("env_thread", ["dedicated", "main"])
+def test_several_clients_of_an_env_served_on_its_thread(serve, env_thread: str, mode: str, transport: str) -> None:
+    kwargs = {**TINY, "render_mode": "rgb_array"}
+    started = serve(TARGET, "--env-thread", env_thread, "--mode", mode, env_kwargs=kwargs)
+    actions = _actions(6, seed=5)
+    out: dict[int, Any] = {}
+    clients = [
+        threading.Thread(target=_client, args=(started.address, transport, seed, actions, out)) for seed in range(3)
+    ]
+    for client in clients:
+        client.start()
+    for client in clients:
+        client.join(2 * TIMEOUT)
+    assert sorted(out) == [0, 1, 2]
+    failed = {seed: got for seed, got in out.items() if isinstance(got, BaseException)}
+    assert not failed, failed
+    for seed, got in out.items():
+        if mode == "per-client":  # each client has an env of its own: exactly a local env's run
+            assert_same(got, _local_run(seed, actions))
+        else:  # the clients took turns on one env: rendered frames of its one scene
+            for result in got:
+                assert result[0]["front"].shape == (24, 32, 3) and result[0]["front"].std() > 10
+    with fastenv.FastRemoteEnv(started.address, transport=transport, timeout=TIMEOUT) as remote:
+        assert_same(_owned(remote.reset(seed=7)), _local_run(7, [])[0])
+        assert remote.render().shape == (24, 32, 3)
+
+
+@pytest.mark.parametrize("mode", ["shared", "per-client"])
+def test_an_env_server_with_a_dedicated_env_thread_serves_it(mode: str) -> None:
+    actions = _actions(4, seed=2)
+    with fastenv.EnvServer(factory=lambda: StackCubeEnv(**TINY), mode=mode, env_thread="dedicated") as server:
+        address = server.start()
+        out: dict[int, Any] = {}
+        clients = [threading.Thread(target=_client, args=(address, "shm", seed, actions, out)) for seed in range(2)]
+        for client in clients:
+            client.start()
+        for client in clients:
+            client.join(2 * TIMEOUT)
+    failed = {seed: got for seed, got in out.items() if isinstance(got, BaseException)}
+    assert sorted(out) == [0, 1] and not failed, failed
+    if mode == "per-client":
+        for seed, got in out.items():
+            assert_same(got, _local_run(seed, actions))
+
+
+@pytest.mark.parametrize("mode", ["shared", "per-client"])
+def test_served_without_an_env_thread_the_error_says_how_to_serve_it(serve, mode: str) -> None:
+    started = serve(TARGET, "--mode", mode, env_kwargs=TINY)  # --env-thread caller, the default
+    with fastenv.FastRemoteEnv(started.address, timeout=TIMEOUT) as remote:
+        with pytest.raises(fastenv.RemoteEnvError, match="--env-thread main") as raised:
+            remote.reset(seed=0)
+            remote.step(np.zeros(4, np.float32))  # in case the reset came on the thread that built the env
+    assert raised.value.remote_type.endswith("GLThreadError")
 
 
 def test_remote_set_state_rewinds(server: ServerProcess) -> None:

@@ -82,9 +82,10 @@ def start_fastenv_server(
 ) -> Any:
     """A started ``fastenv serve`` (a :class:`~fastenv.server_process.ServerProcess`) for fastenv row ``name``.
 
-    Serves ``payload``'s env with the extra command-line ``args`` (for example
-    ``["--mode", "per-client"]``) and the pure-Python doorbell for
-    ``fastenv-shm-py``. The caller stops it.
+    Serves ``payload``'s env with the arguments it needs
+    (:attr:`~fastenv.bench.workloads.Workload.serve_args`), the extra
+    command-line ``args`` (for example ``["--mode", "per-client"]``) and the
+    pure-Python doorbell for ``fastenv-shm-py``. The caller stops it.
 
     Raises:
         KeyError: ``name`` is not a fastenv row, or the payload is unknown.
@@ -96,7 +97,7 @@ def start_fastenv_server(
     workload = get_workload(payload)
     server = ServerProcess(
         workload.target,
-        args,
+        [*workload.serve_args, *args],
         env_kwargs=workload.env_kwargs or None,
         ready_timeout=timeout,
         extra_env={**(server_env or {}), **(_PY_BACKEND if name == "fastenv-shm-py" else {})},

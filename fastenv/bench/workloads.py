@@ -14,7 +14,10 @@
   stack-cube task (:class:`fastenv.examples.mujoco_stack.StackCubeEnv`:
   physics plus two offscreen-rendered cameras, 240×320 for ``mujoco``), for
   ``benchmarks/bench_mujoco.py``. Needs ``pip install "fastenv[sim]"``; not
-  listed in :data:`PAYLOADS` either.
+  listed in :data:`PAYLOADS` either. Its OpenGL context is bound to the
+  thread that built the env, so ``fastenv serve`` serves it with
+  ``--env-thread dedicated`` (:attr:`Workload.serve_args`); the baselines
+  build and call their env on one thread anyway.
 
 Both are built with ``max_steps`` = :data:`NEVER_TRUNCATE`, so no episode ends
 during a run: transports that auto-reset (Gymnasium's vector envs) and those
@@ -53,13 +56,18 @@ NEVER_TRUNCATE = 2**31 - 1
 
 @dataclass(frozen=True)
 class Workload:
-    """An env (``module:Class`` plus kwargs) and the fixed action sent every step."""
+    """An env (``module:Class`` plus kwargs) and the fixed action sent every step.
+
+    ``serve_args``: command-line arguments ``fastenv serve`` needs to serve
+    the env at all (``--env-thread dedicated`` for an env bound to one thread).
+    """
 
     name: str
     target: str
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     action_dim: int = 4
     seed: int = 0
+    serve_args: tuple[str, ...] = ()
 
     def make_env(self) -> Any:
         """A fresh local instance of the env."""
@@ -87,6 +95,8 @@ SWEEP_PAYLOADS: tuple[str, ...] = ("small", "camera-48x64", "camera-120x160", "c
 _SIZED_CAMERA = re.compile(r"camera-([1-9][0-9]{0,4})x([1-9][0-9]{0,4})")
 _SIZED_MUJOCO = re.compile(r"mujoco(?:-([1-9][0-9]{0,4})x([1-9][0-9]{0,4}))?")
 _MAX_SIDE = 8192
+#: ``fastenv serve`` arguments for the MuJoCo workloads: one thread per env for its OpenGL context.
+MUJOCO_SERVE_ARGS: tuple[str, ...] = ("--env-thread", "dedicated")
 
 
 def get_workload(name: str) -> Workload:
@@ -110,7 +120,8 @@ def get_workload(name: str) -> Workload:
         height, width = (int(match[1]), int(match[2])) if match[1] else (240, 320)
         if height <= _MAX_SIDE and width <= _MAX_SIDE:
             kwargs = {"max_episode_steps": NEVER_TRUNCATE, "height": height, "width": width}
-            return Workload(name, "fastenv.examples.mujoco_stack:StackCubeEnv", kwargs, action_dim=4)
+            target = "fastenv.examples.mujoco_stack:StackCubeEnv"
+            return Workload(name, target, kwargs, action_dim=4, serve_args=MUJOCO_SERVE_ARGS)
     raise KeyError(
         f"unknown payload {name!r}; choose one of {', '.join(PAYLOADS)}, "
         f"camera-<H>x<W> or mujoco[-<H>x<W>] (sides 1..{_MAX_SIDE})"

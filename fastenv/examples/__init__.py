@@ -16,7 +16,8 @@ Serve one with ``fastenv serve fastenv.examples:CameraEnv``.
 A real simulator lives in its own module, not imported here (it needs
 ``pip install "fastenv[sim]"``): :mod:`fastenv.examples.mujoco_stack`, a MuJoCo
 cube-stacking task with rendered cameras (``fastenv serve
-fastenv.examples.mujoco_stack:make_stack_cube``, Gymnasium id
+fastenv.examples.mujoco_stack:make_stack_cube --env-thread main``: its OpenGL
+context is bound to the thread that built it; Gymnasium id
 ``fastenv/StackCube-v0``).
 """
 

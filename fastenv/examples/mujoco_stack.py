@@ -6,10 +6,11 @@ constraint (a floating hand, position controlled, no arm).
 Every step renders one RGB image per camera offscreen, so it is a real camera
 payload: what a robot-learning env sends over the wire.
 
-Serve it::
+Serve it on one thread (see below); the second line serves the same env made
+by ``gymnasium.make``, with larger images::
 
-    fastenv serve fastenv.examples.mujoco_stack:make_stack_cube --env-kwargs '{"height": 480, "width": 640}'
-    fastenv serve fastenv/StackCube-v0            # the same env, made by gymnasium.make
+    fastenv serve fastenv.examples.mujoco_stack:make_stack_cube --env-thread main
+    fastenv serve fastenv/StackCube-v0 --env-thread main --env-kwargs '{"height": 480, "width": 640}'
 
 or use it locally (``gymnasium.make("fastenv/StackCube-v0")`` after ``import fastenv``).
 
@@ -20,15 +21,21 @@ renders on the CPU with Mesa's llvmpipe when there is no GPU), or OSMesa
 (``libosmesa6``) when EGL is not installed. ``MUJOCO_GL`` set by the user is
 respected; it must be set before anything imports ``mujoco``.
 
-Rendering runs on a thread owned by the env, because an OpenGL context belongs
-to the thread that made it current while fastenv's server calls an env from
-its sessions' threads (:mod:`fastenv.examples.mujoco_render`). The scene
-itself, in MJCF, is :mod:`fastenv.examples.mujoco_scene`.
+An OpenGL context belongs to one thread, so the env renders only on the
+thread that built it: it makes its OpenGL context there on the first render
+and frees it in :meth:`~StackCubeEnv.close`, and a render from any other
+thread raises :class:`~fastenv.examples.mujoco_render.GLThreadError`
+(:mod:`fastenv.examples.mujoco_render`). fastenv's server calls an env from
+the thread that received the call unless told otherwise, so serve it with
+``--env-thread main`` or ``--env-thread dedicated``
+(``fastenv.EnvServer(..., env_thread=...)`` from Python): the server then
+builds, calls and closes it on one thread, for every client. An env with
+``cameras=()`` and no ``render_mode`` never renders and may be called from
+any thread. The scene itself, in MJCF, is :mod:`fastenv.examples.mujoco_scene`.
 """
 
 from __future__ import annotations
 
-import threading
 import warnings
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -36,7 +43,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from fastenv.errors import MissingDependency
-from fastenv.examples.mujoco_render import RenderThread, import_mujoco
+from fastenv.examples.mujoco_render import GLThreadError, ThreadBoundRenderer, import_mujoco
 from fastenv.examples.mujoco_scene import (
     CAMERAS,
     CUBE_HALF,
@@ -63,7 +70,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without gymnasiu
         f'the MuJoCo stack-cube env needs Gymnasium: pip install "fastenv[sim]" ({exc})'
     ) from exc
 
-__all__ = ["CAMERAS", "StackCubeEnv", "make_stack_cube"]
+__all__ = ["CAMERAS", "GLThreadError", "StackCubeEnv", "make_stack_cube"]
 
 
 class StackCubeEnv(gymnasium.Env):
@@ -89,7 +96,9 @@ class StackCubeEnv(gymnasium.Env):
     ``info["is_success"]`` says whether the cubes are stacked and released.
 
     Every step renders the cameras of the new state (after ``mj_forward``, so
-    images, ``"gripper"`` and ``"cubes"`` describe the same instant).
+    images, ``"gripper"`` and ``"cubes"`` describe the same instant), on the
+    thread that built the env (:class:`GLThreadError` on any other; see the
+    module docstring).
     :meth:`get_state` / :meth:`set_state` capture and restore everything
     integration depends on (``mj_getState`` with ``mjSTATE_INTEGRATION``:
     time, qpos, qvel, act, warm start, controls, mocap poses, ...) plus the
@@ -179,10 +188,8 @@ class StackCubeEnv(gymnasium.Env):
         self.action_space = spaces.Box(-1.0, 1.0, (4,), np.float32)
         self._steps = 0
         self._closed = False
-        self._renderer: RenderThread | None = None
-        self._renderer_lock = threading.Lock()
-        if self.cameras or self.render_mode is not None:
-            self._renderer = RenderThread(mujoco, self.model, self.height, self.width)
+        # Bound to this thread; its OpenGL context is made by the first render.
+        self._renderer = ThreadBoundRenderer(mujoco, self.model, self.height, self.width, owner_of=type(self).__name__)
         self._reset_physics(np.array([0.5, 0.1]), np.array([0.5, -0.1]))
 
     # ------------------------------------------------------------------ physics
@@ -215,11 +222,8 @@ class StackCubeEnv(gymnasium.Env):
             raise gymnasium.error.ClosedEnvironmentError(f"{type(self).__name__} is closed")
 
     def _render(self, cameras: Sequence[str]) -> list[np.ndarray]:
-        with self._renderer_lock:
-            self._check_open()
-            if self._renderer is None:  # render_mode set later, or a camera-less env asked for a frame
-                self._renderer = RenderThread(self._mujoco, self.model, self.height, self.width)
-            return self._renderer.render(self.data, cameras)
+        self._check_open()
+        return self._renderer.render(self.data, cameras)
 
     def _goal(self) -> np.ndarray:
         b = self._cube_qpos["cube_b"]
@@ -339,21 +343,30 @@ class StackCubeEnv(gymnasium.Env):
         return self._closed
 
     def close(self) -> None:
-        """Free the renderer (its GL context and thread). Safe to call twice."""
+        """Free the renderer's OpenGL context, if a render made one. Safe to call twice.
+
+        Raises:
+            GLThreadError: a render made a context, and this is not the thread
+                that built the env (the env is closed, the context is left for
+                ``close()`` on that thread).
+        """
         self._closed = True
-        with self._renderer_lock:
-            renderer, self._renderer = self._renderer, None
-        if renderer is not None:
-            renderer.close()
+        self._renderer.close()
 
     def __del__(self) -> None:
-        if self.__dict__.get("_renderer") is not None:
-            warnings.warn(
-                f"{type(self).__name__} was not closed; call close() to free its renderer",
-                ResourceWarning,
-                stacklevel=2,
-            )
-            self.close()
+        renderer = self.__dict__.get("_renderer")
+        if renderer is None or not renderer.active:
+            return
+        warnings.warn(
+            f"{type(self).__name__} was not closed; call close() to free its renderer",
+            ResourceWarning,
+            stacklevel=2,
+        )
+        self._closed = True
+        if renderer.on_own_thread():
+            renderer.close()
+        else:  # collected on another thread: OpenGL may not be touched here
+            renderer.abandon()
 
 
 def make_stack_cube(**kwargs: Any) -> StackCubeEnv:

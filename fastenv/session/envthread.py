@@ -23,6 +23,7 @@ from typing import Any
 
 from fastenv import native
 from fastenv.errors import FastEnvError, FastEnvTimeout
+from fastenv.loans import current_loans, use_loans
 from fastenv.shm.doorbell import Doorbell
 
 WAIT_SLICE_S = 0.05  # how often a waiting side looks at the stop flag
@@ -54,7 +55,7 @@ class EnvThread:
         self._ring_wait = getattr(compiled, "ring_wait", None) if self._request.backend is compiled else None
         self._spin_us = compiled.DEFAULT_SPIN_US if spin_us is None and compiled is not None else (spin_us or 0)
         self._submit = threading.Lock()
-        self._call: tuple[Callable[..., Any], tuple] | None = None
+        self._call: tuple[Callable[..., Any], tuple, Any] | None = None
         self._result: tuple[bool, Any] | None = None
         self._stop = threading.Event()
         self._owner = owner
@@ -81,7 +82,7 @@ class EnvThread:
                     raise EnvThreadStopped("the env thread has stopped: the server is shutting down")
                 self._serving.wait(WAIT_SLICE_S)
             seen = self._reply.value()
-            self._call = (fn, args)
+            self._call = (fn, args, current_loans())  # reply_array() in the call lends the caller's reply slot
             answered = self._ring_then_wait(self._request, REQUEST_BELL, self._reply, REPLY_BELL, seen) != seen
             while not answered:
                 try:
@@ -120,12 +121,15 @@ class EnvThread:
                 call, self._call = self._call, None
                 if call is None:
                     continue
-                fn, args = call
+                fn, args, loans = call
+                previous = use_loans(loans)
                 try:
                     self._result = (True, fn(*args))
                 except BaseException as exc:  # handed to the caller, whatever it is
                     self._result = (False, exc)
-                del call, fn, args
+                finally:
+                    use_loans(previous)
+                del call, fn, args, loans
                 answered = True
         finally:
             if answered:
