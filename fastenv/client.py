@@ -13,6 +13,7 @@ from typing import Any
 from fastenv import gym_types  # noqa: F401  (registers Gymnasium spaces with the codec)
 from fastenv.batching import pack_column, unpack_results
 from fastenv.client_deadline import DeadlineCalls
+from fastenv.client_stats import ClientStats, summarize
 from fastenv.client_sharing import SharingCalls
 from fastenv.client_views import HandshakeAttributes
 from fastenv.control.address import normalize_address
@@ -311,6 +312,21 @@ class FastRemoteEnv(HandshakeAttributes, SharingCalls, DeadlineCalls, _EnvBase):
     def ping(self, timeout: float = 5.0) -> None:
         """Round-trip a PING; raises if the server does not answer in ``timeout`` seconds."""
         self._session.ping(timeout)
+
+    def measure(self, pings: int = 8, timeout: float = 5.0) -> ClientStats:
+        """Round-trip percentiles of the latest calls, and one-way delays from ``pings`` fresh pings.
+
+        The one-way delays are corrected for the clock offset between this
+        host and the server's, estimated from the pings (see
+        :mod:`fastenv.client_stats`); :attr:`stats` is ``measure()``.
+        """
+        times = [self._session.ping(timeout) for _ in range(pings)]
+        return summarize(self._session.round_trips, [ping for ping in times if ping is not None])
+
+    @property
+    def stats(self) -> ClientStats:
+        """:meth:`measure` with its defaults (eight pings on the control connection)."""
+        return self.measure()
 
     # ------------------------------------------------------------------ lifetime
 

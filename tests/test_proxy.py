@@ -129,3 +129,23 @@ def test_steps_are_applied_exactly_once_through_a_cutting_delaying_proxy(serve) 
         finally:
             proxy.terminate()
             proxy.wait(T)
+
+
+def test_client_stats_see_the_injected_delay_each_way(serve) -> None:
+    """``env.stats``: round trips, and one-way delays corrected for the clock offset (one host here: ~0)."""
+    port, data_port = free_port(), free_port()
+    serve(COUNTER, "--port", str(port), "--data-port", str(data_port))
+    profile = LinkProfile(latency=0.01, seed=3)
+    with (
+        FaultProxy(("127.0.0.2", port), ("127.0.0.1", port), profile),
+        FaultProxy(("127.0.0.2", data_port), ("127.0.0.1", data_port), profile),
+        fastenv.FastRemoteEnv(f"127.0.0.2:{port}", transport="tcp", timeout=T) as env,
+    ):
+        env.reset()
+        for _ in range(10):
+            env.step(0)
+        stats = env.stats
+        assert stats.calls == 11 and stats.pings == 8
+        assert stats.round_trip_max >= stats.round_trip_p99 >= stats.round_trip_p50 >= 2 * profile.latency
+        assert abs(stats.clock_offset) < profile.latency / 2  # one clock: the estimate finds no offset
+        assert stats.one_way_up >= profile.latency * 0.9 and stats.one_way_down >= profile.latency * 0.9

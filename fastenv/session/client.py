@@ -19,6 +19,7 @@ from typing import Any
 
 from fastenv import protocol
 from fastenv._version import __version__
+from fastenv.client_stats import PingTimes, RoundTrips, wall_ns
 from fastenv.control.address import host_identity
 from fastenv.control.dealer import ClientChannel
 from fastenv.errors import (
@@ -44,6 +45,7 @@ from fastenv.wire import error_from_body, is_session_gone
 
 DEFAULT_TIMEOUT = object()  # a call's timeout left to the session's default
 
+_perf = time.perf_counter
 _CALL_LABELS = {"step": "step()", "reset": "reset()", "get_state": "get_state()"}
 
 
@@ -88,6 +90,7 @@ class ClientSession:
         self.options = options
         self.timeout = timeout
         self.state = ClientState.IDLE
+        self.round_trips = RoundTrips()
         self.transport: ClientTransport | None = None
         self.plane = "tcp"  # the data plane the server was told: "shm" or "tcp"
         self.reason = ""
@@ -178,6 +181,7 @@ class ClientSession:
             self.send_call(name, args, kwargs, timeout)
             assert self._pending is not None
             return self._collect(self._pending.deadline, keep_on_timeout=False)  # one deadline for send and reply
+        began = _perf()
         timeout = self.timeout if timeout is DEFAULT_TIMEOUT else timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         body = (name, args if args.__class__ is tuple else tuple(args), kwargs or {})
@@ -208,6 +212,7 @@ class ClientSession:
                     self._settle()
             if not ok:
                 raise error_from_body(value, what)
+        self.round_trips.record(_perf() - began)
         return value if self.options.device is None else to_device(value, self.options.device)
 
     def send_call(self, name: str, args: tuple = (), kwargs: dict | None = None, timeout: Any = DEFAULT_TIMEOUT) -> None:
@@ -377,10 +382,15 @@ class ClientSession:
                 sleep(min(pause, remaining))
                 pause = min(pause * 2, longest)
 
-    def ping(self, timeout: float) -> None:
-        """Round-trip a PING on the control connection."""
+    def ping(self, timeout: float) -> PingTimes | None:
+        """Round-trip a PING on the control connection; its four times (None from a server that sends none)."""
         self.check_open()
-        unwrap(self.channel.request(Kind.PING, None, timeout, what="ping"))
+        sent = wall_ns()
+        body = unwrap(self.channel.request(Kind.PING, None, timeout, what="ping"))
+        returned = wall_ns()
+        if isinstance(body, dict) and isinstance(body.get("received"), int) and isinstance(body.get("replied"), int):
+            return PingTimes(sent, body["received"], body["replied"], returned)
+        return None
 
     def close_transport(self) -> None:
         """Release the route (the control channel stays)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -130,7 +131,8 @@ class ControlHandlers:
             self.reply_error(identity, message.request_id, ErrorKind.INTERNAL, exc, traceback.format_exc())
 
     def _on_ping(self, identity: bytes, message: Message) -> None:
-        self.reply(identity, Kind.PONG, message.request_id, None)
+        received = time.time_ns()  # the server's wall clock: the client estimates the offset between hosts
+        self.reply(identity, Kind.PONG, message.request_id, {"received": received, "replied": time.time_ns()})
 
     def _parse_hello(self, identity: bytes, message: Message) -> tuple[dict[str, Any], str, Callable[[], Any] | None]:
         """The HELLO's peer description, role and shipped factory (trusted mode), checked."""
