@@ -85,6 +85,7 @@ class DeadlineReport:
         fallback: the fallback's kind (``"repeat"``, ``"action"``, ``"method"``), or None.
         missed: how many times the fallback was applied.
         recent: the server's wall-clock times (``time.time()``) of the latest misses, oldest first.
+        lateness: for the same misses, how long after it was due each fallback ran (seconds).
         armed: whether the deadline is armed (the controller stepped since it was set).
     """
 
@@ -93,6 +94,7 @@ class DeadlineReport:
     fallback: str | None = None
     missed: int = 0
     recent: tuple[float, ...] = ()
+    lateness: tuple[float, ...] = ()
     armed: bool = False
 
     @classmethod
@@ -104,6 +106,7 @@ class DeadlineReport:
             fallback=data.get("fallback"),
             missed=int(data.get("missed", 0)),
             recent=tuple(float(when) for when in data.get("recent", ())),
+            lateness=tuple(float(late) for late in data.get("lateness", ())),
             armed=bool(data.get("armed", False)),
         )
 
@@ -121,6 +124,7 @@ class Deadline:
     missed: int = 0
     streak: int = 0  # fallbacks applied since the controller's last step
     recent: collections.deque = field(default_factory=lambda: collections.deque(maxlen=RECENT_MISSES))
+    lateness: collections.deque = field(default_factory=lambda: collections.deque(maxlen=RECENT_MISSES))
 
     def stepped(self, name: str, args: tuple) -> bool:
         """The controller called ``name`` (``step`` or ``reset``): the next step is due a period from now.
@@ -141,6 +145,7 @@ class Deadline:
         self.streak += 1
         self.recent.append(time.time())
         assert self.due is not None
+        self.lateness.append(max(0.0, now - self.due))
         self.due = max(self.due + self.period, now)
 
     def report(self) -> dict[str, Any]:
@@ -151,6 +156,7 @@ class Deadline:
             "fallback": self.fallback.kind,
             "missed": self.missed,
             "recent": list(self.recent),
+            "lateness": list(self.lateness),
             "armed": self.due is not None,
         }
 

@@ -83,9 +83,9 @@ class Dispatcher:
                     if session.role == "observer" or handle.lease not in (None, session.session_id):
                         self.check_control(session)  # raises the reason
                     handle.cached_state = None
-                    if self.metrics is None:
+                    if not session.timed:
                         result = method(*args, **kwargs)
-                    else:
+                    else:  # a call the metrics time
                         began = _perf_ns()
                         result = method(*args, **kwargs)
                         session.env_ns = _perf_ns() - began

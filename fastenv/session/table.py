@@ -64,7 +64,8 @@ class Session:
     created: float = field(default_factory=time.monotonic)
     call_record: ReplyRecord = field(default_factory=ReplyRecord)  # calls on the control connection
     deadline: Deadline | None = None  # the controller's deadline, when it set one
-    env_ns: int = 0  # time in the env's method of the session's last call (with metrics on)
+    timed: bool = False  # the metrics time the call in progress (its env time goes to env_ns)
+    env_ns: int = 0  # time in the env's method of the last timed call
 
     @property
     def ended(self) -> bool:

@@ -1,0 +1,151 @@
+"""Robot-grade sessions: what metrics cost, and how closely a missed deadline's fallback follows it.
+
+Usage::
+
+    python benchmarks/bench_robot.py
+    python benchmarks/bench_robot.py --steps 3000 --repeat 5 --misses 200
+
+1. **Metrics on against off**: small steps (``fastenv.examples:VectorEnv``)
+   against a server with ``--metrics-port`` and one without, interleaved;
+   the p50 round trip of each, median of ``--repeat`` runs, on shared memory
+   and TCP.
+2. **Deadline accuracy**: a controller declares a 20 ms period (5 ms
+   tolerance) and stops stepping; the server applies the fallback each
+   period. Lateness = when each fallback ran minus when it was due (the
+   last step + period + tolerance, then one period more each time), as the
+   server measures it (``deadline_report.lateness``), p50 and p99 over
+   ``--misses`` fallbacks, on an idle machine and with every core kept busy
+   by other processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import multiprocessing
+import os
+import statistics
+import sys
+import time
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np
+
+import fastenv
+from fastenv.server_process import ServerProcess
+
+TIMEOUT_S = 30.0
+NEVER = 2**31 - 1
+PERIOD, TOLERANCE = 0.02, 0.005
+
+
+def p50_us(address: str, transport: str, steps: int) -> float:
+    action = np.zeros(4, np.float32)
+    with fastenv.FastRemoteEnv(address, transport=transport, timeout=TIMEOUT_S) as env:
+        env.reset(seed=0)
+        for _ in range(200):
+            env.step(action)
+        latencies = []
+        for _ in range(steps):
+            began = time.perf_counter_ns()
+            env.step(action)
+            latencies.append(time.perf_counter_ns() - began)
+    return statistics.median(latencies) / 1000
+
+
+def metrics_table(steps: int, repeat: int) -> None:
+    target, kwargs = "fastenv.examples:VectorEnv", {"max_steps": NEVER}
+    servers = {
+        "off": ServerProcess(target, [], env_kwargs=kwargs),
+        "on": ServerProcess(target, ["--metrics-port", "0"], env_kwargs=kwargs),
+    }
+    runs: dict[tuple[str, str], list[float]] = {}
+    try:
+        for server in servers.values():
+            server.start()
+        for _ in range(repeat):
+            for transport in ("shm", "tcp"):
+                for state, server in servers.items():
+                    runs.setdefault((transport, state), []).append(p50_us(server.address, transport, steps))
+    finally:
+        for server in servers.values():
+            server.stop()
+    print(f"\nmetrics: small step p50 (µs), median of {repeat} interleaved runs of {steps} steps")
+    print("| transport | metrics off | metrics on | on / off |")
+    print("|---|---:|---:|---:|")
+    for transport in ("shm", "tcp"):
+        off, on = (statistics.median(runs[(transport, state)]) for state in ("off", "on"))
+        print(f"| {transport} | {off:.1f} | {on:.1f} | {on / off:.3f} |")
+
+
+def _burn(stop: multiprocessing.synchronize.Event) -> None:
+    while not stop.is_set():
+        sum(range(10_000))
+
+
+@contextlib.contextmanager
+def busy_machine(loaded: bool):
+    """Every core kept busy by a process of its own (when ``loaded``)."""
+    if not loaded:
+        yield
+        return
+    stop = multiprocessing.Event()
+    burners = [multiprocessing.Process(target=_burn, args=(stop,), daemon=True) for _ in range(os.cpu_count() or 1)]
+    for burner in burners:
+        burner.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for burner in burners:
+            burner.join(5)
+
+
+def lateness_ms(address: str, misses: int) -> list[float]:
+    """How late each of ``misses`` fallbacks ran after it was due (ms)."""
+    with fastenv.FastRemoteEnv(address, role="controller", timeout=TIMEOUT_S) as env:
+        env.reset(seed=0)
+        env.set_deadline(PERIOD, fastenv.Fallback.action(np.zeros(4, np.float32)), tolerance=TOLERANCE)
+        env.step(np.zeros(4, np.float32))
+        give_up = time.monotonic() + TIMEOUT_S + misses * PERIOD
+        while env.deadline_report.missed < misses and time.monotonic() < give_up:
+            time.sleep(PERIOD * 5)
+        report = env.deadline_report
+        env.clear_deadline()
+    return [late * 1000 for late in report.lateness[:misses]]  # the server's own measure
+
+
+def deadline_table(misses: int) -> None:
+    server = ServerProcess("fastenv.examples:VectorEnv", [], env_kwargs={"max_steps": NEVER})
+    server.start()
+    rows = []
+    try:
+        for loaded in (False, True):
+            with busy_machine(loaded):
+                late = sorted(lateness_ms(server.address, misses))
+            rows.append(("loaded" if loaded else "idle", late))
+    finally:
+        server.stop()
+    print(f"\ndeadline: fallback time after it was due (ms), period {PERIOD * 1000:g} ms, {misses} fallbacks")
+    print("| machine | p50 | p99 | max |")
+    print("|---|---:|---:|---:|")
+    for name, late in rows:
+        p99 = late[min(len(late) - 1, int(0.99 * len(late)))]
+        print(f"| {name} | {statistics.median(late):.2f} | {p99:.2f} | {late[-1]:.2f} |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--misses", type=int, default=60, help="fallbacks timed per machine state (at most 64)")
+    args = parser.parse_args(argv)
+    metrics_table(args.steps, args.repeat)
+    deadline_table(min(args.misses, 64))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
