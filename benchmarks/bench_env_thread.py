@@ -18,33 +18,16 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import fastenv
+from benchmarks.steps import step_p50_us
 from fastenv.bench.workloads import get_workload
 from fastenv.server_process import ServerProcess
 
 CHOICES = ("caller", "main", "dedicated")
 TIMEOUT_S = 30.0
-
-
-def p50_us(address: str, transport: str, steps: int) -> float:
-    """The p50 round trip of ``steps`` small steps."""
-    workload = get_workload("small")
-    action = workload.make_action()
-    with fastenv.FastRemoteEnv(address, transport=transport, timeout=TIMEOUT_S) as env:
-        env.reset(seed=0)
-        for _ in range(200):
-            env.step(action)
-        latencies = []
-        for _ in range(steps):
-            began = time.perf_counter_ns()
-            env.step(action)
-            latencies.append(time.perf_counter_ns() - began)
-    return statistics.median(latencies) / 1000
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--transports", default="shm,tcp")
     args = parser.parse_args(argv)
     workload = get_workload("small")
+    action = workload.make_action()
     servers = {
         choice: ServerProcess(workload.target, ["--env-thread", choice], env_kwargs=workload.env_kwargs)
         for choice in CHOICES
@@ -66,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.repeat):
             for transport in transports:
                 for choice in CHOICES:
-                    runs.setdefault((transport, choice), []).append(p50_us(servers[choice].address, transport, args.steps))
+                    address = servers[choice].address
+                    runs.setdefault((transport, choice), []).append(step_p50_us(address, transport, action, args.steps))
     finally:
         for server in servers.values():
             server.stop()

@@ -34,25 +34,13 @@ if __package__ in (None, ""):
 import numpy as np
 
 import fastenv
+from benchmarks.steps import step_p50_us
 from fastenv.server_process import ServerProcess
 
 TIMEOUT_S = 30.0
 NEVER = 2**31 - 1
 PERIOD, TOLERANCE = 0.02, 0.005
-
-
-def p50_us(address: str, transport: str, steps: int) -> float:
-    action = np.zeros(4, np.float32)
-    with fastenv.FastRemoteEnv(address, transport=transport, timeout=TIMEOUT_S) as env:
-        env.reset(seed=0)
-        for _ in range(200):
-            env.step(action)
-        latencies = []
-        for _ in range(steps):
-            began = time.perf_counter_ns()
-            env.step(action)
-            latencies.append(time.perf_counter_ns() - began)
-    return statistics.median(latencies) / 1000
+ACTION = np.zeros(4, np.float32)
 
 
 def metrics_table(steps: int, repeat: int) -> None:
@@ -68,7 +56,7 @@ def metrics_table(steps: int, repeat: int) -> None:
         for _ in range(repeat):
             for transport in ("shm", "tcp"):
                 for state, server in servers.items():
-                    runs.setdefault((transport, state), []).append(p50_us(server.address, transport, steps))
+                    runs.setdefault((transport, state), []).append(step_p50_us(server.address, transport, ACTION, steps))
     finally:
         for server in servers.values():
             server.stop()

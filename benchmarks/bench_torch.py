@@ -18,7 +18,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -26,7 +25,7 @@ if __package__ in (None, ""):
 import numpy as np
 import torch
 
-import fastenv
+from benchmarks.steps import step_p50_us
 from fastenv.server_process import ServerProcess
 
 TIMEOUT_S = 30.0
@@ -40,20 +39,6 @@ PAYLOADS = {  # name: (numpy target, torch target, kwargs, action size)
         20,
     ),
 }
-
-
-def p50_us(address: str, transport: str, action: object, steps: int) -> float:
-    """The p50 round trip of ``steps`` steps (after a warm-up)."""
-    with fastenv.FastRemoteEnv(address, transport=transport, timeout=TIMEOUT_S) as env:
-        env.reset(seed=0)
-        for _ in range(max(20, steps // 10)):
-            env.step(action)
-        latencies = []
-        for _ in range(steps):
-            began = time.perf_counter_ns()
-            env.step(action)
-            latencies.append(time.perf_counter_ns() - began)
-    return statistics.median(latencies) / 1000
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,7 +67,9 @@ def main(argv: list[str] | None = None) -> int:
                     steps = args.steps if payload == "small" else max(10, args.steps // 10)
                     for kind, sent in (("numpy", action), ("torch", torch.from_numpy(action))):
                         address = servers[(payload, kind)].address
-                        runs.setdefault((transport, payload, kind), []).append(p50_us(address, transport, sent, steps))
+                        runs.setdefault((transport, payload, kind), []).append(
+                            step_p50_us(address, transport, sent, steps, warmup=max(20, steps // 10))
+                        )
     finally:
         for server in servers.values():
             server.stop()

@@ -244,19 +244,33 @@ def staged(value: Any) -> Any:
 
 
 def _stage(value: Any) -> Any:
+    return map_tensors(value, lambda tensor: STAGING.copy(tensor.detach()) if tensor.device.type != "cpu" else tensor)
+
+
+def map_tensors(value: Any, convert: Any) -> Any:
+    """``value`` rebuilt with ``convert(tensor)`` for each tensor in it.
+
+    Walks lists, tuples, dicts (and other mappings) and dataclass instances
+    (rebuilt field by field without ``__init__``, as the codec does);
+    everything else is kept as it is.
+    """
     kind = type(value)
     if kind is list:
-        return [_stage(item) for item in value]
+        return [map_tensors(item, convert) for item in value]
     if kind is tuple:
-        return tuple(_stage(item) for item in value)
+        return tuple(map_tensors(item, convert) for item in value)
     if kind is dict:
-        return {key: _stage(item) for key, item in value.items()}
-    if is_tensor(value) and value.device.type != "cpu":
-        return STAGING.copy(value.detach())
-    if hasattr(value, "__dataclass_fields__") and hasattr(value, "__dict__"):
-        return value  # the layouts carry no dataclass: the codec stages it
-    if isinstance(value, dict):  # OrderedDict and other mappings the layouts carry by exact type
-        return kind((key, _stage(item)) for key, item in value.items())
+        return {key: map_tensors(item, convert) for key, item in value.items()}
+    if is_tensor(value):
+        return convert(value)
+    fields = getattr(value, "__dataclass_fields__", None)
+    if fields is not None and not isinstance(value, type):
+        rebuilt = object.__new__(kind)
+        for name in fields:
+            object.__setattr__(rebuilt, name, map_tensors(getattr(value, name), convert))
+        return rebuilt
+    if isinstance(value, dict):
+        return kind((key, map_tensors(item, convert)) for key, item in value.items())
     return value
 
 
@@ -296,48 +310,19 @@ def as_numpy(value: Any) -> Any:
 
 
 def _as_numpy(value: Any) -> Any:
-    kind = type(value)
-    if kind is list:
-        return [_as_numpy(item) for item in value]
-    if kind is tuple:
-        return tuple(_as_numpy(item) for item in value)
-    if kind is dict:
-        return {key: _as_numpy(item) for key, item in value.items()}
-    if is_tensor(value):
-        tensor = value.detach()
-        if tensor.device.type != "cpu":
-            tensor = tensor.to("cpu")
-        entry = wire_dtype(tensor.dtype)
-        if entry.bits is not None:
-            tensor = tensor.to(sys.modules["torch"].complex64 if tensor.is_complex() else sys.modules["torch"].float32)
-        return tensor.resolve_conj().resolve_neg().numpy()
-    fields = getattr(value, "__dataclass_fields__", None)
-    if fields is not None and not isinstance(value, type):
-        copy = object.__new__(kind)
-        for name in fields:
-            object.__setattr__(copy, name, _as_numpy(getattr(value, name)))
-        return copy
-    if isinstance(value, dict):
-        return kind((key, _as_numpy(item)) for key, item in value.items())
-    return value
+    return map_tensors(value, _numpy_form)
+
+
+def _numpy_form(tensor: Any) -> np.ndarray:
+    tensor = tensor.detach()
+    if tensor.device.type != "cpu":
+        tensor = tensor.to("cpu")
+    if wire_dtype(tensor.dtype).bits is not None:  # numpy lacks it: widened
+        torch = sys.modules["torch"]
+        tensor = tensor.to(torch.complex64 if tensor.is_complex() else torch.float32)
+    return tensor.resolve_conj().resolve_neg().numpy()
 
 
 def to_device(value: Any, device: Any) -> Any:
     """``value`` with every tensor moved to ``device`` (a received value is the caller's: these are copies)."""
-    kind = type(value)
-    if kind is list:
-        return [to_device(item, device) for item in value]
-    if kind is tuple:
-        return tuple(to_device(item, device) for item in value)
-    if kind is dict:
-        return {key: to_device(item, device) for key, item in value.items()}
-    if is_tensor(value):
-        return value.to(device)
-    fields = getattr(value, "__dataclass_fields__", None)
-    if fields is not None and not isinstance(value, type):
-        for name in fields:
-            object.__setattr__(value, name, to_device(getattr(value, name), device))
-        return value
-    if isinstance(value, dict):
-        return kind((key, to_device(item, device)) for key, item in value.items())
-    return value
+    return map_tensors(value, lambda tensor: tensor.to(device))

@@ -24,28 +24,24 @@ def _tensors(value: Any) -> Any:
     return value
 
 
-class TorchVectorEnv(VectorEnv):
-    """:class:`~fastenv.examples.VectorEnv` with a tensor action and a tensor observation."""
+class _TorchInOut:
+    """Tensor action in, tensor observations out, around the numpy env it is mixed into."""
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[Any, dict]:
-        obs, info = super().reset(seed=seed, options=options)
+        obs, info = super().reset(seed=seed, options=options)  # type: ignore[misc]
         return _tensors(obs), info
 
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
-        obs, reward, terminated, truncated, info = super().step(action.numpy())
+        obs, reward, terminated, truncated, info = super().step(action.numpy())  # type: ignore[misc]
         return _tensors(obs), reward, terminated, truncated, info
 
 
-class TorchCameraEnv(CameraEnv):
+class TorchVectorEnv(_TorchInOut, VectorEnv):
+    """:class:`~fastenv.examples.VectorEnv` with a tensor action and a tensor observation."""
+
+
+class TorchCameraEnv(_TorchInOut, CameraEnv):
     """:class:`~fastenv.examples.CameraEnv` (frames it allocates) with tensors in and out."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**{**kwargs, "reply_arrays": False})
-
-    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[Any, dict]:
-        obs, info = super().reset(seed=seed, options=options)
-        return _tensors(obs), info
-
-    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
-        obs, reward, terminated, truncated, info = super().step(action.numpy())
-        return _tensors(obs), reward, terminated, truncated, info
