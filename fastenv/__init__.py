@@ -118,7 +118,7 @@ __all__ = [
 ]
 
 
-_LAZY = {"FastVectorEnv": "fastenv.vector", "VectorHost": "fastenv.vector"}
+_LAZY = {"FastBatchedVectorEnv": "fastenv.vector", "FastVectorEnv": "fastenv.vector", "VectorHost": "fastenv.vector"}
 
 
 def __getattr__(name: str) -> object:

@@ -4,6 +4,9 @@
   one env (``fastenv serve TARGET --num-envs N``).
 - :class:`FastVectorEnv` (client side): ``gymnasium.vector.VectorEnv`` over the
   envs of one or more such servers, on this host or others.
+- :class:`FastBatchedVectorEnv` (client side): ``gymnasium.vector.VectorEnv``
+  over one served env that is batched inside (Isaac Lab's shape: ``num_envs``
+  rows in one env object); ``FastVectorEnv.batched(address)`` makes one.
 
 Needs Gymnasium (``pip install "fastenv[gym]"``).
 """
@@ -15,7 +18,8 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without gymnasium
     raise MissingDependency('fastenv.vector needs Gymnasium: pip install "fastenv[gym]"') from exc
 
+from fastenv.vector.batched import FastBatchedVectorEnv
 from fastenv.vector.client import FastVectorEnv
 from fastenv.vector.host import VectorHost
 
-__all__ = ["FastVectorEnv", "VectorHost"]
+__all__ = ["FastBatchedVectorEnv", "FastVectorEnv", "VectorHost"]

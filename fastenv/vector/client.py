@@ -21,6 +21,7 @@ from fastenv.errors import (
     NoPendingCallError,
 )
 from fastenv.vector import batch, calls
+from fastenv.vector.batched import FastBatchedVectorEnv
 from fastenv.vector.host import check_reset_mask, per_env_seeds
 from fastenv.vector.infos import merge_infos
 
@@ -79,6 +80,23 @@ class FastVectorEnv(VectorEnv):
             for remote in connected:
                 remote.close()
             raise
+
+    @classmethod
+    def batched(cls, address: str, **client_kwargs: Any) -> FastBatchedVectorEnv:
+        """A vector env over ONE served env that is batched inside (Isaac Lab's shape).
+
+        The env at ``address`` (served without ``--num-envs``) has ``num_envs``
+        rows, ``single_observation_space`` / ``single_action_space``, steps all
+        rows in one call and resets done rows itself; see
+        :class:`~fastenv.FastBatchedVectorEnv` (``autoreset_mode=`` and the
+        :class:`~fastenv.FastRemoteEnv` keyword arguments are accepted).
+
+        Example::
+
+            with fastenv.FastVectorEnv.batched("gpu-box:5555") as envs:
+                obs, infos = envs.reset(seed=0)
+        """
+        return FastBatchedVectorEnv(address, **client_kwargs)
 
     def _describe(self) -> None:
         """Read each server's env count and spaces; check the servers agree."""
