@@ -47,8 +47,12 @@ def test_lease_rules_and_observer_sees_every_transition_in_order(serve) -> None:
         with pytest.raises(LeaseHeld):
             fastenv.FastRemoteEnv(server.address, role="controller", lease_timeout=0.2, timeout=T)
         assert controller.lease_holder == controller.session_id
+        # the observer reads each transition as it comes: one that falls behind skips by design
         results = [controller.reset(seed=3)]
-        results += [controller.step(i) for i in range(50)]
+        seen = [observer.next_transition(timeout=T)]
+        for i in range(50):
+            results.append(controller.step(i))
+            seen.append(observer.next_transition(timeout=T))
         # nobody else may change the env while the lease is held; reading is fine
         with pytest.raises(LeaseHeld):
             bystander.step(0)
@@ -56,7 +60,6 @@ def test_lease_rules_and_observer_sees_every_transition_in_order(serve) -> None:
             observer.step(0)
         assert bystander.get_state() == {"steps": 50, "total": 50}
         assert observer.total_steps == 50
-        seen = [observer.next_transition(timeout=T) for _ in range(51)]
         assert [t.seq for t in seen] == list(range(1, 52))
         assert [t.method for t in seen] == ["reset"] + ["step"] * 50
         assert seen[0].kwargs == {"seed": 3}
