@@ -9,7 +9,7 @@ Everything runs against real ``fastenv serve`` processes on this host.
 
 * ``batch_step``: steps/s of a client stepping ``fastenv.examples:VectorEnv``
   (4 floats) one call per step, against ``batch_step`` of 64 actions in one
-  round trip; over TCP (the issue's target: at least 10x) and over shared memory.
+  round trip; over TCP (target: at least 10x) and over shared memory.
 * ``observer``: steps/s of a controller on ``fastenv.examples:CameraEnv``
   (1.8 MB per observation) alone, and with an observer connected that never
   reads: the publisher drops what the observer cannot take, so the ratio
