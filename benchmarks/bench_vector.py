@@ -14,9 +14,27 @@ Backends, all over the same ``--num-envs`` copies of the same env:
 * ``fastenv-tcp``: the same server, over the TCP data plane;
 * ``fastenv-shm-2srv``: two servers with N/2 envs each, shared memory;
 * ``gym-async``: ``gymnasium.vector.AsyncVectorEnv(shared_memory=True)``, one
-  worker process per env (the baseline the issue names);
+  worker process per env;
 * ``gym-sync``: ``gymnasium.vector.SyncVectorEnv`` in this process (no IPC at all:
-  the in-process reference).
+  the in-process reference);
+* ``fastenv-w1`` / ``fastenv-w2``: one ``fastenv serve ENV --num-envs N --workers
+  1`` (or ``2``) server, shared memory: the envs step in 1 (2) worker processes
+  writing into one batch buffer, behind the one address; ``fastenv-w2-spin0``:
+  the same with a client that does not spin for its reply
+  (``FastVectorEnv(..., spin_us=0)``), leaving both CPUs of a 2-CPU host to the workers.
+
+``--workers-table`` compares ways to use every core of a host behind one
+address: 16 envs of a cheap numpy env (``benchmarks/cost_env.py``, about
+3 µs a step) and of a costly one (about 96 µs, busy-waiting), each through
+fastenv with one server stepping its envs in turn (no ``--workers``), with
+``--workers 1`` and ``--workers 2``, and through Gymnasium's ``SyncVectorEnv``
+and ``AsyncVectorEnv``; steps/s (medians of ``--repeats``) and the ratio to
+``SyncVectorEnv``, with the targets checked (``--workers 2`` at least 1.7x
+``SyncVectorEnv`` for the costly env, 1.0x for the cheap one; every backend of a point is
+open at once and the repeats are taken in turns, so a machine whose speed
+drifts treats them alike)::
+
+    python benchmarks/bench_vector.py --workers-table [--quick]
 
 Each timed call is one batched ``step`` with the same fixed actions (episodes
 end and autoreset, as in training). Reported: env steps per second (batch
@@ -48,7 +66,13 @@ from fastenv.server_process import ServerProcess
 from fastenv.target import resolve_target
 from fastenv.vector import FastVectorEnv
 
-BACKENDS = ("fastenv-shm", "fastenv-tcp", "fastenv-shm-2srv", "gym-async", "gym-sync")
+BACKENDS = ("fastenv-shm", "fastenv-tcp", "fastenv-shm-2srv", "fastenv-w1", "fastenv-w2", "gym-async", "gym-sync")
+WORKER_BACKENDS = ("gym-sync", "gym-async", "fastenv-shm", "fastenv-w1", "fastenv-w2", "fastenv-w2-spin0")
+COST_ENV = f"{os.path.join(os.path.dirname(os.path.abspath(__file__)), 'cost_env.py')}:CostEnv"
+#: (label, env kwargs) of the two envs of ``--workers-table``; step_us=92 makes a step of about 96 µs in all.
+COST_POINTS = (("cheap numpy env", {"step_us": 0}), ("costly env", {"step_us": 92}))
+#: The issue's targets: the best fastenv row over gym-sync, per point.
+TARGETS = {"cheap numpy env": 1.0, "costly env": 1.7}
 BASELINE = "gym-async"
 DEFAULT_ENV = "CartPole-v1"
 DEFAULT_NUM_ENVS = 16
@@ -57,23 +81,32 @@ PYTEST_ROUNDS, PYTEST_WARMUP, QUICK_ROUNDS = 300, 20, 5
 
 
 @contextlib.contextmanager
-def open_backend(name: str, env: str = DEFAULT_ENV, num_envs: int = DEFAULT_NUM_ENVS) -> Iterator[Any]:
+def open_backend(
+    name: str, env: str = DEFAULT_ENV, num_envs: int = DEFAULT_NUM_ENVS, env_kwargs: dict[str, Any] | None = None
+) -> Iterator[Any]:
     """A vector env of ``num_envs`` copies of ``env`` for one backend (closed on exit)."""
     with contextlib.ExitStack() as stack:
         if name.startswith("fastenv"):
             counts = [num_envs // 2, num_envs - num_envs // 2] if name.endswith("2srv") else [num_envs]
+            spin = {"spin_us": 0} if name.endswith("-spin0") else {}
+            name = name.removesuffix("-spin0")
+            workers = ["--workers", name[len("fastenv-w") :]] if name.startswith("fastenv-w") else []
             addresses = [
-                stack.enter_context(ServerProcess(env, ["--num-envs", str(count)], ready_timeout=TIMEOUT_S)).address
+                stack.enter_context(
+                    ServerProcess(
+                        env, ["--num-envs", str(count), *workers], env_kwargs=env_kwargs, ready_timeout=TIMEOUT_S
+                    )
+                ).address
                 for count in counts
             ]
             transport = "tcp" if name == "fastenv-tcp" else "shm"
-            yield stack.enter_context(FastVectorEnv(addresses, timeout=TIMEOUT_S, transport=transport))
+            yield stack.enter_context(FastVectorEnv(addresses, timeout=TIMEOUT_S, transport=transport, **spin))
         elif name == "gym-async":
-            envs = AsyncVectorEnv([resolve_target(env)] * num_envs, shared_memory=True)
+            envs = AsyncVectorEnv([resolve_target(env, env_kwargs)] * num_envs, shared_memory=True)
             stack.callback(envs.close)
             yield envs
         elif name == "gym-sync":
-            envs = SyncVectorEnv([resolve_target(env)] * num_envs)
+            envs = SyncVectorEnv([resolve_target(env, env_kwargs)] * num_envs)
             stack.callback(envs.close)
             yield envs
         else:
@@ -144,12 +177,18 @@ def test_vector_step(benchmark: Any, vector_env: tuple[str, Any], bench_quick: b
 
 
 def run(
-    env: str, num_envs: int, steps: int, repeats: int, backends: list[str], log: Callable[[str], None] = print
+    env: str,
+    num_envs: int,
+    steps: int,
+    repeats: int,
+    backends: list[str],
+    log: Callable[[str], None] = print,
+    env_kwargs: dict[str, Any] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Measure every backend ``repeats`` times; keep the repeat with the median env steps/s."""
     results = {}
     for name in backends:
-        with open_backend(name, env, num_envs) as envs:
+        with open_backend(name, env, num_envs, env_kwargs) as envs:
             runs = sorted((measure(envs, steps) for _ in range(repeats)), key=lambda r: r["env_steps_per_s"])
             results[name] = runs[len(runs) // 2]
         log(f"  {name}: {results[name]['env_steps_per_s']:,.0f} env steps/s")
@@ -172,6 +211,86 @@ def table(results: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def run_interleaved(
+    env: str,
+    num_envs: int,
+    steps: int,
+    repeats: int,
+    backends: list[str],
+    env_kwargs: dict[str, Any] | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, dict[str, float]]:
+    """Like :func:`run`, with every backend open at once and the repeats taken in turns (A B C, A B C, ...).
+
+    On a shared or virtual machine whose speed drifts, each backend then sees
+    the same stretches of time; the repeat with the median env steps/s is kept.
+    """
+    with contextlib.ExitStack() as stack:
+        opened = {name: stack.enter_context(open_backend(name, env, num_envs, env_kwargs)) for name in backends}
+        runs: dict[str, list[dict[str, float]]] = {name: [] for name in backends}
+        for _ in range(repeats):
+            for name, envs in opened.items():
+                runs[name].append(measure(envs, steps))
+    results = {}
+    for name in backends:
+        ordered = sorted(runs[name], key=lambda r: r["env_steps_per_s"])
+        results[name] = ordered[len(ordered) // 2]
+        log(f"  {name}: {results[name]['env_steps_per_s']:,.0f} env steps/s")
+    return results
+
+
+def env_step_us(env_kwargs: dict[str, Any], steps: int = 2000) -> float:
+    """One :class:`CostEnv` step in this process, µs (the median of 5 runs)."""
+    make = resolve_target(COST_ENV, env_kwargs)
+    one = make()
+    one.reset(seed=0)
+    runs = []
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(steps):
+            one.step(1)
+        runs.append((time.perf_counter() - start) / steps * 1e6)
+    return sorted(runs)[len(runs) // 2]
+
+
+def workers_table(num_envs: int, steps: int, repeats: int, log: Callable[[str], None] = print) -> str:
+    """The ``--workers-table`` comparison (see the module docstring): markdown, targets checked at the end."""
+    labels = {
+        "gym-sync": "gymnasium SyncVectorEnv (in-process)",
+        "gym-async": "gymnasium AsyncVectorEnv (shared_memory)",
+        "fastenv-shm": "fastenv, 1 server, envs in turn (no --workers)",
+        "fastenv-w1": "fastenv, 1 server, --workers 1",
+        "fastenv-w2": "fastenv, 1 server, --workers 2",
+        "fastenv-w2-spin0": "fastenv, 1 server, --workers 2, client spin_us=0",
+    }
+    rows: dict[str, list[str]] = {name: [] for name in WORKER_BACKENDS}
+    header = ["backend"]
+    verdicts = []
+    for label, kwargs in COST_POINTS:
+        cost = env_step_us(kwargs, 200 if kwargs["step_us"] else 20000)
+        log(f"{num_envs} x {label} ({cost:.1f} µs a step in-process):")
+        point_steps = steps if not kwargs["step_us"] else max(10, steps // 10)
+        results = run_interleaved(COST_ENV, num_envs, point_steps, repeats, list(WORKER_BACKENDS), kwargs, log)
+        base = results["gym-sync"]["env_steps_per_s"]
+        header += [f"{label} ({cost:.1f} µs) env steps/s", "vs Sync"]
+        for name in WORKER_BACKENDS:
+            rate = results[name]["env_steps_per_s"]
+            rows[name] += [f"{rate:,.0f}", f"{rate / base:.2f}x"]
+        fastenv_rows = [name for name in WORKER_BACKENDS if name.startswith("fastenv")]
+        best = max(fastenv_rows, key=lambda name: results[name]["env_steps_per_s"])
+        ratio = results[best]["env_steps_per_s"] / base
+        goal = TARGETS[label]
+        verdicts.append(
+            f"- {label}: target >= {goal:.1f}x SyncVectorEnv; best fastenv row: {labels[best]}, {ratio:.2f}x "
+            f"({'met' if ratio >= goal else 'NOT met'})"
+        )
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    lines += [f"| {labels[name]} | " + " | ".join(cells) + " |" for name, cells in rows.items()]
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    lines += ["", f"{num_envs} envs, {cpus} usable CPUs, medians of {repeats} interleaved repeat(s).", *verdicts]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--env", default=DEFAULT_ENV, help="serve target / Gymnasium id (default: CartPole-v1)")
@@ -180,9 +299,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated subset")
     parser.add_argument("--quick", action="store_true", help="tiny run (smoke test); also FASTENV_BENCH_QUICK=1")
+    parser.add_argument(
+        "--workers-table",
+        action="store_true",
+        help="16 cheap / costly envs: fastenv with and without --workers against Sync/AsyncVectorEnv",
+    )
     args = parser.parse_args(argv)
     if args.quick or os.environ.get("FASTENV_BENCH_QUICK", "") not in ("", "0"):
         args.steps, args.repeats = 20, 1
+    if args.workers_table:
+        print(workers_table(args.num_envs, args.steps, args.repeats))
+        return 0
     backends = [name.strip() for name in args.backends.split(",") if name.strip()]
     print(f"{args.num_envs} x {args.env}, {args.steps} batched steps x {args.repeats} repeats, {os.cpu_count()} CPUs")
     results = run(args.env, args.num_envs, args.steps, args.repeats, backends)

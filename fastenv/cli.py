@@ -31,6 +31,18 @@ def _json_object(text: str) -> dict[str, Any]:
     return value
 
 
+def _workers(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a worker count of at least 1, got {text!r}")
+    return value
+
+
 def _add_serve(commands: argparse._SubParsersAction) -> None:
     serve = commands.add_parser(
         "serve",
@@ -115,6 +127,17 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         help="host N envs from TARGET behind one batched (vector) env; drive it with fastenv.FastVectorEnv",
     )
     serve.add_argument(
+        "--workers",
+        type=_workers,
+        nargs="?",
+        const="auto",
+        default=None,
+        metavar="W",
+        help="with --num-envs: step the N envs in W worker processes behind this one address (W slices that differ "
+        "by at most one env); --workers alone or 'auto': one per usable CPU (default: no workers, the envs step "
+        "one after another in the server process)",
+    )
+    serve.add_argument(
         "--heartbeat-interval",
         type=float,
         default=1.0,
@@ -157,6 +180,10 @@ def _serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=args.log_level.upper(), format="fastenv[%(process)d] %(levelname)s %(message)s")
     factory = resolve_target(args.target, args.env_kwargs)
+    if args.workers is not None:
+        from fastenv.vector.workers import TargetFactory  # workers re-resolve the target in their own processes
+
+        factory = TargetFactory(args.target, args.env_kwargs)
     if args.insecure and args.auth is None:
         print(
             f"fastenv: WARNING: serving on {args.bind} without authentication (--insecure): "
@@ -182,6 +209,7 @@ def _serve(args: argparse.Namespace) -> int:
         shm_spin_us=args.spin_us,
         data_port=args.data_port,
         num_envs=args.num_envs,
+        workers=args.workers,
         heartbeat_interval=args.heartbeat_interval,
         env_thread=args.env_thread,
         metrics_port=args.metrics_port,

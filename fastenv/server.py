@@ -128,6 +128,11 @@ class EnvServer:
             :class:`~fastenv.vector.host.VectorHost` (batched ``reset``/``step``;
             drive it with :class:`fastenv.FastVectorEnv`). In per-client mode each
             client gets its own N envs.
+        workers: with ``num_envs``, step the envs in this many worker
+            processes behind the one address (``"auto"``: one per usable CPU,
+            at most ``num_envs``); see :mod:`fastenv.vector.workers`. The
+            factory must then be picklable (workers build their own envs).
+            None: the envs step one after another in this process.
         heartbeat_interval: seconds between heartbeats; a vanished client's
             session is reclaimed within two intervals.
         observers: publish transitions to observer clients (shared mode only).
@@ -165,6 +170,7 @@ class EnvServer:
         shm_spin_us: int | None = None,
         data_port: int = 0,
         num_envs: int | None = None,
+        workers: int | str | None = None,
         heartbeat_interval: float = HEARTBEAT_INTERVAL_S,
         observers: bool = True,
         auth: AuthLike | None = None,
@@ -179,6 +185,10 @@ class EnvServer:
             raise ServerConfigError("give EnvServer exactly one of env= or factory=")
         if num_envs is not None and (num_envs < 1 or factory is None):
             raise ServerConfigError("num_envs needs a factory and must be at least 1")
+        if workers is not None and (
+            num_envs is None or (workers != "auto" and (not isinstance(workers, int) or workers < 1))
+        ):
+            raise ServerConfigError("workers needs num_envs, and must be 'auto' or at least 1")
         mode = mode or ("shared" if env is not None else "per-client")
         _check_settings(mode, factory, heartbeat_interval, max_sessions, max_pending, attach_grace, shm_slots)
         self.auth: AuthConfig | None = server_auth(auth)
@@ -206,6 +216,7 @@ class EnvServer:
         self.port = port
         self.data_port = data_port
         self.num_envs = num_envs
+        self.workers = workers
         self.stats = dict.fromkeys(("requests", "protocol_errors", "env_errors", "reaped", "resumed", "limit_errors"), 0)
         self._factory = factory
         self._shared_env = env
@@ -309,6 +320,10 @@ class EnvServer:
         assert self._factory is not None
         if self.num_envs is None:
             return self._factory()
+        if self.workers is not None:
+            from fastenv.vector.workers import WorkerVectorHost  # optional dependency (Gymnasium)
+
+            return WorkerVectorHost(self._factory, self.num_envs, None if self.workers == "auto" else int(self.workers))
         from fastenv.vector.host import VectorHost  # optional dependency (Gymnasium), loaded only for --num-envs
 
         envs: list[Any] = []

@@ -14,10 +14,15 @@ for the data plane's sake:
   observation is written into it once per call, and the data plane ships it
   from there). It is overwritten by the next ``reset`` / ``step``: copy it to
   keep it when you use a host in-process.
+
+``fastenv serve TARGET --num-envs N --workers W`` serves a
+:class:`~fastenv.vector.workers.WorkerVectorHost` instead: the same calls and
+results, with the envs stepping in W worker processes at once.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from numbers import Integral
 from typing import Any
@@ -28,6 +33,9 @@ from gymnasium.vector.utils import batch_space, concatenate, create_empty_array,
 
 from fastenv import envinfo
 from fastenv.errors import ServerConfigError, UnknownMethodError
+
+#: ``get_attr(WORKER_PID_ATTR)``: the pid of the process stepping each env (this one, or a worker's).
+WORKER_PID_ATTR = "fastenv_worker_pid"
 
 
 class VectorHost:
@@ -175,6 +183,9 @@ class VectorHost:
         """Call the public method ``name`` of every env (or read it, if it is not callable)."""
         results = []
         for env in self.envs:
+            if name == WORKER_PID_ATTR and not hasattr(env, name):
+                results.append(os.getpid())  # the process that steps the env (see fastenv.vector.workers)
+                continue
             member = _public_member(env, name)
             results.append(member(*args, **kwargs) if callable(member) else member)
         return tuple(results)

@@ -74,3 +74,68 @@ class NestedEnv(gymnasium.Env):
 
     def fail(self) -> None:
         raise ValueError("asked to fail")
+
+
+class DictEnv(gymnasium.Env):
+    """Dict observations (float, int and uint8 leaves), Box actions, random episode ends, sparse infos.
+
+    Observation: ``{"pos": float32[3], "phase": Discrete(4), "grid": uint8[2, 2]}``.
+    An episode terminates with probability 0.1 per step (from the env's seeded
+    ``np_random``) and is truncated after ``horizon`` steps. The info is empty
+    except every fourth step (``{"quarter": n}``); ``fail`` raises, and so does
+    ``step`` while ``fail_on_step`` is set.
+    """
+
+    metadata: dict[str, Any] = {"render_modes": []}
+
+    def __init__(self, horizon: int = 12) -> None:
+        self.horizon = int(horizon)
+        self.observation_space = spaces.Dict(
+            {
+                "pos": spaces.Box(-np.inf, np.inf, (3,), np.float32),
+                "phase": spaces.Discrete(4),
+                "grid": spaces.Box(0, 255, (2, 2), np.uint8),
+            }
+        )
+        self.action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.label = "dict"
+        self.fail_on_step = False
+        self._pos = np.zeros(3, np.float32)
+        self._t = 0
+
+    def _observe(self) -> dict[str, Any]:
+        grid = self.np_random.integers(0, 256, (2, 2), dtype=np.uint8)
+        return {"pos": self._pos.copy(), "phase": int(self._t % 4), "grid": grid}
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[Any, dict]:
+        super().reset(seed=seed)
+        self._pos = self.np_random.uniform(-1, 1, 3).astype(np.float32)
+        self._t = 0
+        return self._observe(), {"seeded": seed is not None} if seed is not None else {}
+
+    def step(self, action: np.ndarray) -> tuple[Any, float, bool, bool, dict]:
+        if self.fail_on_step:
+            raise ValueError("asked to fail in step")
+        self._t += 1
+        self._pos[:2] += np.asarray(action, np.float32)
+        terminated = bool(self.np_random.random() < 0.1)
+        info = {"quarter": self._t // 4} if self._t % 4 == 0 else {}
+        return self._observe(), float(self._pos.sum()), terminated, self._t >= self.horizon, info
+
+    def fail(self) -> None:
+        raise KeyError("asked to fail")
+
+
+class TextEnv(gymnasium.Env):
+    """Text observations: a space no fixed-size batch buffer can hold (``--workers`` refuses it)."""
+
+    def __init__(self) -> None:
+        self.observation_space = spaces.Text(8)
+        self.action_space = spaces.Discrete(2)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[str, dict]:
+        super().reset(seed=seed)
+        return "start", {}
+
+    def step(self, action: int) -> tuple[str, float, bool, bool, dict]:
+        return "step", 0.0, False, False, {}

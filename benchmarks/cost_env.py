@@ -1,0 +1,53 @@
+"""An env whose step costs what you ask: a few numpy operations, then an optional busy-wait.
+
+``benchmarks/bench_vector.py --workers-table`` serves it as ``benchmarks/cost_env.py:CostEnv``
+with ``--env-kwargs '{"step_us": 96}'``: a cheap env (``step_us=0``, about 3 µs a step)
+and a costly one (about 96 µs), the two points ``bench_vector.py --workers-table`` measures.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import gymnasium
+import numpy as np
+from gymnasium import spaces
+
+
+class CostEnv(gymnasium.Env):
+    """Observation float32[obs_dim], action Discrete(2); episodes of ``horizon`` steps (truncated).
+
+    Args:
+        step_us: microseconds each step busy-waits on top of its numpy work (0: none).
+        obs_dim: length of the observation vector.
+        horizon: steps per episode.
+    """
+
+    metadata: dict[str, Any] = {"render_modes": []}
+
+    def __init__(self, step_us: float = 0.0, obs_dim: int = 8, horizon: int = 200) -> None:
+        self.step_s = float(step_us) * 1e-6
+        self.horizon = int(horizon)
+        self.observation_space = spaces.Box(-np.inf, np.inf, (int(obs_dim),), np.float32)
+        self.action_space = spaces.Discrete(2)
+        self._push = np.stack([-np.ones(obs_dim, np.float32), np.ones(obs_dim, np.float32)]) * np.float32(0.01)
+        self._state = np.zeros(obs_dim, np.float32)
+        self._t = 0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self._state = self.np_random.uniform(-1, 1, self._state.shape).astype(np.float32)
+        self._t = 0
+        return self._state.copy(), {}
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        if self.step_s:
+            end = time.perf_counter() + self.step_s
+            while time.perf_counter() < end:
+                pass
+        self._t += 1
+        self._state *= np.float32(0.99)
+        self._state += self._push[action]
+        np.tanh(self._state, out=self._state)
+        return self._state.copy(), 1.0, False, self._t >= self.horizon, {}
