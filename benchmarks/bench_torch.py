@@ -5,11 +5,17 @@ Usage::
     python benchmarks/bench_torch.py
     python benchmarks/bench_torch.py --steps 3000 --repeat 5 --transports shm,tcp
 
-Serves ``fastenv.examples:VectorEnv`` and ``CameraEnv`` (frames it allocates)
-and their torch twins (:mod:`fastenv.examples.torch_payloads`: the same
-bytes, as tensors in and out), steps each from a client with the same
-action as an array or a tensor, and prints the p50 round trip (median of
-``--repeat`` interleaved runs) and the torch/numpy ratio.
+Two families, each served as numpy and as torch, stepped from a client with
+the same action as an array or a tensor; the p50 round trip (median of
+``--repeat`` interleaved runs) and the torch/numpy ratio:
+
+- the example envs ``fastenv.examples:VectorEnv`` and ``CameraEnv`` (frames
+  it allocates) against their torch twins
+  (:mod:`fastenv.examples.torch_payloads`), which convert the action and
+  observations themselves, as a user's wrapper would;
+- :class:`~fastenv.examples.torch_payloads.FixedPayloadEnv`, the same
+  payloads returned with no env work at all, so only fastenv's handling of
+  arrays and tensors differs.
 """
 
 from __future__ import annotations
@@ -28,17 +34,26 @@ import torch
 from benchmarks.steps import step_p50_us
 from fastenv.server_process import ServerProcess
 
-TIMEOUT_S = 30.0
 NEVER = 2**31 - 1
-PAYLOADS = {  # name: (numpy target, torch target, kwargs, action size)
-    "small": ("fastenv.examples:VectorEnv", "fastenv.examples.torch_payloads:TorchVectorEnv", {"max_steps": NEVER}, 4),
-    "camera": (
-        "fastenv.examples:CameraEnv",
-        "fastenv.examples.torch_payloads:TorchCameraEnv",
-        {"max_steps": NEVER, "reply_arrays": False},
-        20,
-    ),
+FIXED = "fastenv.examples.torch_payloads:FixedPayloadEnv"
+# family -> payload -> kind -> (target, env kwargs); every payload's action has ACTION_SIZES[payload] floats
+FAMILIES: dict[str, dict[str, dict[str, tuple[str, dict]]]] = {
+    "example envs (their torch twins convert actions and observations)": {
+        "small": {
+            "numpy": ("fastenv.examples:VectorEnv", {"max_steps": NEVER}),
+            "torch": ("fastenv.examples.torch_payloads:TorchVectorEnv", {"max_steps": NEVER}),
+        },
+        "camera": {
+            "numpy": ("fastenv.examples:CameraEnv", {"max_steps": NEVER, "reply_arrays": False}),
+            "torch": ("fastenv.examples.torch_payloads:TorchCameraEnv", {"max_steps": NEVER}),
+        },
+    },
+    "fixed payloads (no env work: only fastenv differs)": {
+        payload: {kind: (FIXED, {"kind": kind, "payload": payload}) for kind in ("numpy", "torch")}
+        for payload in ("small", "camera")
+    },
 }
+ACTION_SIZES = {"small": 4, "camera": 20}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,40 +62,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--transports", default="shm,tcp")
     args = parser.parse_args(argv)
-    servers: dict[tuple[str, str], ServerProcess] = {}
-    for payload, (numpy_target, torch_target, kwargs, _) in PAYLOADS.items():
-        if payload == "camera":
-            kwargs = {**kwargs, "reply_arrays": False}
-        servers[(payload, "numpy")] = ServerProcess(numpy_target, [], env_kwargs=kwargs)
-        servers[(payload, "torch")] = ServerProcess(
-            torch_target, [], env_kwargs={key: value for key, value in kwargs.items() if key != "reply_arrays"}
-        )
+    servers = {
+        (family, payload, kind): ServerProcess(target, [], env_kwargs=kwargs)
+        for family, payloads in FAMILIES.items()
+        for payload, kinds in payloads.items()
+        for kind, (target, kwargs) in kinds.items()
+    }
     transports = args.transports.split(",")
-    runs: dict[tuple[str, str, str], list[float]] = {}
+    runs: dict[tuple[str, str, str, str], list[float]] = {}
     try:
         for server in servers.values():
             server.start()
         for _ in range(args.repeat):
             for transport in transports:
-                for payload, (_, _, _, action_dim) in PAYLOADS.items():
-                    action = np.random.default_rng(1234).uniform(-1, 1, action_dim).astype(np.float32)
+                for (family, payload, kind), server in servers.items():
+                    action = np.random.default_rng(1234).uniform(-1, 1, ACTION_SIZES[payload]).astype(np.float32)
+                    sent = torch.from_numpy(action) if kind == "torch" else action
                     steps = args.steps if payload == "small" else max(10, args.steps // 10)
-                    for kind, sent in (("numpy", action), ("torch", torch.from_numpy(action))):
-                        address = servers[(payload, kind)].address
-                        runs.setdefault((transport, payload, kind), []).append(
-                            step_p50_us(address, transport, sent, steps, warmup=max(20, steps // 10))
-                        )
+                    runs.setdefault((family, transport, payload, kind), []).append(
+                        step_p50_us(server.address, transport, sent, steps, warmup=max(20, steps // 10))
+                    )
     finally:
         for server in servers.values():
             server.stop()
-    print(f"step round trip p50 (µs), median of {args.repeat} interleaved runs")
-    print("| transport | payload | numpy p50 µs | torch p50 µs | torch / numpy |")
-    print("|---|---|---:|---:|---:|")
-    for transport in transports:
-        for payload in PAYLOADS:
-            numpy_p50 = statistics.median(runs[(transport, payload, "numpy")])
-            torch_p50 = statistics.median(runs[(transport, payload, "torch")])
-            print(f"| {transport} | {payload} | {numpy_p50:.1f} | {torch_p50:.1f} | {torch_p50 / numpy_p50:.2f} |")
+    for family, payloads in FAMILIES.items():
+        print(f"\n{family}: step round trip p50 (µs), median of {args.repeat} interleaved runs")
+        print("| transport | payload | numpy p50 µs | torch p50 µs | torch / numpy |")
+        print("|---|---|---:|---:|---:|")
+        for transport in transports:
+            for payload in payloads:
+                numpy_p50 = statistics.median(runs[(family, transport, payload, "numpy")])
+                torch_p50 = statistics.median(runs[(family, transport, payload, "torch")])
+                print(f"| {transport} | {payload} | {numpy_p50:.1f} | {torch_p50:.1f} | {torch_p50 / numpy_p50:.2f} |")
     return 0
 
 

@@ -1,9 +1,10 @@
-"""The small and camera example envs speaking torch: the same bytes as tensors instead of numpy arrays.
+"""The example envs speaking torch, and fixed payloads: the same bytes as tensors instead of numpy arrays.
 
 :class:`TorchVectorEnv` and :class:`TorchCameraEnv` take a tensor action and
-return their observations as tensors (CPU, sharing the numpy arrays' memory),
-so a benchmark can serve the very same payloads both ways and compare
-(``benchmarks/bench_torch.py``). Needs ``pip install "fastenv[torch]"``.
+return their observations as tensors (CPU, sharing the numpy arrays' memory);
+:class:`FixedPayloadEnv` returns one fixed payload, as arrays or tensors, and
+does nothing else. A benchmark serves the very same payloads both ways and
+compares (``benchmarks/bench_torch.py``). Needs ``pip install "fastenv[torch]"``.
 """
 
 from __future__ import annotations
@@ -45,3 +46,36 @@ class TorchCameraEnv(_TorchInOut, CameraEnv):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**{**kwargs, "reply_arrays": False})
+
+
+class FixedPayloadEnv:
+    """Returns the same payload every step, as numpy arrays or as tensors: no env work at all.
+
+    With nothing computed, two of these served side by side (``kind="numpy"``
+    and ``kind="torch"``) differ only in what fastenv does with arrays and
+    tensors. ``payload``: ``"small"`` (4 float32) or ``"camera"`` (two
+    480×640×3 uint8 frames and 20 float32).
+    """
+
+    metadata: dict[str, Any] = {"render_modes": []}
+
+    def __init__(self, kind: str = "numpy", payload: str = "small") -> None:
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        if payload == "small":
+            obs: Any = rng.standard_normal(4).astype(np.float32)
+        else:
+            frame = (480, 640, 3)
+            obs = {
+                "left": rng.integers(0, 256, frame, dtype=np.uint8),
+                "right": rng.integers(0, 256, frame, dtype=np.uint8),
+                "proprio": rng.standard_normal(20).astype(np.float32),
+            }
+        self._obs = _tensors(obs) if kind == "torch" else obs
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[Any, dict]:
+        return self._obs, {}
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
+        return self._obs, 0.0, False, False, {}
