@@ -39,6 +39,7 @@ import numpy as np
 
 from fastenv import native as _switch  # Layout(native=...) is a parameter name here
 from fastenv import tensors
+from fastenv.layout_program import ProgramBuilder
 from fastenv.errors import DecodeError
 
 ALIGN = 64
@@ -103,7 +104,7 @@ def infer_spec(value: Any, depth: int = 32) -> Any:
         return ("array", value.dtype.str, tuple(value.shape), order)
     if kind is tuple or kind is list:
         return ("tuple" if kind is tuple else "list", [infer_spec(item, depth - 1) for item in value])
-    if tensors.is_tensor(value) and kind.__module__ == "torch":  # torch.Tensor itself, not a subclass
+    if tensors.is_tensor(value) and kind is sys.modules["torch"].Tensor:  # not a subclass (the codec carries those)
         try:
             entry = tensors.wire_dtype(value.dtype)
         except TypeError as exc:  # a dtype no layout carries
@@ -162,7 +163,7 @@ class Layout:
         self._program: tuple | None = None
         if use_native:
             try:
-                self._program = _Program(codes, self.arrays, self.array_counts).node(spec)
+                self._program = ProgramBuilder(_native_layout, codes, self.arrays, self.array_counts).node(spec)
             except (ValueError, TypeError, BufferError):  # a dtype without a buffer format (datetime64)
                 if native:
                     raise
@@ -269,61 +270,6 @@ def _apply(selected: _switch.Backend) -> None:
 
 
 _switch.bind(_apply)
-
-
-class _Program:
-    """Turns a validated spec into the node tree the C packer walks (see native/fastenv_layout.c)."""
-
-    def __init__(
-        self, codes: list[str], arrays: list[tuple[np.dtype, tuple[int, ...], str, int]], counts: list[int]
-    ) -> None:
-        self._scalar_offsets = [struct.calcsize("<" + "".join(codes[:i])) for i in range(len(codes))]
-        self._arrays = arrays
-        self._counts = counts
-        self._scalar = 0
-        self._array = 0
-
-    def node(self, spec: Any) -> tuple:
-        """The program node of ``spec`` (called once, on the root)."""
-        ops = _native_layout
-        tag = spec[0]
-        if tag == "none":
-            return (ops.NONE,)
-        if tag == "const":
-            return (ops.CONST, spec[1])
-        if tag == "scalar":
-            offset = self._scalar_offsets[self._scalar]
-            self._scalar += 1
-            kind = spec[1]
-            if kind in _PLAIN_OPS:
-                return (getattr(ops, _PLAIN_OPS[kind]), offset)
-            return (ops.NPSCALAR, offset, np.dtype(kind).type, ord(spec[2]))
-        if tag == "array":
-            return self._array_node()
-        if tag == "tensor":
-            entry = tensors.dtype_named(spec[1])
-            to_array, from_array = tensors.layout_converter(entry), tensors.layout_builder(entry)
-            to_address = tensors.layout_address(entry, tuple(spec[2]))
-            torch_tensor = sys.modules["torch"].Tensor
-            return (ops.TENSOR, torch_tensor, to_array, from_array, self._array_node(), to_address)
-        if tag in ("tuple", "list"):
-            children = tuple(self.node(child) for child in spec[1])
-            return (ops.TUPLE if tag == "tuple" else ops.LIST, children)
-        keys = tuple(spec[1])
-        children = tuple(self.node(child) for child in spec[2])
-        return (ops.DICT, keys, children, dict if tag == "dict" else OrderedDict)
-
-
-    def _array_node(self) -> tuple:
-        dtype, shape, order, offset = self._arrays[self._array]
-        index = self._array
-        self._array += 1
-        nbytes = self._counts[index] * dtype.itemsize
-        format_ = memoryview(np.empty((0,), dtype)).format.encode()
-        return (_native_layout.ARRAY, offset, np.ndarray, format_, tuple(shape), nbytes, index, order == "F")
-
-
-_PLAIN_OPS = {"bool": "BOOL", "int": "INT", "float": "FLOAT"}
 
 
 def _compile(spec: Any, codes: list[str], arrays: list, counter: list[int]) -> _Compiled:

@@ -28,3 +28,21 @@ def assert_same(a: Any, b: Any) -> None:
         assert np.isnan(b)
     else:
         assert a == b
+
+
+def same(a: Any, b: Any) -> None:
+    """:func:`assert_same`, also through dicts, tuples and merged infos (object arrays element by element)."""
+    if isinstance(a, np.ndarray) and a.dtype == object:
+        assert isinstance(b, np.ndarray) and b.dtype == object and a.shape == b.shape
+        for x, y in zip(a.ravel(), b.ravel()):
+            same(x, y)
+    elif isinstance(a, dict):
+        assert type(a) is type(b) and list(a) == list(b), (a, b)
+        for key in a:
+            same(a[key], b[key])
+    elif isinstance(a, tuple):
+        assert type(b) is tuple and len(a) == len(b)
+        for x, y in zip(a, b):
+            same(x, y)
+    else:
+        assert_same(a, b)

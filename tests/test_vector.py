@@ -30,7 +30,7 @@ from fastenv.examples import StructuredEnv
 from fastenv.server_process import ServerProcess
 from fastenv.vector import FastVectorEnv, VectorHost
 
-from assertions import assert_same
+from assertions import same
 
 NESTED = f"{Path(__file__).parent / 'envs' / 'vector_envs.py'}:NestedEnv"
 STEPS = 300
@@ -40,24 +40,6 @@ def _nested_env(**kwargs: Any) -> Any:
     from envs.vector_envs import NestedEnv
 
     return NestedEnv(**kwargs)
-
-
-def same(a: Any, b: Any) -> None:
-    """:func:`assert_same`, also for merged infos (object arrays compared element by element)."""
-    if isinstance(a, np.ndarray) and a.dtype == object:
-        assert isinstance(b, np.ndarray) and b.dtype == object and a.shape == b.shape
-        for x, y in zip(a.ravel(), b.ravel()):
-            same(x, y)
-    elif isinstance(a, dict):
-        assert type(a) is type(b) and list(a) == list(b), (a, b)
-        for key in a:
-            same(a[key], b[key])
-    elif isinstance(a, tuple):
-        assert type(b) is tuple and len(a) == len(b)
-        for x, y in zip(a, b):
-            same(x, y)
-    else:
-        assert_same(a, b)
 
 
 def run_against_sync(vector: Any, sync: SyncVectorEnv, steps: int, seed: int = 5) -> int:

@@ -34,7 +34,7 @@ from fastenv.vector.workers import (
     usable_cpus,
 )
 
-from assertions import assert_same
+from assertions import same
 
 ENVS = Path(__file__).parent / "envs" / "vector_envs.py"
 NESTED, DICT, TEXT = (f"{ENVS}:{name}" for name in ("NestedEnv", "DictEnv", "TextEnv"))
@@ -43,24 +43,6 @@ TIMEOUT = 30.0
 
 def make(target: str, **kwargs: Any) -> Any:
     return TargetFactory(target, kwargs)() if ":" in target else gymnasium.make(target, **kwargs)
-
-
-def same(a: Any, b: Any) -> None:
-    """:func:`assert_same`, also through dicts, tuples and merged infos (object arrays element by element)."""
-    if isinstance(a, np.ndarray) and a.dtype == object:
-        assert isinstance(b, np.ndarray) and b.dtype == object and a.shape == b.shape
-        for x, y in zip(a.ravel(), b.ravel()):
-            same(x, y)
-    elif isinstance(a, dict):
-        assert type(a) is type(b) and list(a) == list(b), (a, b)
-        for key in a:
-            same(a[key], b[key])
-    elif isinstance(a, tuple):
-        assert type(b) is tuple and len(a) == len(b)
-        for x, y in zip(a, b):
-            same(x, y)
-    else:
-        assert_same(a, b)
 
 
 def against_sync(envs: Any, sync: SyncVectorEnv, steps: int, seed: int) -> int:

@@ -196,18 +196,7 @@ class VectorHost:
 
     def set_attr(self, name: str, values: Any) -> None:
         """Set attribute ``name`` on every env: one value per env (list or tuple), or one for all."""
-        if not isinstance(name, str) or not name or name.startswith("_"):
-            raise UnknownMethodError(f"{name!r} is not a public attribute name")
-        if not isinstance(values, (list, tuple)):
-            values = [values] * self.num_envs
-        if len(values) != self.num_envs:
-            raise ValueError(f"set_attr needs one value per env: got {len(values)} values for {self.num_envs} envs")
-        for env, value in zip(self.envs, values, strict=True):
-            setter = getattr(env, "set_wrapper_attr", None)
-            if setter is not None:
-                setter(name, value)
-            else:
-                setattr(env, name, value)
+        set_env_attrs(self.envs, name, attr_values(name, values, self.num_envs))
 
     # ------------------------------------------------------------------ lifetime
 
@@ -270,3 +259,24 @@ def check_reset_mask(mask: Any, num_envs: int, *, allow_empty: bool = False) -> 
     if not allow_empty and not mask.any():
         raise ValueError("options['reset_mask'] must mark at least one env to reset")
     return mask
+
+
+def attr_values(name: Any, values: Any, num_envs: int) -> list[Any]:
+    """One value per env for ``set_attr(name, values)``, checked (a single value is given to every env)."""
+    if not isinstance(name, str) or not name or name.startswith("_"):
+        raise UnknownMethodError(f"{name!r} is not a public attribute name")
+    if not isinstance(values, (list, tuple)):
+        values = [values] * num_envs
+    if len(values) != num_envs:
+        raise ValueError(f"set_attr needs one value per env: got {len(values)} values for {num_envs} envs")
+    return list(values)
+
+
+def set_env_attrs(envs: Sequence[Any], name: str, values: Sequence[Any]) -> None:
+    """Set attribute ``name`` of each env to its value (through Gymnasium's wrappers when it has them)."""
+    for env, value in zip(envs, values, strict=True):
+        setter = getattr(env, "set_wrapper_attr", None)
+        if setter is not None:
+            setter(name, value)
+        else:
+            setattr(env, name, value)

@@ -33,7 +33,7 @@ from fastenv import envinfo
 from fastenv.errors import FastEnvTimeout, ServerConfigError
 from fastenv.shm import futex
 from fastenv.shm.doorbell import Doorbell
-from fastenv.vector.host import WORKER_PID_ATTR
+from fastenv.vector.host import WORKER_PID_ATTR, set_env_attrs
 from fastenv.vector.worker_buffer import (
     GO_WORD,
     HOST_WORD,
@@ -240,12 +240,7 @@ class _Worker:
         return results
 
     def _do_set_attr(self, name: str, values: list[Any]) -> None:
-        for env, value in zip(self.envs, values, strict=True):
-            setter = getattr(env, "set_wrapper_attr", None)
-            if setter is not None:
-                setter(name, value)
-            else:
-                setattr(env, name, value)
+        set_env_attrs(self.envs, name, values)
 
     def _do_render(self) -> list[Any]:
         return [env.render() for env in self.envs]

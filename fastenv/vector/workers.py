@@ -81,7 +81,7 @@ from fastenv import envinfo, native
 from fastenv.errors import FastEnvError, FastEnvTimeout, ServerConfigError, UnknownMethodError
 from fastenv.shm import futex
 from fastenv.shm.doorbell import Doorbell
-from fastenv.vector.host import WORKER_PID_ATTR, VectorHost, check_reset_mask, per_env_seeds
+from fastenv.vector.host import WORKER_PID_ATTR, VectorHost, attr_values, check_reset_mask, per_env_seeds
 from fastenv.vector.worker_buffer import GO_WORD, HOST_WORD, REMAINING_WORD, SEQ_WORD, TASK_STEP, U32, BatchLayout
 from fastenv.vector.worker_pool import POLL_S, WorkerCrashed, WorkerDied, WorkerPool
 from fastenv.vector.worker_process import reraise
@@ -456,13 +456,7 @@ class WorkerVectorHost(VectorHost):
 
     def set_attr(self, name: str, values: Any) -> None:
         """Set attribute ``name`` on every env: one value per env (list or tuple), or one for all."""
-        if not isinstance(name, str) or not name or name.startswith("_"):
-            raise UnknownMethodError(f"{name!r} is not a public attribute name")
-        if not isinstance(values, (list, tuple)):
-            values = [values] * self.num_envs
-        if len(values) != self.num_envs:
-            raise ValueError(f"set_attr needs one value per env: got {len(values)} values for {self.num_envs} envs")
-        values = list(values)
+        values = attr_values(name, values, self.num_envs)
         self._broadcast(lambda envs: ("set_attr", name, values[envs.start : envs.stop]), f"set_attr({name!r})")
 
     @property
