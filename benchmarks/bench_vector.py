@@ -36,6 +36,13 @@ drifts treats them alike)::
 
     python benchmarks/bench_vector.py --workers-table [--quick]
 
+``--pool-table`` compares the async pool (``FastVectorEnv(batch_size=N/2)``:
+``send`` / ``recv``) with synchronous ``step`` on uneven envs (step costs
+spread 10x between envs), with SB3's ``SubprocVecEnv`` and PufferLib's
+``Multiprocessing`` vectorizer as peers; see ``benchmarks/bench_vector_pool.py``::
+
+    python benchmarks/bench_vector.py --pool-table [--quick]
+
 Each timed call is one batched ``step`` with the same fixed actions (episodes
 end and autoreset, as in training). Reported: env steps per second (batch
 steps/s x N), p50 / p99 of one batched step, CPU time of all processes (this
@@ -304,9 +311,19 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="16 cheap / costly envs: fastenv with and without --workers against Sync/AsyncVectorEnv",
     )
+    parser.add_argument(
+        "--pool-table",
+        action="store_true",
+        help="16 uneven envs: the async pool (send/recv) against step, SB3 SubprocVecEnv and PufferLib",
+    )
     args = parser.parse_args(argv)
     if args.quick or os.environ.get("FASTENV_BENCH_QUICK", "") not in ("", "0"):
         args.steps, args.repeats = 20, 1
+    if args.pool_table:
+        from benchmarks.bench_vector_pool import pool_table
+
+        print(pool_table(args.num_envs, args.steps if args.steps < 300 else 300, args.repeats))
+        return 0
     if args.workers_table:
         print(workers_table(args.num_envs, args.steps, args.repeats))
         return 0

@@ -3,6 +3,12 @@
 ``benchmarks/bench_vector.py --workers-table`` serves it as ``benchmarks/cost_env.py:CostEnv``
 with ``--env-kwargs '{"step_us": 96}'``: a cheap env (``step_us=0``, about 3 µs a step)
 and a costly one (about 96 µs), the two points ``bench_vector.py --workers-table`` measures.
+
+With ``spread`` above 1 the envs are uneven: each env's step costs between
+``step_us`` and ``spread * step_us``, picked by the first seed it is reset
+with (``seed % levels`` on a geometric scale), so a vector env reset with
+``seed=0`` has env ``i`` of ``levels`` envs cost ``step_us * spread ** (i / (levels - 1))``
+in every vectorizer (``bench_vector.py --pool-table``).
 """
 
 from __future__ import annotations
@@ -22,12 +28,19 @@ class CostEnv(gymnasium.Env):
         step_us: microseconds each step busy-waits on top of its numpy work (0: none).
         obs_dim: length of the observation vector.
         horizon: steps per episode.
+        spread: ratio of the dearest env's step cost to the cheapest one's (1: all equal).
+        levels: how many cost levels the first seed picks from (``seed % levels``).
     """
 
     metadata: dict[str, Any] = {"render_modes": []}
 
-    def __init__(self, step_us: float = 0.0, obs_dim: int = 8, horizon: int = 200) -> None:
+    def __init__(
+        self, step_us: float = 0.0, obs_dim: int = 8, horizon: int = 200, spread: float = 1.0, levels: int = 16
+    ) -> None:
         self.step_s = float(step_us) * 1e-6
+        self.spread = float(spread)
+        self.levels = max(2, int(levels))
+        self._costed = self.spread == 1.0
         self.horizon = int(horizon)
         self.observation_space = spaces.Box(-np.inf, np.inf, (int(obs_dim),), np.float32)
         self.action_space = spaces.Discrete(2)
@@ -37,6 +50,9 @@ class CostEnv(gymnasium.Env):
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
+        if seed is not None and not self._costed:  # the first seed picks this env's cost
+            self.step_s *= self.spread ** ((seed % self.levels) / (self.levels - 1))
+            self._costed = True
         self._state = self.np_random.uniform(-1, 1, self._state.shape).astype(np.float32)
         self._t = 0
         return self._state.copy(), {}

@@ -35,6 +35,9 @@ Hierarchy::
     │   └── LeaseHeld
     ├── AlreadyPendingError       (step_async while a call is still pending)
     ├── NoPendingCallError        (step_wait without step_async)
+    ├── PoolUsageError            (also ValueError; FastVectorEnv send / recv misused)
+    │   ├── EnvInFlightError      (send for an env that recv has not returned yet)
+    │   └── PoolNotReadyError     (also NoPendingCallError; recv with fewer envs in flight than it returns)
     ├── IncompatibleEnvsError     (also ValueError; servers of one FastVectorEnv differ)
     ├── ServerConfigError
     ├── TargetError
@@ -266,6 +269,22 @@ class AlreadyPendingError(FastEnvError):
 
 class NoPendingCallError(FastEnvError):
     """``step_wait`` was called without a pending ``step_async``."""
+
+
+class PoolUsageError(FastEnvError, ValueError):
+    """The async pool of a :class:`~fastenv.FastVectorEnv` (``send`` / ``recv``) was used wrongly.
+
+    Raised for env ids out of range or repeated, an action count that does not
+    match the env ids, and the pool used while it is off or busy.
+    """
+
+
+class EnvInFlightError(PoolUsageError):
+    """``send`` named an env that is still in flight (sent, and not yet returned by ``recv``)."""
+
+
+class PoolNotReadyError(PoolUsageError, NoPendingCallError):
+    """``recv`` was called with fewer envs in flight than the ``batch_size`` it returns."""
 
 
 class IncompatibleEnvsError(FastEnvError, ValueError):

@@ -5,8 +5,9 @@ an array with a leading axis of ``n`` for Box / Discrete / MultiDiscrete /
 MultiBinary, a dict of batches for Dict, a tuple of batches for Tuple, and a
 plain tuple of ``n`` items for every other space (Text, Sequence, Graph, ...).
 :func:`split` cuts rows ``start:stop`` out of a batch (a view where numpy
-allows it); :func:`join` writes batches of consecutive rows one after the
-other into an output batch made by :func:`empty`.
+allows it); :func:`take` copies out the rows of a list of indices; :func:`join`
+writes batches of consecutive rows one after the other into an output batch
+made by :func:`empty`.
 """
 
 from __future__ import annotations
@@ -41,6 +42,65 @@ def _split_dict(space: Dict, batch: Any, start: int, stop: int) -> dict[str, Any
 @split.register(Tuple)
 def _split_tuple(space: Tuple, batch: Any, start: int, stop: int) -> tuple[Any, ...]:
     return tuple(split(sub, batch[i], start, stop) for i, sub in enumerate(space.spaces))
+
+
+@singledispatch
+def take(space: Space, batch: Any, indices: np.ndarray) -> Any:
+    """Rows ``indices`` of ``batch`` (in that order), copied: the result shares no memory with ``batch``."""
+    return tuple(batch[int(index)] for index in indices)
+
+
+@take.register(Box)
+@take.register(Discrete)
+@take.register(MultiDiscrete)
+@take.register(MultiBinary)
+def _take_array(space: Space, batch: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    return batch[indices]  # fancy indexing copies
+
+
+@take.register(Dict)
+def _take_dict(space: Dict, batch: Any, indices: np.ndarray) -> dict[str, Any]:
+    return {key: take(sub, batch[key], indices) for key, sub in space.spaces.items()}
+
+
+@take.register(Tuple)
+def _take_tuple(space: Tuple, batch: Any, indices: np.ndarray) -> tuple[Any, ...]:
+    return tuple(take(sub, batch[i], indices) for i, sub in enumerate(space.spaces))
+
+
+@singledispatch
+def put(space: Space, batch: Any, indices: np.ndarray, values: Any, path: str = "actions") -> None:
+    """Write ``values`` (a batch of ``len(indices)`` rows) into rows ``indices`` of ``batch``, shapes checked.
+
+    Only array, Dict and Tuple spaces have a fixed batch to write into; others raise TypeError.
+    """
+    raise TypeError(f"{type(space).__name__} batches cannot be written row by row")
+
+
+@put.register(Box)
+@put.register(Discrete)
+@put.register(MultiDiscrete)
+@put.register(MultiBinary)
+def _put_array(space: Space, batch: np.ndarray, indices: np.ndarray, values: Any, path: str = "actions") -> None:
+    want = (len(indices), *batch.shape[1:])
+    got = np.shape(values)
+    if got != want:
+        raise ValueError(f"{path} must have shape {want} (one row per env id), got {got}")
+    batch[indices] = values
+
+
+@put.register(Dict)
+def _put_dict(space: Dict, batch: Any, indices: np.ndarray, values: Any, path: str = "actions") -> None:
+    for key, sub in space.spaces.items():
+        put(sub, batch[key], indices, values[key], f"{path}[{key!r}]")
+
+
+@put.register(Tuple)
+def _put_tuple(space: Tuple, batch: Any, indices: np.ndarray, values: Any, path: str = "actions") -> None:
+    if len(values) != len(space.spaces):
+        raise ValueError(f"{path} must have {len(space.spaces)} parts, got {len(values)}")
+    for i, sub in enumerate(space.spaces):
+        put(sub, batch[i], indices, values[i], f"{path}[{i}]")
 
 
 def empty(space: Space, n: int, fn: Callable[..., np.ndarray] = np.empty) -> Any:

@@ -21,9 +21,10 @@ from fastenv.errors import (
     NoPendingCallError,
 )
 from fastenv.vector import batch, calls
-from fastenv.vector.batched import FastBatchedVectorEnv
+from fastenv.vector.batched import FastBatchedVectorEnv, parse_autoreset_mode
 from fastenv.vector.host import check_reset_mask, per_env_seeds
 from fastenv.vector.infos import merge_infos
+from fastenv.vector.pool_client import AsyncPoolMixin, PoolClient
 
 
 class _State(Enum):
@@ -31,7 +32,7 @@ class _State(Enum):
     WAITING_STEP = "step"
 
 
-class FastVectorEnv(VectorEnv):
+class FastVectorEnv(AsyncPoolMixin, VectorEnv):
     """Gymnasium's ``VectorEnv`` over the envs served by one or more fastenv servers.
 
     Each address is a server started with ``fastenv serve TARGET --num-envs N``
@@ -49,8 +50,27 @@ class FastVectorEnv(VectorEnv):
     while the caller holds them (pass ``copy=True`` for owned arrays). With
     several servers each server's rows are written once into a new batch.
 
+    With ``batch_size=k`` (one server) the envs can also be driven as an
+    EnvPool-style async pool: :meth:`send` starts a step of some envs and
+    returns at once, :meth:`recv` returns the first ``k`` envs to finish with
+    their ids while the others keep stepping (``--workers`` servers step
+    them in parallel, so uneven envs do not wait for the slowest)::
+
+        envs = fastenv.FastVectorEnv(address, batch_size=8)
+        envs.async_reset(seed=0)
+        while training:
+            obs, rewards, terminations, truncations, infos, env_ids = envs.recv()
+            envs.send(policy(obs), env_ids)
+
     Args:
         addresses: one server address, or a list of them (on any hosts).
+        batch_size: how many envs :meth:`recv` returns (None: no async pool).
+        autoreset_mode: ``AutoresetMode.NEXT_STEP`` (default) or ``SAME_STEP``
+            (or their names, ``"same_step"``): how the servers' envs
+            autoreset, set on the servers when connecting (in shared mode
+            every client of a server sees it) and declared in
+            ``metadata["autoreset_mode"]``. Same-step puts ``final_obs`` /
+            ``final_info`` in the infos, as ``SyncVectorEnv`` does.
         **client_kwargs: passed to every :class:`~fastenv.FastRemoteEnv`
             (``timeout``, ``transport``, ``copy``, ...).
 
@@ -61,13 +81,21 @@ class FastVectorEnv(VectorEnv):
             obs, rewards, terminations, truncations, infos = envs.step(envs.action_space.sample())
     """
 
-    def __init__(self, addresses: str | Sequence[str], **client_kwargs: Any) -> None:
+    def __init__(
+        self,
+        addresses: str | Sequence[str],
+        *,
+        batch_size: int | None = None,
+        autoreset_mode: AutoresetMode | str | None = None,
+        **client_kwargs: Any,
+    ) -> None:
         addresses = [addresses] if isinstance(addresses, str) else list(addresses)
         if not addresses:
             raise ValueError("FastVectorEnv needs at least one server address")
         self.closed = False
         self._state = _State.DEFAULT
         self._pending: list[calls.PendingCall] = []
+        self._pool: PoolClient | None = None
         self.remotes: tuple[FastRemoteEnv, ...] = ()
         connected: list[FastRemoteEnv] = []
         try:
@@ -75,6 +103,10 @@ class FastVectorEnv(VectorEnv):
                 connected.append(FastRemoteEnv(address, vector=True, **client_kwargs))
             self.remotes = tuple(connected)
             self._describe()
+            if autoreset_mode is not None:
+                self._set_autoreset_mode(parse_autoreset_mode(autoreset_mode))
+            if batch_size is not None:
+                self._pool = self._open_pool(batch_size)
         except BaseException:
             self.closed = True
             for remote in connected:
@@ -127,6 +159,16 @@ class FastVectorEnv(VectorEnv):
         self.metadata["autoreset_mode"] = AutoresetMode.NEXT_STEP
         self.spec = first.spec
         self.render_mode = first.render_mode
+
+    def _set_autoreset_mode(self, mode: AutoresetMode) -> None:
+        for remote in self.remotes:
+            try:
+                remote.call("set_autoreset_mode", mode.value)
+            except AttributeError:
+                raise IncompatibleEnvsError(
+                    f"the server at {remote.address} cannot switch autoreset modes; update its fastenv"
+                ) from None
+        self.metadata["autoreset_mode"] = mode
 
     # ------------------------------------------------------------------ info
 
@@ -277,6 +319,8 @@ class FastVectorEnv(VectorEnv):
         self._check_open(what)
         if self._state is not _State.DEFAULT:
             raise AlreadyPendingError(f"{what}() while a step_async() is waiting for step_wait()")
+        if self._pool is not None and self._pool.busy:
+            raise AlreadyPendingError(f"{what}() while envs of the async pool are in flight: recv() them first")
 
     def close_extras(self, timeout: float = 2.0, **kwargs: Any) -> None:
         """Drop a pending step and close every server connection (``close()`` is idempotent)."""
@@ -284,6 +328,8 @@ class FastVectorEnv(VectorEnv):
         self._state = _State.DEFAULT
         for call in pending:
             call.discard(timeout)
+        if self._pool is not None:
+            self._pool.discard(timeout)
         for remote in self.remotes:
             try:
                 remote.close(timeout)

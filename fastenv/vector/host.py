@@ -15,6 +15,12 @@ for the data plane's sake:
   from there). It is overwritten by the next ``reset`` / ``step``: copy it to
   keep it when you use a host in-process.
 
+:meth:`VectorHost.set_autoreset_mode` switches to Gymnasium's same-step
+autoreset (``final_obs`` / ``final_info`` in the info of an env that ended,
+its observation the reset one). The ``pool_*`` methods are the server side of
+the async pool (see :mod:`fastenv.vector.pool`); in this process the envs of a
+``pool_send`` step at once, one after another.
+
 ``fastenv serve TARGET --num-envs N --workers W`` serves a
 :class:`~fastenv.vector.workers.WorkerVectorHost` instead: the same calls and
 results, with the envs stepping in W worker processes at once.
@@ -32,7 +38,10 @@ from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
 
 from fastenv import envinfo
-from fastenv.errors import ServerConfigError, UnknownMethodError
+from fastenv.errors import PoolUsageError, ServerConfigError, UnknownMethodError
+from fastenv.vector import batch
+from fastenv.vector.pool import HELD, POOL_PROTOCOL, PoolBook, leading_rows
+from fastenv.vector.worker_buffer import row_writer
 
 #: ``get_attr(WORKER_PID_ATTR)``: the pid of the process stepping each env (this one, or a worker's).
 WORKER_PID_ATTR = "fastenv_worker_pid"
@@ -51,7 +60,10 @@ class VectorHost:
         observation_space, action_space: the batched spaces
             (``gymnasium.vector.utils.batch_space``).
         metadata: env 0's metadata with ``autoreset_mode`` set to
-            ``AutoresetMode.NEXT_STEP``, as Gymnasium's vector envs report it.
+            :attr:`autoreset_mode`, as Gymnasium's vector envs report it.
+        autoreset_mode: ``AutoresetMode.NEXT_STEP`` (default) or
+            ``SAME_STEP`` (:meth:`set_autoreset_mode`).
+        pool_protocol: version of the ``pool_*`` calls (:data:`~fastenv.vector.pool.POOL_PROTOCOL`).
         spec, render_mode: env 0's.
 
     Example::
@@ -86,10 +98,12 @@ class VectorHost:
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
         self.metadata: dict[str, Any] = dict(getattr(first, "metadata", None) or {})
-        self.metadata["autoreset_mode"] = AutoresetMode.NEXT_STEP
+        self.metadata["autoreset_mode"] = self.autoreset_mode = AutoresetMode.NEXT_STEP
         self.spec = getattr(first, "spec", None)
         self.render_mode = getattr(first, "render_mode", None)
         self.closed = False
+        self.pool_protocol = POOL_PROTOCOL
+        self._book = PoolBook(len(self.envs))
 
         n = self.num_envs
         self._env_obs: list[Any] = [None] * n
@@ -115,6 +129,7 @@ class VectorHost:
                 allowed (nothing is reset), so a client can drive a slice of a
                 larger vector env.
         """
+        self._book.check_idle("reset")
         seeds = per_env_seeds(seed, self.num_envs)
         mask = None
         if options is not None and "reset_mask" in options:
@@ -141,39 +156,106 @@ class VectorHost:
     def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]:
         """Step every env with its row of ``actions`` (a batch of :attr:`action_space`).
 
-        An env that terminated or truncated on the previous step is reset
-        instead (its action is ignored; reward 0, terminated and truncated
-        False, its info from ``reset``), as Gymnasium's next-step autoreset does.
+        With next-step autoreset (the default) an env that terminated or
+        truncated on the previous step is reset instead (its action is
+        ignored; reward 0, terminated and truncated False, its info from
+        ``reset``); with same-step autoreset it is reset in the step that
+        ended it, as Gymnasium's two modes do (:meth:`set_autoreset_mode`).
 
         Returns:
             ``(observations, rewards float64[n], terminations bool[n], truncations bool[n], infos)``
             with ``infos`` a list of the per-env info dicts.
         """
-        infos: list[dict[str, Any]] = []
-        for index, (action, env) in enumerate(zip(iterate(self.action_space, actions), self.envs, strict=True)):
-            if self._autoreset[index]:
-                self._env_obs[index], info = env.reset()
-                self._rewards[index] = 0.0
-                self._terminations[index] = False
-                self._truncations[index] = False
-            else:
-                result = env.step(action)
-                if not isinstance(result, tuple) or len(result) != 5:
-                    raise TypeError(
-                        f"{type(env).__name__}.step() must return Gymnasium's 5-tuple "
-                        "(obs, reward, terminated, truncated, info) to be vectorised"
-                    )
-                (
-                    self._env_obs[index],
-                    self._rewards[index],
-                    self._terminations[index],
-                    self._truncations[index],
-                    info,
-                ) = result
-            infos.append(info)
+        self._book.check_idle("step")
+        infos = [
+            self._advance(index, env, action)
+            for index, (action, env) in enumerate(zip(iterate(self.action_space, actions), self.envs, strict=True))
+        ]
         self._observations = concatenate(self.single_observation_space, self._env_obs, self._observations)
-        self._autoreset = np.logical_or(self._terminations, self._truncations)
         return self._observations, self._rewards.copy(), self._terminations.copy(), self._truncations.copy(), infos
+
+    def _advance(self, index: int, env: Any, action: Any) -> dict[str, Any]:
+        """Step (or autoreset) env ``index``: its observation into ``_env_obs``, reward and flags set; its info."""
+        if self._autoreset[index]:
+            self._env_obs[index], info = env.reset()
+            self._rewards[index] = 0.0
+            self._terminations[index] = self._truncations[index] = self._autoreset[index] = False
+            return info
+        obs, reward, terminated, truncated, info = step_result(env, env.step(action))
+        self._rewards[index], self._terminations[index], self._truncations[index] = reward, terminated, truncated
+        if terminated or truncated:
+            if self.autoreset_mode is AutoresetMode.SAME_STEP:
+                final = {"final_obs": obs, "final_info": info}
+                obs, info = env.reset()
+                info = {**final, **info}
+            else:
+                self._autoreset[index] = True
+        self._env_obs[index] = obs
+        return info
+
+    def set_autoreset_mode(self, mode: str) -> str:
+        """Autoreset as Gymnasium's ``mode`` (``"NextStep"`` or ``"SameStep"``, a name or value); the mode set.
+
+        Meant to be called before the first ``reset``; ``metadata["autoreset_mode"]`` follows.
+        """
+        self.autoreset_mode = autoreset_mode(mode)
+        self.metadata["autoreset_mode"] = self.autoreset_mode
+        return self.autoreset_mode.value
+
+    # ------------------------------------------------------------------ async pool
+
+    def pool_reset(self, seed: int | Sequence[int | None] | None = None, options: dict[str, Any] | None = None) -> None:
+        """Reset every env (as :meth:`reset`); all of them are then ready for :meth:`pool_recv`."""
+        if options is not None and "reset_mask" in options:
+            raise PoolUsageError("the async pool resets every env: options['reset_mask'] is not accepted")
+        _, infos = self.reset(seed=seed, options=options)
+        self._rewards[:] = 0.0
+        self._book.ready(range(self.num_envs), infos)
+
+    def pool_send(self, actions: Any, env_ids: Any) -> None:
+        """Step the envs ``env_ids`` with ``actions`` (a batch of one row per id); they become ready."""
+        book = self._book
+        ids = book.check_send(env_ids, leading_rows(self.single_action_space, actions))
+        rows = list(iterate(batch_space(self.single_action_space, len(ids)), actions))
+        write = row_writer(self.single_observation_space, self._observations)
+        for index, action in zip(ids.tolist(), rows, strict=True):
+            try:
+                info: Any = self._advance(index, self.envs[index], action)
+                write(index, self._env_obs[index])
+            except Exception as exc:  # raised by pool_recv, which returns this env
+                info = exc
+            book.ready([index], [info])
+
+    def pool_recv(self, batch_size: int, timeout: float | None = None) -> tuple[Any, ...]:
+        """The first ``batch_size`` ready envs: ``(obs, rewards, terminations, truncations, infos, env_ids)``.
+
+        ``env_ids`` (int64) are sorted; ``infos`` is a list of their info dicts.
+        """
+        batch_size = self._book.check_recv(batch_size)
+        return self._pool_result(self._book.take(batch_size))
+
+    def pool_state(self) -> np.ndarray:
+        """bool per env: in flight (sent or reset, not yet returned by :meth:`pool_recv`)."""
+        return self._book.state != HELD
+
+    def _pool_rows(self) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
+        return self._observations, self._rewards, self._terminations, self._truncations
+
+    def _pool_result(self, ids: np.ndarray) -> tuple[Any, ...]:
+        """Rows ``ids`` copied out; an env whose step raised is dropped and its error raised (the rest stay ready)."""
+        book = self._book
+        infos = [book.infos.get(index, {}) for index in ids.tolist()]
+        failed = [index for index, info in zip(ids.tolist(), infos, strict=True) if isinstance(info, BaseException)]
+        if failed:
+            error = book.infos[failed[0]]
+            book.forget(failed)
+            book.put_back([index for index in ids.tolist() if index not in failed])
+            raise error
+        for index in ids.tolist():
+            book.infos.pop(index, None)
+        observations, rewards, terminations, truncations = self._pool_rows()
+        obs = batch.take(self.single_observation_space, observations, ids)
+        return obs, rewards[ids], terminations[ids], truncations[ids], infos, ids
 
     def render(self) -> tuple[Any, ...]:
         """Every env's ``render()``."""
@@ -228,6 +310,29 @@ class VectorHost:
     def __repr__(self) -> str:
         name = self.spec.id if self.spec is not None else type(self.envs[0]).__name__
         return f"VectorHost({name}, num_envs={self.num_envs})"
+
+
+def step_result(env: Any, result: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+    """``result`` of ``env.step``, checked to be Gymnasium's 5-tuple."""
+    if not isinstance(result, tuple) or len(result) != 5:
+        raise TypeError(
+            f"{type(env).__name__}.step() must return Gymnasium's 5-tuple "
+            "(obs, reward, terminated, truncated, info) to be vectorised"
+        )
+    return result
+
+
+def autoreset_mode(mode: Any) -> AutoresetMode:
+    """``mode`` (an ``AutoresetMode``, its name or value, ``"same-step"``) if a host supports it."""
+    from fastenv.vector.batched import parse_autoreset_mode
+
+    try:
+        parsed = parse_autoreset_mode(mode.replace("-", "_") if isinstance(mode, str) else mode)
+    except ValueError as exc:
+        raise ServerConfigError(str(exc)) from None
+    if parsed not in (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP):
+        raise ServerConfigError(f"vector hosts autoreset NEXT_STEP or SAME_STEP, not {parsed.name}")
+    return parsed
 
 
 def _public_member(env: Any, name: str) -> Any:

@@ -8,6 +8,8 @@ One memory segment, shared by the host and its workers, laid out as:
 - a word per worker for its task (``TASK_*``, see :func:`task_word`), its last
   finished step and whether a message follows;
 - a byte per env saying its ``info`` is not empty;
+- two words per env for the async pool: the host's request count and the
+  worker's completed count (the env steps while they differ);
 - the rewards, terminations and truncations, then the observations and actions
   leaf by leaf, batched as Gymnasium batches them.
 
@@ -38,10 +40,12 @@ __all__ = [
     "SEQ_WORD",
     "TASK_COMMAND",
     "TASK_IDLE",
+    "TASK_POOL",
     "TASK_STEP",
     "TASK_STOP",
     "U32",
     "BatchLayout",
+    "row_writer",
     "shared_fd",
     "task_word",
 ]
@@ -51,7 +55,7 @@ GO_WORD, HOST_WORD, REMAINING_WORD, SEQ_WORD = 0, 64, 128, 132
 _HEADER_BYTES = 192
 _ALIGN = 64
 # A worker's task word.
-TASK_IDLE, TASK_STEP, TASK_COMMAND, TASK_STOP = 0, 1, 2, 3
+TASK_IDLE, TASK_STEP, TASK_COMMAND, TASK_STOP, TASK_POOL = 0, 1, 2, 3, 4
 #: All bits of a 32-bit word: added to a word, it subtracts one.
 U32 = 0xFFFFFFFF
 
@@ -118,6 +122,10 @@ def _row_writer(space: spaces.Space, batch: Any) -> Callable[[int, Any], None]:
     return batch.__setitem__
 
 
+#: ``row_writer(space, batch)``: ``write(i, value)``, one env's value into row ``i`` of ``batch``.
+row_writer = _row_writer
+
+
 def _row_reader(space: spaces.Space, batch: Any) -> Callable[[int], Any]:
     """``read(i)``: row ``i`` of ``batch`` as ``gymnasium.vector.utils.iterate`` yields it."""
     if isinstance(space, spaces.Dict):
@@ -175,6 +183,8 @@ class BatchLayout:
     done: int
     mail: int
     flags: int
+    requests: int
+    completes: int
     rewards: int
     terminations: int
     truncations: int
@@ -198,7 +208,8 @@ class BatchLayout:
         words = 4 * workers
         task, done, mail = take(words), take(words), take(words)
         assert task == task_word(0)
-        flags, rewards = take(num_envs), take(8 * num_envs)
+        flags, requests, completes = take(num_envs), take(4 * num_envs), take(4 * num_envs)
+        rewards = take(8 * num_envs)
         terminations, truncations = take(num_envs), take(num_envs)
 
         def leaves(space: spaces.Space, what: str) -> tuple[_Leaf, ...]:
@@ -209,7 +220,7 @@ class BatchLayout:
         observations = leaves(observation_space, "observation")
         actions = leaves(action_space, "action")
         return cls(
-            num_envs, workers, observation_space, action_space, task, done, mail, flags, rewards,
+            num_envs, workers, observation_space, action_space, task, done, mail, flags, requests, completes, rewards,
             terminations, truncations, observations, actions, _align(cursor),
         )  # fmt: skip
 
@@ -231,6 +242,8 @@ class _Views:
         self.done = array(layout.done, np.uint32, (w,))
         self.mail = array(layout.mail, np.uint32, (w,))
         self.flags = array(layout.flags, np.uint8, (n,))
+        self.requests = array(layout.requests, np.uint32, (n,))
+        self.completes = array(layout.completes, np.uint32, (n,))
         self.rewards = array(layout.rewards, np.float64, (n,))
         self.terminations = array(layout.terminations, np.bool_, (n,))
         self.truncations = array(layout.truncations, np.bool_, (n,))

@@ -89,7 +89,8 @@ class WorkerPool:
         fd: the shared segment's file descriptor (closed by :meth:`release`);
         ``buf``, ``layout``, ``views``, ``go``: the mapped segment, its layout,
         numpy views and *go* doorbell (None until :meth:`attach`);
-        ``processes``: one :class:`_Process` per slice (None while one is replaced).
+        ``processes``: one :class:`_Process` per slice (None while one is replaced);
+        ``same_step``: whether workers autoreset in the same step (set by the host).
     """
 
     def __init__(self, factory_bytes: bytes, slices: list[range], worker_spin_us: int) -> None:
@@ -104,6 +105,7 @@ class WorkerPool:
         self.layout: BatchLayout | None = None
         self.views: Any = None
         self.go: Doorbell | None = None
+        self.same_step = False  # the autoreset mode new workers start with
 
     # ------------------------------------------------------------------ starting
 
@@ -130,7 +132,9 @@ class WorkerPool:
         envs = self.slices[index]
         process = _Process(index, envs, popen, parent_end)
         try:
-            parent_end.send(("init", list(sys.path), self.factory_bytes, envs.start, envs.stop, index, os.getpid()))
+            parent_end.send(
+                ("init", list(sys.path), self.factory_bytes, envs.start, envs.stop, index, os.getpid(), self.same_step)
+            )
         except OSError:
             pass  # it died at once: the ready wait says so
         return process
@@ -287,6 +291,7 @@ class WorkerPool:
         views.rewards[envs.start : envs.stop] = 0.0
         views.terminations[envs.start : envs.stop] = False
         views.truncations[envs.start : envs.stop] = False
+        views.requests[envs.start : envs.stop] = views.completes[envs.start : envs.stop]  # nothing left to step
         try:
             process = self.spawn(index)
             self.processes[index] = process

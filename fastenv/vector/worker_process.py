@@ -6,8 +6,10 @@ descriptors). :class:`_Worker` builds the envs of its slice from the pickled
 factory, describes their spaces, maps the batch buffer
 (:class:`~fastenv.vector.worker_buffer.BatchLayout`) and then serves: it waits
 on the *go* doorbell, steps its envs into their rows of the batch (next-step
-autoreset, as Gymnasium's), or runs a command (``reset``, ``call``,
-``set_attr``, ``render``) received on its pipe. It leaves when told to stop,
+or same-step autoreset, as Gymnasium's), steps the envs the async pool asked
+for one by one (``TASK_POOL``: each env is marked complete and the host rung
+as soon as it is done), or runs a command (``reset``, ``call``, ``set_attr``,
+``render``, ``autoreset``) received on its pipe. It leaves when told to stop,
 when its pipe closes, or when the server process is gone.
 
 :func:`portable_error` and :func:`reraise` carry exceptions across the pipe:
@@ -29,11 +31,13 @@ from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
+import numpy as np
+
 from fastenv import envinfo
 from fastenv.errors import FastEnvTimeout, ServerConfigError
 from fastenv.shm import futex
 from fastenv.shm.doorbell import Doorbell
-from fastenv.vector.host import WORKER_PID_ATTR, set_env_attrs
+from fastenv.vector.host import WORKER_PID_ATTR, set_env_attrs, step_result
 from fastenv.vector.worker_buffer import (
     GO_WORD,
     HOST_WORD,
@@ -41,6 +45,7 @@ from fastenv.vector.worker_buffer import (
     SEQ_WORD,
     TASK_COMMAND,
     TASK_IDLE,
+    TASK_POOL,
     TASK_STEP,
     U32,
     BatchLayout,
@@ -80,7 +85,8 @@ class _Worker:
         self.conn = conn
         self.fd = fd
         message = conn.recv()
-        _, path, factory_bytes, self.lo, self.hi, self.index, self.parent = message
+        _, path, factory_bytes, self.lo, self.hi, self.index, self.parent, same_step = message
+        self.same_step = bool(same_step)
         for entry in reversed(path):
             if entry not in sys.path:
                 sys.path.insert(0, entry)
@@ -150,6 +156,8 @@ class _Worker:
             store(buf, task_word, TASK_IDLE)
             if task == TASK_STEP:
                 self.step()
+            elif task == TASK_POOL:
+                self.pool_step()
             elif task == TASK_COMMAND:
                 self.command(self.conn.recv())
             else:
@@ -160,6 +168,7 @@ class _Worker:
         seq = self.load(buf, SEQ_WORD)
         rewards, terminations, truncations = views.rewards, views.terminations, views.truncations
         flags, write, read, autoreset = views.flags, views.write_observation, views.read_action, self.autoreset
+        same_step = self.same_step
         flags[lo : self.hi] = 0
         infos: list[dict[str, Any]] = []
         error = None
@@ -172,18 +181,17 @@ class _Worker:
                     rewards[index] = 0.0
                     terminations[index] = truncations[index] = autoreset[offset] = False
                 else:
-                    result = env.step(read(index))
-                    if type(result) is not tuple or len(result) != 5:
-                        if not isinstance(result, tuple) or len(result) != 5:
-                            raise TypeError(
-                                f"{type(env).__name__}.step() must return Gymnasium's 5-tuple "
-                                "(obs, reward, terminated, truncated, info) to be vectorised"
-                            )
-                    obs, reward, terminated, truncated, info = result
+                    obs, reward, terminated, truncated, info = step_result(env, env.step(read(index)))
                     rewards[index] = reward
                     terminations[index] = terminated
                     truncations[index] = truncated
-                    autoreset[offset] = bool(terminated or truncated)
+                    if terminated or truncated:
+                        if same_step:
+                            final = {"final_obs": obs, "final_info": info}
+                            obs, info = env.reset()
+                            info = {**final, **info}
+                        else:
+                            autoreset[offset] = True
                 write(index, obs)
                 if info:
                     flags[index] = 1
@@ -197,6 +205,57 @@ class _Worker:
             self.host.ring()
         if mail:
             self._send(("step", infos, error))
+
+    def pool_step(self) -> None:
+        """Step the envs of this slice whose request count is ahead of their completed count, until none is.
+
+        Each env, once written, gets its completed count stored and the host
+        rung; an env with a non-empty info (or an error) then sends
+        ``("pool", env index, info, error)`` on the pipe.
+        """
+        views, buf, lo, hi = self.views, self.buf, self.lo, self.hi
+        requests, completes, flags = views.requests[lo:hi], views.completes[lo:hi], views.flags
+        store, ring = self.store, self.host.ring
+        completes_word = self.layout.completes
+        while True:
+            pending = np.flatnonzero(requests != completes)
+            if not pending.size:
+                return
+            for offset in pending.tolist():
+                index = lo + offset
+                ticket = int(requests[offset])
+                info: dict[str, Any] = {}
+                error = None
+                try:
+                    info = self._advance_one(offset, index)
+                except Exception as exc:
+                    error = portable_error(exc)
+                mail = bool(info) or error is not None
+                flags[index] = mail
+                store(buf, completes_word + 4 * index, ticket)
+                ring()
+                if mail:
+                    self._send(("pool", index, info, error))
+
+    def _advance_one(self, offset: int, index: int) -> dict[str, Any]:
+        """Step (or autoreset) one env of the slice into its row; its info."""
+        views, env = self.views, self.envs[offset]
+        if self.autoreset[offset]:
+            obs, info = env.reset()
+            views.rewards[index] = 0.0
+            views.terminations[index] = views.truncations[index] = self.autoreset[offset] = False
+        else:
+            obs, reward, terminated, truncated, info = step_result(env, env.step(views.read_action(index)))
+            views.rewards[index], views.terminations[index], views.truncations[index] = reward, terminated, truncated
+            if terminated or truncated:
+                if self.same_step:
+                    final = {"final_obs": obs, "final_info": info}
+                    obs, info = env.reset()
+                    info = {**final, **info}
+                else:
+                    self.autoreset[offset] = True
+        views.write_observation(index, obs)
+        return info
 
     def command(self, message: tuple) -> None:
         try:
@@ -212,6 +271,8 @@ class _Worker:
             error = TypeError(f"a result of the envs cannot be sent back from the worker process: {exc}")
             if message[0] == "step":
                 self.conn.send(("step", [{} for _ in message[1]], (error, "")))
+            elif message[0] == "pool":
+                self.conn.send(("pool", message[1], {}, (error, "")))
             else:
                 self.conn.send(("error", error, ""))
 
@@ -228,6 +289,9 @@ class _Worker:
             self.autoreset[offset] = False
             infos.append(info)
         return infos
+
+    def _do_autoreset(self, same_step: bool) -> None:
+        self.same_step = bool(same_step)
 
     def _do_call(self, name: str, args: tuple, kwargs: dict[str, Any]) -> list[Any]:
         results = []

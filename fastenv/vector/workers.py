@@ -63,7 +63,6 @@ in :mod:`fastenv.vector.worker_process`.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import pickle
@@ -81,10 +80,20 @@ from fastenv import envinfo, native
 from fastenv.errors import FastEnvError, FastEnvTimeout, ServerConfigError, UnknownMethodError
 from fastenv.shm import futex
 from fastenv.shm.doorbell import Doorbell
-from fastenv.vector.host import WORKER_PID_ATTR, VectorHost, attr_values, check_reset_mask, per_env_seeds
+from fastenv.vector.host import (
+    WORKER_PID_ATTR,
+    VectorHost,
+    attr_values,
+    autoreset_mode,
+    check_reset_mask,
+    per_env_seeds,
+)
+from fastenv.vector.pool import POOL_PROTOCOL, PoolBook
+from fastenv.vector.worker_async import WorkerPoolMixin
 from fastenv.vector.worker_buffer import GO_WORD, HOST_WORD, REMAINING_WORD, SEQ_WORD, TASK_STEP, U32, BatchLayout
 from fastenv.vector.worker_pool import POLL_S, WorkerCrashed, WorkerDied, WorkerPool
 from fastenv.vector.worker_process import reraise
+from fastenv.vector.worker_sizing import TargetFactory, default_workers, split_envs, usable_cpus
 
 __all__ = [
     "POLL_S",
@@ -115,63 +124,7 @@ HOST_SPIN_US = 50
 START_TIMEOUT_S = 120.0
 
 
-# --------------------------------------------------------------------------- sizing
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (``os.sched_getaffinity``; ``os.cpu_count`` where that is missing)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
-
-
-def default_workers(num_envs: int) -> int:
-    """The default worker count: one per usable CPU, never more than envs."""
-    return max(1, min(int(num_envs), usable_cpus()))
-
-
-def split_envs(num_envs: int, workers: int) -> list[range]:
-    """``num_envs`` envs in ``workers`` contiguous slices whose sizes differ by at most one.
-
-    More workers than envs are cut down to one env each.
-    """
-    if num_envs < 1 or workers < 1:
-        raise ValueError(f"need at least one env and one worker, got {num_envs} envs and {workers} workers")
-    workers = min(workers, num_envs)
-    size, extra = divmod(num_envs, workers)
-    slices, start = [], 0
-    for index in range(workers):
-        stop = start + size + (index < extra)
-        slices.append(range(start, stop))
-        start = stop
-    return slices
-
-
-@dataclasses.dataclass(frozen=True)
-class TargetFactory:
-    """A picklable env factory: ``fastenv serve``'s TARGET and ``--env-kwargs``, resolved where it is called.
-
-    Worker processes build their envs with it (see :func:`fastenv.target.resolve_target`).
-    """
-
-    target: str
-    env_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    def __call__(self) -> Any:
-        make = self.__dict__.get("_make")
-        if make is None:  # resolve once per process: a file target's module is loaded once, not per env
-            from fastenv.target import resolve_target
-
-            make = resolve_target(self.target, self.env_kwargs)
-            object.__setattr__(self, "_make", make)
-        return make()
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (TargetFactory, (self.target, self.env_kwargs))
-
-
-class WorkerVectorHost(VectorHost):
+class WorkerVectorHost(WorkerPoolMixin, VectorHost):
     """A :class:`~fastenv.vector.host.VectorHost` whose ``num_envs`` envs step in ``workers`` processes.
 
     Args:
@@ -239,6 +192,9 @@ class WorkerVectorHost(VectorHost):
             worker_spin_us = int(os.environ.get("FASTENV_WORKER_SPIN_US", WORKER_SPIN_US))
         self._spin_us, self._worker_spin_us = spin_us, worker_spin_us
         self._env_seeds: list[int | None] = [None] * self.num_envs
+        self.autoreset_mode = AutoresetMode.NEXT_STEP
+        self.pool_protocol = POOL_PROTOCOL
+        self._book = PoolBook(self.num_envs)
         self._lock = threading.RLock()
         self._seq = 0
         self._backend = futex.get_backend(None)
@@ -281,7 +237,7 @@ class WorkerVectorHost(VectorHost):
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
         self.metadata = dict(description["metadata"])
-        self.metadata["autoreset_mode"] = AutoresetMode.NEXT_STEP
+        self.metadata["autoreset_mode"] = self.autoreset_mode
         self.spec = description["spec"]
         self.render_mode = description["render_mode"]
 
@@ -303,7 +259,7 @@ class WorkerVectorHost(VectorHost):
     def _broadcast(self, make: Callable[[range], tuple], what: str) -> list[Any]:
         """Run a command on every worker; the per-env results in env order. A crash raises WorkerCrashed."""
         with self._lock:
-            self._check_open()
+            self._check_open(what)
             answers = self._commands({index: make(envs) for index, envs in enumerate(self.slices)})
         crashed = [index for index, answer in answers.items() if isinstance(answer, WorkerDied)]
         if crashed:
@@ -315,9 +271,10 @@ class WorkerVectorHost(VectorHost):
             results.extend(answers[index] or [])
         return results
 
-    def _check_open(self) -> None:
+    def _check_open(self, what: str = "a call") -> None:
         if self.closed:
             raise FastEnvError(f"{self!r} is closed")
+        self._book.check_idle(what)
 
     # ------------------------------------------------------------------ env API
 
@@ -331,7 +288,7 @@ class WorkerVectorHost(VectorHost):
             options = dict(options)
             mask = check_reset_mask(options.pop("reset_mask"), self.num_envs, allow_empty=True)
         with self._lock:
-            self._check_open()
+            self._check_open("reset")
             for index, env_seed in enumerate(seeds):
                 if env_seed is not None and (mask is None or mask[index]):
                     self._env_seeds[index] = env_seed
@@ -353,7 +310,7 @@ class WorkerVectorHost(VectorHost):
     def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]:
         """As :meth:`VectorHost.step`; each worker steps its slice, all at once."""
         with self._lock:
-            self._check_open()
+            self._check_open("step")
             views, buf, backend = self._views, self._buf, self._backend
             views.write_actions(actions)
             self._seq = seq = (self._seq + 1) & U32
@@ -441,6 +398,15 @@ class WorkerVectorHost(VectorHost):
             for env_index, info in zip(flagged, dicts):
                 infos[env_index] = info
         return failure if failure is not None else infos
+
+    def set_autoreset_mode(self, mode: str) -> str:
+        """As :meth:`VectorHost.set_autoreset_mode`; every worker (and every restarted one) follows."""
+        parsed = autoreset_mode(mode)
+        same_step = parsed is AutoresetMode.SAME_STEP
+        self._broadcast(lambda envs: ("autoreset", same_step), "set_autoreset_mode()")
+        self._pool.same_step = same_step
+        self.autoreset_mode = self.metadata["autoreset_mode"] = parsed
+        return parsed.value
 
     def render(self) -> tuple[Any, ...]:
         """Every env's ``render()`` (run in the workers)."""
