@@ -5,10 +5,11 @@ Usage::
     python benchmarks/bench_robot.py
     python benchmarks/bench_robot.py --steps 3000 --repeat 5 --misses 200
 
-1. **Metrics on against off**: small steps (``fastenv.examples:VectorEnv``)
-   against a server with ``--metrics-port`` and one without, interleaved;
-   the p50 round trip of each, median of ``--repeat`` runs, on shared memory
-   and TCP.
+1. **Metrics on against off**, and **recording on against off**: small
+   steps (``fastenv.examples:VectorEnv``; recording also camera steps,
+   ``fastenv.examples:CameraEnv``) against a server with ``--metrics-port``
+   (``--record PATH``) and one without, interleaved; the p50 round trip of
+   each, median of ``--repeat`` runs, on shared memory and TCP.
 2. **Deadline accuracy**: a controller declares a 20 ms period (5 ms
    tolerance) and stops stepping; the server applies the fallback each
    period. Lateness = when each fallback ran minus when it was due (the
@@ -26,6 +27,7 @@ import multiprocessing
 import os
 import statistics
 import sys
+import tempfile
 import time
 
 if __package__ in (None, ""):
@@ -43,29 +45,37 @@ PERIOD, TOLERANCE = 0.02, 0.005
 ACTION = np.zeros(4, np.float32)
 
 
-def metrics_table(steps: int, repeat: int) -> None:
-    target, kwargs = "fastenv.examples:VectorEnv", {"max_steps": NEVER}
-    servers = {
-        "off": ServerProcess(target, [], env_kwargs=kwargs),
-        "on": ServerProcess(target, ["--metrics-port", "0"], env_kwargs=kwargs),
-    }
-    runs: dict[tuple[str, str], list[float]] = {}
-    try:
-        for server in servers.values():
-            server.start()
-        for _ in range(repeat):
-            for transport in ("shm", "tcp"):
-                for state, server in servers.items():
-                    runs.setdefault((transport, state), []).append(step_p50_us(server.address, transport, ACTION, steps))
-    finally:
-        for server in servers.values():
-            server.stop()
-    print(f"\nmetrics: small step p50 (µs), median of {repeat} interleaved runs of {steps} steps")
-    print("| transport | metrics off | metrics on | on / off |")
-    print("|---|---:|---:|---:|")
-    for transport in ("shm", "tcp"):
-        off, on = (statistics.median(runs[(transport, state)]) for state in ("off", "on"))
-        print(f"| {transport} | {off:.1f} | {on:.1f} | {on / off:.3f} |")
+SMALL = ("fastenv.examples:VectorEnv", {"max_steps": NEVER}, np.zeros(4, np.float32))
+CAMERA = ("fastenv.examples:CameraEnv", {"max_steps": NEVER, "reply_arrays": False}, np.zeros(20, np.float32))
+
+
+def on_off_table(feature: str, flags: list[str], payloads: dict[str, tuple], steps: int, repeat: int) -> None:
+    """p50 step round trip with ``flags`` against without, interleaved, per payload and transport."""
+    runs: dict[tuple[str, str, str], list[float]] = {}
+    for payload, (target, kwargs, action) in payloads.items():
+        servers = {
+            "off": ServerProcess(target, [], env_kwargs=kwargs),
+            "on": ServerProcess(target, flags, env_kwargs=kwargs),
+        }
+        count = steps if payload == "small" else max(steps // 10, 20)
+        try:
+            for server in servers.values():
+                server.start()
+            for _ in range(repeat):
+                for transport in ("shm", "tcp"):
+                    for state, server in servers.items():
+                        p50 = step_p50_us(server.address, transport, action, count)
+                        runs.setdefault((payload, transport, state), []).append(p50)
+        finally:
+            for server in servers.values():
+                server.stop()
+    print(f"\n{feature}: step p50 (µs), median of {repeat} interleaved runs ({steps} small steps, a tenth for camera)")
+    print(f"| payload | transport | {feature} off | {feature} on | on / off |")
+    print("|---|---|---:|---:|---:|")
+    for payload in payloads:
+        for transport in ("shm", "tcp"):
+            off, on = (statistics.median(runs[(payload, transport, state)]) for state in ("off", "on"))
+            print(f"| {payload} | {transport} | {off:.1f} | {on:.1f} | {on / off:.3f} |")
 
 
 def _burn(stop: multiprocessing.synchronize.Event) -> None:
@@ -130,7 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--misses", type=int, default=60, help="fallbacks timed per machine state (at most 64)")
     args = parser.parse_args(argv)
-    metrics_table(args.steps, args.repeat)
+    on_off_table("metrics", ["--metrics-port", "0"], {"small": SMALL}, args.steps, args.repeat)
+    with tempfile.TemporaryDirectory() as folder:
+        recording = os.path.join(folder, "bench.mcap")
+        on_off_table("recording", ["--record", recording], {"small": SMALL, "camera": CAMERA}, args.steps, args.repeat)
     deadline_table(min(args.misses, 64))
     return 0
 

@@ -14,6 +14,7 @@ from fastenv.codec import Limits
 from fastenv.errors import FastEnvError
 from fastenv.launch.cli import register as _add_launch
 from fastenv.proxy_cli import register as _add_proxy
+from fastenv.recording.cli import register as _add_replay
 from fastenv.top import register as _add_top
 from fastenv.server import ATTACH_GRACE_S, DEFAULT_MAX_PENDING, DEFAULT_MAX_SESSIONS
 from fastenv.server_process import READY_LINE
@@ -168,6 +169,13 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         help="serve Prometheus metrics on port N of the bind address (0: a free port, printed; "
         'needs pip install "fastenv[metrics]"); `fastenv top HOST:N` shows them live',
     )
+    serve.add_argument(
+        "--record",
+        default=None,
+        metavar="PATH",
+        help='write every call and result of every session to the MCAP file PATH (needs pip install "fastenv[record]"); '
+        "a writer thread keeps up or drops calls (counted), never stalling a step",
+    )
     serve.add_argument("--log-level", default="WARNING", help="logging level (default: WARNING)")
     serve.set_defaults(handler=_serve)
 
@@ -213,6 +221,7 @@ def _serve(args: argparse.Namespace) -> int:
         heartbeat_interval=args.heartbeat_interval,
         env_thread=args.env_thread,
         metrics_port=args.metrics_port,
+        record=args.record,
     )
     signal.signal(signal.SIGTERM, lambda *_: server.stop(timeout=0))
     try:
@@ -332,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_launch(commands)
     _add_proxy(commands)
     _add_top(commands)
+    _add_replay(commands)
     commands.add_parser("bench", add_help=False, help="compare transports side by side (fastenv-bench; see --help)")
     return parser
 

@@ -145,6 +145,8 @@ class EnvServer:
         metrics_port: serve Prometheus metrics on this port of ``bind`` (0: a
             free one, see :attr:`metrics_port`; None: no metrics, nothing
             recorded). Needs ``pip install "fastenv[metrics]"``; see :mod:`fastenv.metrics`.
+        record: write every call of every session and its result to this MCAP
+            file (see :mod:`fastenv.recording`). Needs ``pip install "fastenv[record]"``.
 
     Example::
 
@@ -180,6 +182,7 @@ class EnvServer:
         attach_grace: float = ATTACH_GRACE_S,
         env_thread: str = "caller",
         metrics_port: int | None = None,
+        record: str | None = None,
     ) -> None:
         if (env is None) == (factory is None):
             raise ServerConfigError("give EnvServer exactly one of env= or factory=")
@@ -227,6 +230,10 @@ class EnvServer:
         self._metrics: MetricsEndpoint | None = None
         if metrics_port is not None:
             self._dispatcher.metrics = ServerMetrics()
+        if record is not None:
+            from fastenv.recording.recorder import Recorder  # optional dependency (mcap)
+
+            self._dispatcher.recorder = Recorder(record, mode=mode, target=getattr(factory, "__qualname__", ""))
         try:
             self._env_threads = EnvThreads(env_thread)
         except ValueError as exc:
@@ -411,6 +418,8 @@ class EnvServer:
         if self._metrics is not None:
             self._metrics.close()
             self._metrics = None
+        if self._dispatcher.recorder is not None:
+            self._dispatcher.recorder.close()
         if self._publisher is not None:
             self._publisher.close()
             self._publisher = None

@@ -23,6 +23,7 @@ from fastenv.batching import EMPTY_DICTS, pack_results, unpack_column
 from fastenv.errors import ControlDenied, FastEnvError, LeaseHeld, UnknownMethodError
 from fastenv.metrics import ServerMetrics
 from fastenv.observe import TransitionPublisher
+from fastenv.recording.recorder import Recorder
 from fastenv.protocol import BATCH_STEP, GETATTR, LEASE
 from fastenv.session.deadline import DEADLINE, DeadlineWatch, parse_deadline
 from fastenv.session.table import EnvHandle, Session
@@ -52,6 +53,7 @@ class Dispatcher:
         self.stats = stats
         self.deadlines = DeadlineWatch(self._apply_fallback)
         self.metrics: ServerMetrics | None = None  # what a server with a metrics port records
+        self.recorder: Recorder | None = None  # where a server started with --record writes every call
         self._watched: dict[str, Session] = {}
 
     def executor_for(self, session: Session) -> Callable[[str, tuple, dict], tuple[bool, Any]]:
@@ -95,6 +97,8 @@ class Dispatcher:
                         handle.transitions += 1
                     else:
                         self._publish(session, name, args, kwargs, result)
+                    if self.recorder is not None:
+                        self.recorder.record(session, name, args, kwargs, result)
                     return True, result
                 if name == LEASE:
                     return True, self._lease(session, args)
@@ -122,6 +126,8 @@ class Dispatcher:
                     self._publish(session, name, args, kwargs, result)
                 elif name == "get_state" and not args and not kwargs:
                     handle.cached_state = (id(session.env), result)
+                if self.recorder is not None and name != GETATTR:
+                    self.recorder.record(session, name, args, kwargs, result)
                 return True, result
         except ControlDenied as exc:
             return False, error_body(ErrorKind.CONTROL, exc)
@@ -129,7 +135,10 @@ class Dispatcher:
             return False, error_body(ErrorKind.UNKNOWN_METHOD, exc)
         except Exception as exc:
             self.stats["env_errors"] += 1
-            return False, error_body(ErrorKind.REMOTE, exc, traceback.format_exc())
+            body = error_body(ErrorKind.REMOTE, exc, traceback.format_exc())
+            if self.recorder is not None and name != GETATTR:
+                self.recorder.record_error(session, name, args, kwargs, body)
+            return False, body
 
     def check_control(self, session: Session) -> None:
         """Raise :class:`ControlDenied` if ``session`` may not change the env now (env lock held)."""
@@ -264,6 +273,8 @@ class Dispatcher:
             if self.metrics is not None:
                 self.metrics.deadline_misses += 1
             self._publish(session, name, args, {}, result, fallback=True)
+            if self.recorder is not None:
+                self.recorder.record(session, name, args, {}, result, fallback=True)
             return deadline.due
 
     def _batch_step(self, session: Session, args: tuple, kwargs: dict) -> dict[str, Any]:
@@ -289,6 +300,8 @@ class Dispatcher:
             if session.deadline is not None and session.deadline.stepped("step", (action,)):
                 log.info("session %s is back in control", session.session_id)
             self._publish(session, "step", (action,), {}, result)
+            if self.recorder is not None:
+                self.recorder.record(session, "step", (action,), {}, result)
             results.append(result)
             if episode_over(result):
                 break

@@ -1,0 +1,367 @@
+"""Recording a server's calls to an MCAP file without slowing its sessions.
+
+The call path (:meth:`Recorder.record`, run by the dispatcher under the env's
+lock) does only what must happen before the env's next step may overwrite
+its arrays: it packs ``(args, kwargs, result)`` with the call's compiled
+layout into a buffer taken from a free list (a struct pack and one copy per
+array, in C) and appends it to a queue. A writer thread turns queued records
+into MCAP messages and returns their buffers.
+
+The queue is bounded twice: by records and by the bytes of buffers in use.
+When the disk is slower than the loop, the queue fills and further calls are
+*dropped* (counted in :attr:`Recorder.dropped`; a recording's sequence
+numbers show where), never waited for: a step is never stalled by the disk.
+A disk that fails (full, gone) ends the recording: the error is logged,
+:attr:`Recorder.failure` says why, and every later call counts as dropped.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from fastenv import envinfo
+from fastenv._version import __version__
+from fastenv.errors import FastEnvError, MissingDependency, ServerConfigError
+from fastenv.layout import Layout, LayoutMismatch, infer_spec
+from fastenv.recording import format as fmt
+
+log = logging.getLogger("fastenv.recording")
+
+DEFAULT_MAX_RECORDS = 4096  # records waiting for the writer before calls are dropped
+DEFAULT_MAX_BYTES = 256 << 20  # bytes of record buffers in use before calls are dropped
+MAX_LAYOUTS_PER_METHOD = 32  # past this many structures of one method's calls, the codec encodes them
+CHUNK_BYTES = 256 << 10  # MCAP chunk size: what a crash or a failing disk can lose
+WRITER_POLL_S = 0.0005  # how long the writer sleeps when the queue is empty
+_time_ns = time.time_ns
+
+
+@dataclass(eq=False)
+class _Channel:
+    """Where one kind of call goes: one session's calls of one method with one structure and outcome."""
+
+    session: str
+    method: str
+    fallback: bool
+    outcome: str  # "ok" or "error"
+    layout: Layout | None  # None: values go through the codec
+    free: list[tuple[bytearray, list[np.ndarray]]] = field(default_factory=list)
+    images: list[tuple[int, str, str]] = field(default_factory=list)  # (array index, path, encoding)
+    retired: bool = False  # replaced by a channel of a newer structure: its buffers are not reused
+    mcap_id: int | None = None  # set by the writer thread
+    image_ids: list[int] = field(default_factory=list)
+
+
+class Recorder:
+    """Records every call of a server's sessions to an MCAP file (``fastenv serve --record PATH``).
+
+    Args:
+        path: the file to write (created or truncated; a FIFO works too).
+        mode: the server's mode, kept in the recording for replay.
+        target: what the server serves, kept in the recording for people.
+        max_records: records waiting for the writer before calls are dropped.
+        max_bytes: bytes of record buffers in use before calls are dropped.
+
+    Attributes:
+        recorded: calls written to the file.
+        dropped: calls not recorded because the writer was behind or had failed.
+        failure: why the writer stopped (None while it works).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        mode: str = "shared",
+        target: str = "",
+        max_records: int = DEFAULT_MAX_RECORDS,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> None:
+        try:
+            from mcap.writer import CompressionType, Writer
+        except ImportError as exc:
+            raise MissingDependency('--record needs the mcap package: pip install "fastenv[record]"') from exc
+        try:
+            self._file: BinaryIO = open(path, "wb")  # noqa: SIM115 (closed by the writer thread or close())
+        except OSError as exc:
+            raise ServerConfigError(f"cannot record to {path}: {exc.strerror}") from exc
+        self.path = path
+        self.recorded = 0
+        self.dropped = 0
+        self.failure: str | None = None
+        self._max_records = max_records
+        self._max_bytes = max_bytes
+        self._allocated = 0
+        self._lock = threading.Lock()  # the slow path: new channels and buffers
+        self._queue: collections.deque[tuple] = collections.deque()
+        self._channels: dict[tuple[str, str, bool], _Channel] = {}
+        self._layouts: dict[tuple[str, str, bool], dict[str, Layout]] = {}
+        self._envs: dict[int, int] = {}  # id of an env handle -> its number in the recording
+        self._sessions: set[str] = set()
+        self._seq = itertools.count(1)
+        self._stop = threading.Event()
+        self._closed = False
+        compression = CompressionType.NONE
+        try:
+            import lz4.frame  # noqa: F401  (mcap compresses chunks with it)
+
+            compression = CompressionType.LZ4
+        except ImportError:
+            pass
+        self._writer = Writer(self._file, compression=compression, chunk_size=CHUNK_BYTES)
+        self._header = {"version": fmt.FORMAT_VERSION, "fastenv": __version__, "mode": mode, "target": target}
+        self._thread = threading.Thread(target=self._run, name="fastenv-recorder", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ the call path
+
+    def record(self, session: Any, name: str, args: tuple, kwargs: dict, result: Any, fallback: bool = False) -> None:
+        """Queue one call that returned ``result`` (never blocks; a full queue drops it)."""
+        seq = next(self._seq)
+        if self.failure is not None or len(self._queue) >= self._max_records:
+            self.dropped += 1
+            return
+        channel = self._channels.get((session.session_id, name, fallback))
+        if channel is not None and channel.layout is not None:
+            free = channel.free
+            record = free.pop() if free else self._new_buffer(channel)
+            if record is None:
+                self.dropped += 1
+                return
+            try:
+                channel.layout.pack_into(record[0], 0, (args, kwargs, result), record[1])
+            except LayoutMismatch:
+                free.append(record)
+            else:
+                self._queue.append((channel, record, seq, _time_ns()))
+                return
+        self._record_slow(session, name, args, kwargs, result, fallback, seq)
+
+    def record_error(self, session: Any, name: str, args: tuple, kwargs: dict, error: dict, fallback: bool = False) -> None:
+        """Queue one call the env raised from (``error``: the error body sent to the client)."""
+        seq = next(self._seq)
+        if self.failure is not None or len(self._queue) >= self._max_records:
+            self.dropped += 1
+            return
+        with self._lock:
+            self._describe(session)
+            key = (session.session_id, name, fallback)
+            channel = _Channel(session.session_id, name, fallback, "error", None)
+        self._queue_encoded(channel, (args, kwargs, error), seq, key)
+
+    def _record_slow(
+        self, session: Any, name: str, args: tuple, kwargs: dict, result: Any, fallback: bool, seq: int
+    ) -> None:
+        """A session's first call of a method, or a call whose structure changed: find or make its channel."""
+        key = (session.session_id, name, fallback)
+        value = (args, kwargs, result)
+        with self._lock:
+            self._describe(session)
+            old = self._channels.get(key)
+            if old is not None:
+                self._retire(old)
+            layouts = self._layouts.setdefault(key, {})
+            channel = _Channel(session.session_id, name, fallback, "ok", None)
+            try:
+                spec = infer_spec(value)
+                spec_key = repr(spec)
+                layout = layouts.get(spec_key)
+                if layout is None and len(layouts) < MAX_LAYOUTS_PER_METHOD:
+                    layout = layouts[spec_key] = Layout(spec)
+                channel.layout = layout
+            except (LayoutMismatch, ValueError, TypeError):  # no fixed layout: the codec encodes it
+                pass
+            self._channels[key] = channel
+            if channel.layout is not None:
+                channel.images = _image_arrays(channel.layout, name)
+                record = self._new_buffer(channel, locked=True)
+                if record is not None:
+                    try:
+                        channel.layout.pack_into(record[0], 0, value, record[1])
+                    except Exception:  # a tensor the layout cannot copy (on a device): the codec stages it
+                        channel.layout = None
+                    else:
+                        self._queue.append((channel, record, seq, _time_ns()))
+                        return
+                else:
+                    self.dropped += 1
+                    return
+        self._queue_encoded(channel, value, seq, key)
+
+    def _queue_encoded(self, channel: _Channel, value: Any, seq: int, key: tuple) -> None:
+        try:
+            data = fmt.encode_value(value)
+        except FastEnvError as exc:
+            self.dropped += 1
+            log.warning("a %s call of session %s cannot be recorded: %s", key[1], key[0], exc)
+            return
+        self._queue.append((channel, data, seq, _time_ns()))
+
+    def _describe(self, session: Any) -> None:
+        """Queue a session's env description the first time it calls (lock held)."""
+        if session.session_id in self._sessions:
+            return
+        self._sessions.add(session.session_id)
+        env_number = self._envs.setdefault(id(session.handle), len(self._envs))
+        try:
+            description = envinfo.describe(session.env)
+        except Exception:  # an env whose attributes cannot be read: replay serves it without them
+            log.exception("cannot describe the env of session %s for the recording", session.session_id)
+            description = {}
+        try:
+            data = fmt.encode_value({"session": session.session_id, "env": env_number, "description": description})
+        except FastEnvError:
+            data = fmt.encode_value({"session": session.session_id, "env": env_number, "description": {}})
+        self._queue.append(("description", session.session_id, data))
+
+    def _new_buffer(self, channel: _Channel, locked: bool = False) -> tuple[bytearray, list[np.ndarray]] | None:
+        """A record buffer for ``channel``'s layout, or None when the buffers in use reach the bound."""
+        assert channel.layout is not None
+        size = max(channel.layout.size, 1)
+        if not locked:
+            with self._lock:
+                return self._new_buffer(channel, locked=True)
+        if self._allocated + size > self._max_bytes:
+            return None
+        self._allocated += size
+        buffer = bytearray(size)
+        return buffer, channel.layout.views(buffer, 0)
+
+    def _retire(self, channel: _Channel) -> None:
+        """Stop reusing ``channel``'s buffers (lock held): its structure gave way to another."""
+        channel.retired = True
+        for buffer, _ in channel.free:
+            self._allocated -= len(buffer)
+        channel.free.clear()
+
+    # ------------------------------------------------------------------ the writer thread
+
+    def _run(self) -> None:
+        queue = self._queue
+        try:
+            self._writer.start(profile=fmt.PROFILE, library=f"fastenv {__version__}")
+            self._writer.add_metadata(fmt.RECORDING_METADATA, self._header)
+            self._image_schema: int | None = None
+            self._schemas: dict[int, int] = {}
+            while True:
+                try:
+                    item = queue.popleft()
+                except IndexError:
+                    if self._stop.is_set():
+                        break
+                    time.sleep(WRITER_POLL_S)
+                    continue
+                self._write(item)
+            self._writer.add_metadata(
+                fmt.SUMMARY_METADATA, {"recorded": str(self.recorded), "dropped": str(self.dropped + len(queue))}
+            )
+            self._writer.finish()
+            self._file.close()
+        except OSError as exc:
+            self._fail(f"{exc.strerror or exc}")
+        except Exception as exc:  # the recording must never take the server down
+            log.exception("the recorder stopped")
+            self._fail(f"{type(exc).__name__}: {exc}")
+
+    def _fail(self, reason: str) -> None:
+        self.failure = reason
+        self.dropped += len(self._queue)
+        self._queue.clear()
+        log.error("recording to %s stopped: %s; later calls are not recorded", self.path, reason)
+        try:
+            self._file.close()
+        except OSError:
+            pass
+
+    def _write(self, item: tuple) -> None:
+        if item[0] == "description":
+            _, session_id, data = item
+            self._writer.add_attachment(0, 0, fmt.DESCRIPTION_PREFIX + session_id, "application/x-fastenv-codec", data)
+            return
+        channel, payload, seq, stamp = item
+        if channel.mcap_id is None:
+            self._register(channel)
+        sequence = seq & 0xFFFFFFFF
+        if channel.layout is None:
+            self._writer.add_message(channel.mcap_id, stamp, payload, stamp, sequence)
+        else:
+            buffer, views = payload
+            try:
+                self._writer.add_message(channel.mcap_id, stamp, buffer, stamp, sequence)
+                for (index, path, encoding), image_id in zip(channel.images, channel.image_ids):
+                    frame = fmt.image_message(views[index], encoding, stamp, path)
+                    self._writer.add_message(image_id, stamp, frame, stamp, sequence)
+            finally:
+                if channel.retired:
+                    with self._lock:
+                        self._allocated -= len(buffer)
+                else:
+                    channel.free.append(payload)
+        self.recorded += 1
+
+    def _register(self, channel: _Channel) -> None:
+        """Register ``channel`` (and its image topics) with the MCAP writer."""
+        writer = self._writer
+        metadata = {
+            "session": channel.session,
+            "method": channel.method,
+            "fallback": "true" if channel.fallback else "false",
+            "outcome": channel.outcome,
+        }
+        topic = fmt.call_topic(channel.method)
+        if channel.layout is None:
+            channel.mcap_id = writer.register_channel(topic, fmt.CODEC_ENCODING, 0, metadata)
+            return
+        schema = self._schemas.get(id(channel.layout))
+        if schema is None:
+            schema = writer.register_schema(
+                f"fastenv.layout/{len(self._schemas)}", fmt.LAYOUT_ENCODING, fmt.encode_value(channel.layout.spec)
+            )
+            self._schemas[id(channel.layout)] = schema
+        channel.mcap_id = writer.register_channel(topic, fmt.LAYOUT_ENCODING, schema, metadata)
+        if channel.images and self._image_schema is None:
+            self._image_schema = writer.register_schema(fmt.IMAGE_SCHEMA_NAME, fmt.IMAGE_SCHEMA_ENCODING, fmt.IMAGE_SCHEMA)
+        for _, path, _ in channel.images:
+            channel.image_ids.append(
+                writer.register_channel(f"{topic}/{path}", fmt.IMAGE_MESSAGE_ENCODING, self._image_schema, metadata)
+            )
+
+    # ------------------------------------------------------------------ closing
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Write what is queued, finish the file and stop the writer (idempotent).
+
+        A writer still blocked after ``timeout`` (a disk or pipe that stopped
+        taking data) is left behind; the recording then has no summary.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.error("the recording to %s did not finish within %g s: its disk is not taking data", self.path, timeout)
+
+    def __enter__(self) -> Recorder:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _image_arrays(layout: Layout, method: str) -> list[tuple[int, str, str]]:
+    """The arrays of a call's layout that are camera frames: ``(array index, topic path, encoding)``."""
+    found = []
+    for index, (path, (dtype, shape, _order, _offset)) in enumerate(zip(fmt.array_paths(layout.spec), layout.arrays)):
+        encoding = fmt.image_encoding(dtype, shape)
+        if encoding is not None and path.startswith("2"):  # results only (path 0: args, 1: kwargs)
+            found.append((index, "result" + path[1:], encoding))
+    return found
+
