@@ -29,9 +29,10 @@ import numpy as np
 
 from fastenv import envinfo
 from fastenv._version import __version__
-from fastenv.errors import FastEnvError, MissingDependency, ServerConfigError
+from fastenv.errors import FastEnvError, ServerConfigError
 from fastenv.layout import Layout, LayoutMismatch, infer_spec
 from fastenv.recording import format as fmt
+from fastenv.recording.mcap_writer import McapWriter
 
 log = logging.getLogger("fastenv.recording")
 
@@ -85,10 +86,6 @@ class Recorder:
         max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         try:
-            from mcap.writer import CompressionType, Writer
-        except ImportError as exc:
-            raise MissingDependency('--record needs the mcap package: pip install "fastenv[record]"') from exc
-        try:
             self._file: BinaryIO = open(path, "wb")  # noqa: SIM115 (closed by the writer thread or close())
         except OSError as exc:
             raise ServerConfigError(f"cannot record to {path}: {exc.strerror}") from exc
@@ -108,14 +105,9 @@ class Recorder:
         self._seq = itertools.count(1)
         self._stop = threading.Event()
         self._closed = False
-        compression = CompressionType.NONE
-        try:
-            import lz4.frame  # noqa: F401  (mcap compresses chunks with it)
-
-            compression = CompressionType.LZ4
-        except ImportError:
-            pass
-        self._writer = Writer(self._file, compression=compression, chunk_size=CHUNK_BYTES)
+        self._writer = McapWriter(
+            self._file, profile=fmt.PROFILE, library=f"fastenv {__version__}", chunk_size=CHUNK_BYTES
+        )
         self._header = {"version": fmt.FORMAT_VERSION, "fastenv": __version__, "mode": mode, "target": target}
         self._thread = threading.Thread(target=self._run, name="fastenv-recorder", daemon=True)
         self._thread.start()
@@ -246,7 +238,7 @@ class Recorder:
     def _run(self) -> None:
         queue = self._queue
         try:
-            self._writer.start(profile=fmt.PROFILE, library=f"fastenv {__version__}")
+            self._writer.start()
             self._writer.add_metadata(fmt.RECORDING_METADATA, self._header)
             self._image_schema: int | None = None
             self._schemas: dict[int, int] = {}
@@ -283,21 +275,21 @@ class Recorder:
     def _write(self, item: tuple) -> None:
         if item[0] == "description":
             _, session_id, data = item
-            self._writer.add_attachment(0, 0, fmt.DESCRIPTION_PREFIX + session_id, "application/x-fastenv-codec", data)
+            self._writer.add_attachment(fmt.DESCRIPTION_PREFIX + session_id, "application/x-fastenv-codec", data)
             return
         channel, payload, seq, stamp = item
         if channel.mcap_id is None:
             self._register(channel)
         sequence = seq & 0xFFFFFFFF
         if channel.layout is None:
-            self._writer.add_message(channel.mcap_id, stamp, payload, stamp, sequence)
+            self._writer.add_message(channel.mcap_id, sequence, stamp, payload)
         else:
             buffer, views = payload
             try:
-                self._writer.add_message(channel.mcap_id, stamp, buffer, stamp, sequence)
+                self._writer.add_message(channel.mcap_id, sequence, stamp, buffer)
                 for (index, path, encoding), image_id in zip(channel.images, channel.image_ids):
                     frame = fmt.image_message(views[index], encoding, stamp, path)
-                    self._writer.add_message(image_id, stamp, frame, stamp, sequence)
+                    self._writer.add_message(image_id, sequence, stamp, frame)
             finally:
                 if channel.retired:
                     with self._lock:
@@ -317,20 +309,20 @@ class Recorder:
         }
         topic = fmt.call_topic(channel.method)
         if channel.layout is None:
-            channel.mcap_id = writer.register_channel(topic, fmt.CODEC_ENCODING, 0, metadata)
+            channel.mcap_id = writer.add_channel(topic, fmt.CODEC_ENCODING, 0, metadata)
             return
         schema = self._schemas.get(id(channel.layout))
         if schema is None:
-            schema = writer.register_schema(
+            schema = writer.add_schema(
                 f"fastenv.layout/{len(self._schemas)}", fmt.LAYOUT_ENCODING, fmt.encode_value(channel.layout.spec)
             )
             self._schemas[id(channel.layout)] = schema
-        channel.mcap_id = writer.register_channel(topic, fmt.LAYOUT_ENCODING, schema, metadata)
+        channel.mcap_id = writer.add_channel(topic, fmt.LAYOUT_ENCODING, schema, metadata)
         if channel.images and self._image_schema is None:
-            self._image_schema = writer.register_schema(fmt.IMAGE_SCHEMA_NAME, fmt.IMAGE_SCHEMA_ENCODING, fmt.IMAGE_SCHEMA)
+            self._image_schema = writer.add_schema(fmt.IMAGE_SCHEMA_NAME, fmt.IMAGE_SCHEMA_ENCODING, fmt.IMAGE_SCHEMA)
         for _, path, _ in channel.images:
             channel.image_ids.append(
-                writer.register_channel(f"{topic}/{path}", fmt.IMAGE_MESSAGE_ENCODING, self._image_schema, metadata)
+                writer.add_channel(f"{topic}/{path}", fmt.IMAGE_MESSAGE_ENCODING, self._image_schema, metadata)
             )
 
     # ------------------------------------------------------------------ closing

@@ -1,0 +1,95 @@
+"""fastenv's MCAP writer: files the official mcap reader opens, indexes and CRC-checks."""
+
+from __future__ import annotations
+
+import io
+import struct
+
+import pytest
+
+pytest.importorskip("mcap", reason='reading recordings needs mcap (pip install "fastenv[record]")')
+
+from mcap.reader import NonSeekingReader, make_reader
+from mcap.stream_reader import StreamReader
+
+from fastenv.recording.mcap_writer import McapWriter
+
+
+def _write(*, compress: bool, chunk_size: int, messages: int) -> bytes:
+    stream = io.BytesIO()
+    writer = McapWriter(stream, profile="fastenv", library="test", chunk_size=chunk_size, compress=compress)
+    writer.start()
+    schema = writer.add_schema("layout/0", "fastenv.layout", b"spec bytes")
+    first = writer.add_channel("/fastenv/step", "fastenv.layout", schema, {"session": "a", "method": "step"})
+    second = writer.add_channel("/fastenv/reset", "fastenv.codec", 0, {})
+    for number in range(messages):
+        channel = second if number % 4 == 0 else first
+        writer.add_message(channel, number + 1, 1_000 + number, bytes([number % 256]) * (number % 97))
+        if number == messages // 2:
+            writer.add_attachment("description/a", "application/x-fastenv-codec", b"described", 7, 8)
+            writer.add_metadata("fastenv.recording", {"version": "1"})
+    writer.finish()
+    return stream.getvalue()
+
+
+@pytest.mark.parametrize("compress", [True, False], ids=["lz4", "uncompressed"])
+@pytest.mark.parametrize("chunk_size", [512, 1 << 20], ids=["many-chunks", "one-chunk"])
+def test_the_mcap_reader_reads_back_every_message_and_record(compress: bool, chunk_size: int) -> None:
+    data = _write(compress=compress, chunk_size=chunk_size, messages=200)
+
+    reader = make_reader(io.BytesIO(data))
+    read = [(channel.topic, message.sequence, message.log_time, message.data) for _, channel, message in reader.iter_messages()]
+    assert len(read) == 200
+    for number, (topic, sequence, log_time, payload) in enumerate(read):
+        assert topic == ("/fastenv/reset" if number % 4 == 0 else "/fastenv/step")
+        assert (sequence, log_time) == (number + 1, 1_000 + number)
+        assert payload == bytes([number % 256]) * (number % 97)
+
+    summary = reader.get_summary()
+    assert summary is not None
+    assert summary.statistics.message_count == 200
+    assert summary.statistics.channel_message_counts == {0: 150, 1: 50}
+    assert (summary.statistics.message_start_time, summary.statistics.message_end_time) == (1_000, 1_199)
+    assert summary.schemas[1].data == b"spec bytes"
+    assert summary.channels[0].metadata == {"session": "a", "method": "step"}
+    assert len(summary.chunk_indexes) == summary.statistics.chunk_count >= (2 if chunk_size == 512 else 1)
+    assert [(a.name, a.data, a.log_time) for a in reader.iter_attachments()] == [("description/a", b"described", 7)]
+    assert [(m.name, m.metadata) for m in reader.iter_metadata()] == [("fastenv.recording", {"version": "1"})]
+
+    # Read front to back with every CRC checked: the data section's, each chunk's.
+    assert len(list(NonSeekingReader(io.BytesIO(data), validate_crcs=True).iter_messages())) == 200
+    assert sum(1 for _ in StreamReader(io.BytesIO(data), validate_crcs=True).records) > 200
+
+
+def test_a_file_with_no_messages_is_still_a_valid_recording() -> None:
+    stream = io.BytesIO()
+    writer = McapWriter(stream, profile="fastenv", library="test")
+    writer.start()
+    writer.add_metadata("fastenv.recording", {"version": "1"})
+    writer.finish()
+
+    reader = make_reader(io.BytesIO(stream.getvalue()))
+    assert list(reader.iter_messages()) == []
+    assert reader.get_summary().statistics.message_count == 0
+    assert [m.name for m in reader.iter_metadata()] == ["fastenv.recording"]
+
+
+def test_a_message_index_points_at_each_message_of_its_chunk() -> None:
+    lz4 = pytest.importorskip("lz4")
+    import lz4.frame
+    from mcap.records import Chunk, MessageIndex
+
+    data = _write(compress=True, chunk_size=2048, messages=60)
+    records = list(StreamReader(io.BytesIO(data), emit_chunks=True).records)
+    seen = 0
+    chunk = None
+    for record in records:
+        if isinstance(record, Chunk):
+            chunk = lz4.frame.decompress(record.data) if record.compression == "lz4" else record.data
+        elif isinstance(record, MessageIndex):
+            assert chunk is not None
+            for log_time, offset in record.records:
+                opcode, _length, channel, _sequence, stamp = struct.unpack_from("<BQHIQ", chunk, offset)
+                assert (opcode, channel, stamp) == (0x05, record.channel_id, log_time)
+                seen += 1
+    assert seen == 60
