@@ -24,7 +24,7 @@ Backends, all over the same ``--num-envs`` copies of the same env:
   (``FastVectorEnv(..., spin_us=0)``), leaving both CPUs of a 2-CPU host to the workers.
 
 ``--workers-table`` compares ways to use every core of a host behind one
-address: 16 envs of a cheap numpy env (``benchmarks/cost_env.py``, about
+address: 16 envs of a cheap numpy env (``fastenv.bench.cost_env``, about
 3 µs a step) and of a costly one (about 96 µs, busy-waiting), each through
 fastenv with one server stepping its envs in turn (no ``--workers``), with
 ``--workers 1`` and ``--workers 2``, and through Gymnasium's ``SyncVectorEnv``
@@ -69,15 +69,20 @@ import pytest
 from gymnasium.vector import AsyncVectorEnv, SyncVectorEnv
 
 from fastenv.bench.stats import summarize
+from fastenv.bench.workloads import COST_PAYLOADS
 from fastenv.server_process import ServerProcess
 from fastenv.target import resolve_target
 from fastenv.vector import FastVectorEnv
 
 BACKENDS = ("fastenv-shm", "fastenv-tcp", "fastenv-shm-2srv", "fastenv-w1", "fastenv-w2", "gym-async", "gym-sync")
 WORKER_BACKENDS = ("gym-sync", "gym-async", "fastenv-shm", "fastenv-w1", "fastenv-w2", "fastenv-w2-spin0")
-COST_ENV = f"{os.path.join(os.path.dirname(os.path.abspath(__file__)), 'cost_env.py')}:CostEnv"
-#: (label, env kwargs) of the two envs of ``--workers-table``; step_us=92 makes a step of about 96 µs in all.
-COST_POINTS = (("cheap numpy env", {"step_us": 0}), ("costly env", {"step_us": 92}))
+COST_ENV = "fastenv.bench.cost_env:CostEnv"
+#: (label, env kwargs) of the two envs of ``--workers-table``; the costly one is ``fastenv-bench``'s
+#: ``costly`` payload's cost (step_us=92: about 96 µs a step in all).
+COST_POINTS = (
+    ("cheap numpy env", {"step_us": 0}),
+    ("costly env", {"step_us": COST_PAYLOADS["costly"].env_kwargs["step_us"]}),
+)
 #: The issue's targets: the best fastenv row over gym-sync, per point.
 TARGETS = {"cheap numpy env": 1.0, "costly env": 1.7}
 BASELINE = "gym-async"

@@ -5,7 +5,7 @@ Usage::
     python benchmarks/bench_vector.py --pool-table [--quick]
     python benchmarks/bench_vector_pool.py [--quick] [--num-envs 16] [--step-us 100] [--spread 10]
 
-The env is ``benchmarks/cost_env.py:CostEnv`` made uneven: env ``i`` of 16
+The env is ``fastenv.bench.cost_env:CostEnv`` made uneven: env ``i`` of 16
 busy-waits ``step_us * spread ** (i / 15)`` per step (100 µs to 1 ms by
 default: a 10x spread), so with two workers of contiguous slices one worker
 has far more to do than the other. Rows, all over the same 16 envs:
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import os
 import sys
 import time
@@ -44,12 +43,13 @@ import numpy as np
 from gymnasium.vector import SyncVectorEnv
 
 from fastenv.bench.stats import summarize
+from fastenv.bench.vector_peers import PufferVector, Sb3Vector, peer_missing
+from fastenv.bench.workloads import Workload
 from fastenv.server_process import ServerProcess
 from fastenv.target import resolve_target
 from fastenv.vector import FastVectorEnv
-from fastenv.vector.workers import TargetFactory
 
-COST_ENV = f"{os.path.join(os.path.dirname(os.path.abspath(__file__)), 'cost_env.py')}:CostEnv"
+COST_ENV = "fastenv.bench.cost_env:CostEnv"
 BACKENDS = ("gym-sync", "sb3-subproc", "puffer-mp-sync", "puffer-mp-async", "fastenv-w2-step", "fastenv-w2-pool")
 LABELS = {
     "gym-sync": "gymnasium SyncVectorEnv (in-process)",
@@ -61,23 +61,6 @@ LABELS = {
 }
 SPEEDUP_TARGET, TAIL_TARGET = 1.5, 3.0
 TIMEOUT_S = 60.0
-
-
-def puffer_env(*args: Any, buf: Any = None, seed: int = 0, **env_kwargs: Any) -> Any:
-    """One PufferLib-wrapped CostEnv (module level, so PufferLib's worker processes can pickle it)."""
-    from pufferlib.emulation import GymnasiumPufferEnv
-
-    return GymnasiumPufferEnv(env_creator=TargetFactory(COST_ENV, env_kwargs), buf=buf, seed=seed)
-
-
-def puffer_missing() -> str | None:
-    """Why PufferLib's vectorizer cannot be measured here, or None."""
-    try:
-        import pufferlib.emulation  # noqa: F401
-        import pufferlib.vector  # noqa: F401
-    except Exception as exc:  # any import failure means: skip that peer
-        return f"{type(exc).__name__}: {exc}"
-    return None
 
 
 class _Stepper:
@@ -98,40 +81,15 @@ def open_backend(name: str, num_envs: int, env_kwargs: dict[str, Any]) -> Iterat
             stack.callback(envs.close)
             yield _Stepper(lambda: envs.step(actions), num_envs, lambda: envs.reset(seed=0))
         elif name == "sb3-subproc":
-            from stable_baselines3.common.vec_env import SubprocVecEnv
-
-            venv = SubprocVecEnv([TargetFactory(COST_ENV, env_kwargs)] * num_envs)
+            venv = Sb3Vector(Workload(name, COST_ENV, env_kwargs), num_envs)
             stack.callback(venv.close)
-
-            def start_sb3() -> None:
-                venv.seed(0)
-                venv.reset()
-
-            yield _Stepper(lambda: venv.step(actions), num_envs, start_sb3)
+            yield _Stepper(lambda: venv.step(actions), num_envs, lambda: venv.reset(seed=0))
         elif name.startswith("puffer"):
-            import pufferlib.vector
-
             batch = num_envs if name.endswith("sync") else half
-            vecenv = pufferlib.vector.make(
-                functools.partial(puffer_env, **env_kwargs),
-                backend=pufferlib.vector.Multiprocessing,
-                num_envs=num_envs,
-                num_workers=2,
-                batch_size=batch,
-                overwork=True,
-            )
-            stack.callback(vecenv.close)
+            puffer = PufferVector(Workload(name, COST_ENV, env_kwargs), num_envs, batch_size=batch, num_workers=2)
+            stack.callback(puffer.close)
             sent = np.ones(batch, np.int64)
-
-            def cycle_puffer() -> None:
-                vecenv.send(sent)
-                vecenv.recv()
-
-            def start_puffer() -> None:
-                vecenv.async_reset(0)
-                vecenv.recv()
-
-            yield _Stepper(cycle_puffer, batch, start_puffer)
+            yield _Stepper(lambda: puffer.step(sent), batch, lambda: puffer.reset(seed=0))
         elif name.startswith("fastenv"):
             server = stack.enter_context(
                 ServerProcess(
@@ -193,10 +151,10 @@ def pool_table(
     env_kwargs = {"step_us": step_us, "spread": spread, "levels": num_envs}
     backends = list(BACKENDS)
     notes = []
-    missing = puffer_missing()
+    missing = peer_missing("puffer-mp")
     if missing is not None:
         backends = [name for name in backends if not name.startswith("puffer")]
-        notes.append(f"- PufferLib rows skipped: pufferlib does not import here ({missing}).")
+        notes.append(f"- PufferLib rows skipped: {missing}.")
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in backends}
     with contextlib.ExitStack() as stack:
         opened = {}

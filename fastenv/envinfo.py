@@ -31,6 +31,9 @@ DESCRIBED_ATTRIBUTES = (
 # Methods the client has dedicated calls for, or that would end the session's env.
 RESERVED_METHODS = frozenset({"close"})
 
+# An env that stands in for another (a served recording) defines this method to describe itself as that env.
+DESCRIPTION_HOOK = "__fastenv_description__"
+
 
 def _carriable(value: Any) -> Any:
     """``value`` if the codec can carry it, else a readable stand-in (descriptions are best effort)."""
@@ -90,7 +93,13 @@ def wrapper_chain(env: Any, limit: int = 64) -> list[str]:
 
 
 def describe(env: Any) -> dict[str, Any]:
-    """The env description sent in the handshake (without its hash)."""
+    """The env description sent in the handshake (without its hash).
+
+    An env whose class defines :data:`DESCRIPTION_HOOK` gives its own.
+    """
+    own = getattr(type(env), DESCRIPTION_HOOK, None)
+    if own is not None:
+        return own(env)
     unwrapped = getattr(env, "unwrapped", env)
     info: dict[str, Any] = {
         "class": f"{type(unwrapped).__module__}.{type(unwrapped).__qualname__}",

@@ -32,13 +32,17 @@ Hierarchy::
     ├── UnknownMethodError        (also AttributeError)
     ├── ClientClosedError
     ├── ControlDenied
-    │   └── LeaseHeld
+    │   ├── LeaseHeld
+    │   └── AutoresetModeError    (also IncompatibleEnvsError; a shared server's declared mode)
     ├── AlreadyPendingError       (step_async while a call is still pending)
     ├── NoPendingCallError        (step_wait without step_async)
     ├── PoolUsageError            (also ValueError; FastVectorEnv send / recv misused)
     │   ├── EnvInFlightError      (send for an env that recv has not returned yet)
     │   └── PoolNotReadyError     (also NoPendingCallError; recv with fewer envs in flight than it returns)
     ├── IncompatibleEnvsError     (also ValueError; servers of one FastVectorEnv differ)
+    ├── PlaybackError             (a served recording cannot answer a call: fastenv replay --serve)
+    │   ├── RecordingExhausted    (no recorded call of that method is left)
+    │   └── PlaybackDivergence    (--strict: the call's arguments differ from the recorded ones)
     ├── ServerConfigError
     ├── TargetError
     ├── MissingDependency         (also ImportError)
@@ -289,6 +293,35 @@ class PoolNotReadyError(PoolUsageError, NoPendingCallError):
 
 class IncompatibleEnvsError(FastEnvError, ValueError):
     """Servers combined into one vector env do not serve compatible envs (different spaces)."""
+
+
+class AutoresetModeError(ControlDenied, IncompatibleEnvsError):
+    """A client asked a shared server for another autoreset mode than the one it declares.
+
+    ``fastenv serve TARGET --num-envs N --autoreset MODE`` fixes the mode for
+    every client of a shared vector env; connect without ``autoreset_mode=``
+    (or with the declared one), or serve it ``--mode per-client``, where the
+    declared mode is only each client's default.
+    """
+
+
+class PlaybackError(FastEnvError):
+    """A served recording (``fastenv replay PATH --serve``) cannot answer a call as it was recorded.
+
+    The server goes on serving: other calls, and other clients, are answered.
+    """
+
+
+class RecordingExhausted(PlaybackError):
+    """The recorded session made no more calls of this method: the recording ran out."""
+
+
+class PlaybackDivergence(PlaybackError):
+    """A call's arguments differ from the recorded call's (a recording served with ``--strict``).
+
+    The recorded call is not used up: the same call with the recorded
+    arguments is answered next.
+    """
 
 
 _REMOTE_ERROR_CLASSES: dict[str, type[RemoteEnvError]] = {}

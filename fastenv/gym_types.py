@@ -7,6 +7,7 @@ Importing this module is a no-op when Gymnasium is not installed.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from typing import Any
 
@@ -51,7 +52,7 @@ def _register_spaces() -> None:
         spaces.Dict,
         "gymnasium.Dict",
         lambda s: list(s.spaces.items()),
-        lambda d: spaces.Dict(dict(d)),
+        lambda d: spaces.Dict(collections.OrderedDict(d)),  # in the sender's order (a plain dict is sorted)
     )
     register_type(
         spaces.Tuple,

@@ -15,7 +15,11 @@ Metrics (all prefixed ``fastenv_``): ``sessions{transport,role}``,
 ``calls_total{method}``, ``errors_total{kind}``,
 ``env_seconds{method}`` and ``overhead_seconds{method,transport}``
 (histograms), ``server_events_total{event}`` (requests, protocol and env
-errors, reaped and resumed sessions), ``deadline_misses_total``.
+errors, reaped and resumed sessions), ``deadline_misses_total``; with
+``--record``, the recorder's counters: ``recording_records_total{outcome}``
+(``written`` or ``dropped``), ``recording_bytes_total``,
+``recording_queue_records`` and ``recording_failed`` (1 once a disk error
+ended the recording).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import collections
 import threading
 import time
 from collections.abc import Callable, Iterator
+from types import MethodType
 from typing import Any
 
 from fastenv.errors import MissingDependency
@@ -77,39 +82,43 @@ class ServerMetrics:
     """What a server records for its metrics (one per server; calls from any thread, under the GIL)."""
 
     def __init__(self) -> None:
-        self.calls: collections.Counter[str] = collections.Counter()
+        self.calls: dict[str, int] = {}
         self.errors: collections.Counter[str] = collections.Counter()
         self.env_time: dict[str, LatencyHistogram] = collections.defaultdict(LatencyHistogram)
         self.overhead: dict[tuple[str, str], LatencyHistogram] = collections.defaultdict(LatencyHistogram)
         self.deadline_misses = 0
 
-    def timed(self, execute: Callable[[str, tuple, dict], tuple[bool, Any]], session: Any) -> TimedExecutor:
-        """``execute`` for ``session``'s calls, timed (see :class:`TimedExecutor`)."""
-        return TimedExecutor(self, execute, session)
+    def timed(self, execute: Callable[[str, tuple, dict], tuple[bool, Any]], session: Any) -> Executor:
+        """``execute`` for ``session``'s calls, counted and sampled for timing (see :class:`TimedExecutor`)."""
+        return TimedExecutor(self, execute, session).call
+
+
+Executor = Callable[[str, tuple, dict], tuple[bool, Any]]
 
 
 class TimedExecutor:
-    """An executor that counts every call (and its errors) and times one in :data:`SAMPLE_EVERY`.
+    """Counts every call of a session (and its errors) and times one in :data:`SAMPLE_EVERY` of each method.
 
-    A timed call's env time is what the dispatcher measured around the env's
-    method (``session.env_ns``, measured while ``session.timed`` is set); the
-    route calls :meth:`replied` once the reply is written, and the call's
-    overhead is its time since the route handed it over, less its env time.
-    Timing one call in sixteen keeps the histograms' cost per call a few
-    percent of a microsecond step, and their percentiles unbiased.
+    Its :meth:`call` is the session's executor. A timed call's env time is
+    what the dispatcher measured around the env's method (``session.env_ns``,
+    measured while ``session.timed`` is set); the route calls :func:`replied`
+    once the reply is written, and the call's overhead is its time since the
+    route handed it over, less its env time. The method's call count is the
+    sampling counter, so an untimed call costs one dictionary update beyond
+    the call itself, and the histograms' percentiles stay unbiased.
     """
 
-    def __init__(self, metrics: ServerMetrics, execute: Callable[[str, tuple, dict], tuple[bool, Any]], session: Any):
+    def __init__(self, metrics: ServerMetrics, execute: Executor, session: Any):
         self._metrics = metrics
         self._execute = execute
         self._session = session
-        self._calls = 0
         self._current: tuple[str, int, int] | None = None  # (method, began ns, env ns) of a timed call
 
-    def __call__(self, name: str, args: tuple, kwargs: dict) -> tuple[bool, Any]:
-        self._calls += 1
-        metrics = self._metrics
-        if self._calls % SAMPLE_EVERY:
+    def call(self, name: str, args: tuple, kwargs: dict) -> tuple[bool, Any]:
+        """Run one call through the session's executor, counted (and timed, one in :data:`SAMPLE_EVERY`)."""
+        calls = self._metrics.calls
+        count = calls[name] = calls.get(name, 0) + 1
+        if count % SAMPLE_EVERY:
             ok, value = self._execute(name, args, kwargs)
         else:
             session = self._session
@@ -120,11 +129,10 @@ class TimedExecutor:
             finally:
                 session.timed = False
             if session.env_ns:
-                metrics.env_time[name].observe(session.env_ns / 1e9)
+                self._metrics.env_time[name].observe(session.env_ns / 1e9)
             self._current = (name, began, session.env_ns)
-        metrics.calls[name] += 1
         if not ok and isinstance(value, dict):
-            metrics.errors[str(value.get("kind"))] += 1
+            self._metrics.errors[str(value.get("kind"))] += 1
         return ok, value
 
     def replied(self) -> None:
@@ -137,8 +145,10 @@ class TimedExecutor:
 
 def replied(execute: Any) -> None:
     """Tell a :class:`TimedExecutor` its call's reply is written (nothing for any other executor)."""
-    if type(execute) is TimedExecutor and execute._current is not None:  # a timed call (one in SAMPLE_EVERY)
-        execute.replied()
+    if type(execute) is MethodType:
+        timer = execute.__self__
+        if type(timer) is TimedExecutor and timer._current is not None:  # a timed call (one in SAMPLE_EVERY)
+            timer.replied()
 
 
 class ServerCollector:
@@ -148,12 +158,20 @@ class ServerCollector:
         metrics: what the server recorded.
         sessions: the open sessions (each with ``plane`` and ``role``).
         events: the server's counters (``requests``, ``protocol_errors``, ...).
+        recorder: the server's :class:`~fastenv.recording.Recorder`, if it records.
     """
 
-    def __init__(self, metrics: ServerMetrics, sessions: Callable[[], Iterator[Any]], events: dict[str, int]) -> None:
+    def __init__(
+        self,
+        metrics: ServerMetrics,
+        sessions: Callable[[], Iterator[Any]],
+        events: dict[str, int],
+        recorder: Any | None = None,
+    ) -> None:
         self._metrics = metrics
         self._sessions = sessions
         self._events = events
+        self._recorder = recorder
 
     def collect(self) -> Iterator[Any]:
         """The metric families (prometheus_client's collector protocol)."""
@@ -188,6 +206,24 @@ class ServerCollector:
         for (method, plane), histogram in sorted(metrics.overhead.items()):
             overhead.add_metric([method, plane], histogram.cumulative(), histogram.total)
         yield overhead
+        if self._recorder is not None:
+            yield from _recording_families(self._recorder)
+
+
+def _recording_families(recorder: Any) -> Iterator[Any]:
+    """The recorder's counters, read as they are now."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    records = CounterMetricFamily(
+        "fastenv_recording_records", "calls the recorder wrote or dropped (queue full, disk failed)", labels=["outcome"]
+    )
+    records.add_metric(["written"], recorder.recorded)
+    records.add_metric(["dropped"], recorder.dropped)
+    yield records
+    yield CounterMetricFamily("fastenv_recording_bytes", "bytes written to the recording", value=recorder.bytes_written)
+    yield GaugeMetricFamily("fastenv_recording_queue_records", "calls waiting for the writer", value=recorder.queued)
+    failed = int(recorder.failure is not None)
+    yield GaugeMetricFamily("fastenv_recording_failed", "1 once a disk error ended the recording", value=failed)
 
 
 class MetricsEndpoint:

@@ -53,7 +53,7 @@ import dataclasses
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -67,6 +67,7 @@ from fastenv.control.zap import ZapHandler
 from fastenv.errors import FastEnvError, ServerConfigError
 from fastenv.observe import TransitionPublisher
 from fastenv.metrics import MetricsEndpoint, ServerCollector, ServerMetrics
+from fastenv.recording.recorder import DEFAULT_MAX_RECORDS
 from fastenv.session.config import ServerConfig
 from fastenv.session.dispatch import Dispatcher, close_quietly
 from fastenv.session.envthread import EnvThreads
@@ -77,6 +78,9 @@ from fastenv.session.table import EnvHandle
 from fastenv.shm.arena import reclaim_stale
 from fastenv.shm.plane import DEFAULT_SHAPE, SERVER_SPIN_US
 from fastenv.tcp.listener import TcpDataListener
+
+if TYPE_CHECKING:
+    from gymnasium.vector import AutoresetMode
 
 log = logging.getLogger("fastenv.server")
 
@@ -133,6 +137,11 @@ class EnvServer:
             at most ``num_envs``); see :mod:`fastenv.vector.workers`. The
             factory must then be picklable (workers build their own envs).
             None: the envs step one after another in this process.
+        autoreset_mode: with ``num_envs``, ``"next-step"`` or ``"same-step"``
+            (or an ``AutoresetMode``), declared in ``metadata["autoreset_mode"]``
+            so a plain :class:`~fastenv.FastVectorEnv` follows it; fixed in shared
+            mode (:class:`~fastenv.errors.AutoresetModeError`), each client's
+            default per client. None: next-step, which clients may switch.
         heartbeat_interval: seconds between heartbeats; a vanished client's
             session is reclaimed within two intervals.
         observers: publish transitions to observer clients (shared mode only).
@@ -147,6 +156,7 @@ class EnvServer:
             recorded). Needs ``pip install "fastenv[metrics]"``; see :mod:`fastenv.metrics`.
         record: write every call of every session and its result to this MCAP
             file (see :mod:`fastenv.recording`). Needs ``pip install "fastenv[record]"``.
+        record_queue: with ``record``, calls waiting for the writer before further calls are dropped.
 
     Example::
 
@@ -173,6 +183,7 @@ class EnvServer:
         data_port: int = 0,
         num_envs: int | None = None,
         workers: int | str | None = None,
+        autoreset_mode: AutoresetMode | str | None = None,
         heartbeat_interval: float = HEARTBEAT_INTERVAL_S,
         observers: bool = True,
         auth: AuthLike | None = None,
@@ -183,15 +194,17 @@ class EnvServer:
         env_thread: str = "caller",
         metrics_port: int | None = None,
         record: str | None = None,
+        record_queue: int = DEFAULT_MAX_RECORDS,
     ) -> None:
         if (env is None) == (factory is None):
             raise ServerConfigError("give EnvServer exactly one of env= or factory=")
         if num_envs is not None and (num_envs < 1 or factory is None):
             raise ServerConfigError("num_envs needs a factory and must be at least 1")
-        if workers is not None and (
-            num_envs is None or (workers != "auto" and (not isinstance(workers, int) or workers < 1))
-        ):
-            raise ServerConfigError("workers needs num_envs, and must be 'auto' or at least 1")
+        self.autoreset_mode: AutoresetMode | None = None
+        if num_envs is not None or workers is not None or autoreset_mode is not None:
+            from fastenv.vector.serving import check_vector_options  # optional dependency (Gymnasium)
+
+            self.autoreset_mode = check_vector_options(num_envs, workers, autoreset_mode)
         mode = mode or ("shared" if env is not None else "per-client")
         _check_settings(mode, factory, heartbeat_interval, max_sessions, max_pending, attach_grace, shm_slots)
         self.auth: AuthConfig | None = server_auth(auth)
@@ -233,7 +246,9 @@ class EnvServer:
         if record is not None:
             from fastenv.recording.recorder import Recorder  # optional dependency (mcap)
 
-            self._dispatcher.recorder = Recorder(record, mode=mode, target=getattr(factory, "__qualname__", ""))
+            self._dispatcher.recorder = Recorder(
+                record, mode=mode, target=getattr(factory, "__qualname__", ""), max_records=record_queue
+            )
         try:
             self._env_threads = EnvThreads(env_thread)
         except ValueError as exc:
@@ -305,7 +320,9 @@ class EnvServer:
         self._dispatcher.publisher = self._publisher
         self._registry = registry
         if self._dispatcher.metrics is not None and self._metrics is None:
-            collector = ServerCollector(self._dispatcher.metrics, lambda: iter(registry.table), self.stats)
+            collector = ServerCollector(
+                self._dispatcher.metrics, lambda: iter(registry.table), self.stats, self._dispatcher.recorder
+            )
             self._metrics = MetricsEndpoint(collector, self.metrics_port or 0, self.bind_host)
             self.metrics_port = self._metrics.port
         handlers = self._handlers = ControlHandlers(
@@ -327,21 +344,15 @@ class EnvServer:
         assert self._factory is not None
         if self.num_envs is None:
             return self._factory()
-        if self.workers is not None:
-            from fastenv.vector.workers import WorkerVectorHost  # optional dependency (Gymnasium)
+        from fastenv.vector.serving import make_vector_host  # optional dependency (Gymnasium), only for --num-envs
 
-            return WorkerVectorHost(self._factory, self.num_envs, None if self.workers == "auto" else int(self.workers))
-        from fastenv.vector.host import VectorHost  # optional dependency (Gymnasium), loaded only for --num-envs
-
-        envs: list[Any] = []
-        try:
-            for _ in range(self.num_envs):
-                envs.append(self._factory())
-            return VectorHost(envs)
-        except BaseException:
-            for made in envs:
-                close_quietly(made)
-            raise
+        return make_vector_host(
+            self._factory,
+            self.num_envs,
+            workers=self.workers,
+            declared=self.autoreset_mode,
+            fixed=self.mode == "shared",
+        )
 
     def serve_forever(self, poll_interval: float = 0.25) -> None:
         """Serve until :meth:`stop` (or KeyboardInterrupt); then close sessions and sockets.

@@ -71,6 +71,9 @@ def render(samples: dict[str, Any], previous: dict[str, Any] | None, elapsed: fl
     misses = sum(value for _, value in samples.get("fastenv_deadline_misses_total", []))
     errors = ", ".join(f"{l['kind']} {int(v)}" for l, v in samples.get("fastenv_errors_total", [])) or "none"
     lines.append(f"deadline misses: {int(misses)}    errors: {errors}")
+    recording = _recording(samples)
+    if recording:
+        lines.append(recording)
     before = {l["method"]: v for l, v in (previous or {}).get("fastenv_calls_total", [])}
     env = _histograms(samples, "fastenv_env_seconds", ("method",))
     overhead = _histograms(samples, "fastenv_overhead_seconds", ("method", "transport"))
@@ -85,6 +88,20 @@ def render(samples: dict[str, Any], previous: dict[str, Any] | None, elapsed: fl
             f"{_us(quantile(env_buckets, 0.99)):>10}{_us(quantile(own[0], 0.5) if own else 0.0):>13}"
         )
     return "\n".join(lines)
+
+
+def _recording(samples: dict[str, Any]) -> str:
+    """The recorder's line (empty when the server does not record)."""
+    records = {labels["outcome"]: int(value) for labels, value in samples.get("fastenv_recording_records_total", [])}
+    if not records:
+        return ""
+    size = sum(value for _, value in samples.get("fastenv_recording_bytes_total", []))
+    queued = sum(value for _, value in samples.get("fastenv_recording_queue_records", []))
+    failed = any(value for _, value in samples.get("fastenv_recording_failed", []))
+    return (
+        f"recording: {records.get('written', 0)} written, {records.get('dropped', 0)} dropped, "
+        f"{size / 1e6:.1f} MB, {int(queued)} queued{'    FAILED (disk error)' if failed else ''}"
+    )
 
 
 def _us(seconds: float) -> str:

@@ -20,6 +20,7 @@ import enum
 from typing import Any
 
 from fastenv.errors import (
+    AutoresetModeError,
     ControlDenied,
     EncodeError,
     FastEnvError,
@@ -27,7 +28,10 @@ from fastenv.errors import (
     LeaseHeld,
     LimitExceeded,
     NestingTooDeep,
+    PlaybackDivergence,
+    PlaybackError,
     ProtocolError,
+    RecordingExhausted,
     ServerBusy,
     SessionLost,
     TooManyPending,
@@ -56,6 +60,11 @@ SESSION_GONE = frozenset({ErrorKind.SESSION_LOST.value, ErrorKind.NO_SESSION.val
 
 _LIMIT_ERRORS: dict[str, type[LimitExceeded]] = {
     cls.__name__: cls for cls in (FrameTooLarge, NestingTooDeep, ServerBusy, TooManyPending)
+}
+_CONTROL_ERRORS: dict[str, type[ControlDenied]] = {cls.__name__: cls for cls in (LeaseHeld, AutoresetModeError)}
+# What a served recording raises in place of the env (fastenv.recording.playback), by the type name the body carries.
+_PLAYBACK_ERRORS: dict[str, type[PlaybackError]] = {
+    f"{cls.__module__}.{cls.__qualname__}": cls for cls in (RecordingExhausted, PlaybackDivergence)
 }
 
 
@@ -115,11 +124,14 @@ def error_from_body(body: Any, what: str = "the call") -> FastEnvError:
     if kind == ErrorKind.TRUSTED.value:
         return TrustedModeError(message)
     if kind == ErrorKind.REMOTE.value:
+        playback_error = _PLAYBACK_ERRORS.get(name)
+        if playback_error is not None:
+            return playback_error(message)
         return make_remote_env_error(name, message, str(body.get("traceback", "")))
     if kind == ErrorKind.UNKNOWN_METHOD.value:
         return UnknownMethodError(message)
     if kind == ErrorKind.CONTROL.value:
-        return LeaseHeld(message) if name.endswith("LeaseHeld") else ControlDenied(message)
+        return _CONTROL_ERRORS.get(name.rsplit(".", 1)[-1], ControlDenied)(message)
     if kind in SESSION_GONE:
         return SessionLost(message)
     if kind == ErrorKind.ENCODE.value:

@@ -122,8 +122,36 @@ fastpath_put(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t narg
     return written;
 }
 
+/* The u32 at offset in buffer (a writable buffer, held in *view on success,
+ * released by the caller); *poke_seen gets seen_arg as a u32.  NULL with an
+ * exception set when any of them is wrong. */
+static uint32_t *
+poke_word(PyObject *buffer, PyObject *offset_arg, PyObject *seen_arg, Py_buffer *view, uint32_t *poke_seen)
+{
+    Py_ssize_t offset = PyLong_AsSsize_t(offset_arg);
+    unsigned long seen = PyLong_AsUnsignedLong(seen_arg);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    if (seen > UINT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "poke_seen must be a u32");
+        return NULL;
+    }
+    *poke_seen = (uint32_t)seen;
+    if (PyObject_GetBuffer(buffer, view, PyBUF_WRITABLE) < 0) {
+        return NULL;
+    }
+    if (offset < 0 || offset % 4 != 0 || offset > view->len - 4) {
+        PyErr_Format(PyExc_ValueError, "poke word %zd misaligned or out of bounds", offset);
+        PyBuffer_Release(view);
+        return NULL;
+    }
+    return (uint32_t *)((char *)view->buf + offset);
+}
+
 const char fastpath_take_doc[] =
-    "take(buffer, bell, seen, spin_us, timeout, region, layouts, copy, consumed) -> tuple | None\n"
+    "take(buffer, bell, seen, spin_us, timeout, region, layouts, copy, consumed[, poke, poke_offset, poke_seen])\n"
+    "    -> tuple | None\n"
     "\n"
     "Wait (spinning for spin_us, then in FUTEX_WAIT, at most timeout seconds; GIL\n"
     "released) until the doorbell counter at bell differs from seen, then read the\n"
@@ -132,14 +160,18 @@ const char fastpath_take_doc[] =
     "and layouts (a dict) maps its layout id to (program, views, ...), the value is\n"
     "unpacked (copy as in unpack), taken is True, and with consumed >= 0 the\n"
     "envelope's seq is stored (release) in the u32 at consumed; else taken is False\n"
-    "and value None: the caller reads the envelope its own way.";
+    "and value None: the caller reads the envelope its own way.\n"
+    "With poke (a writable buffer), the wait also ends, returning None, once the\n"
+    "u32 at poke_offset in it no longer reads poke_seen: another thread of this\n"
+    "process changes it, then wakes the doorbell's sleepers, to get the waiting\n"
+    "thread back to Python without a request.";
 
 PyObject *
 fastpath_take(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 9 || !PyDict_CheckExact(args[6])) {
-        PyErr_SetString(PyExc_TypeError,
-                        "take(buffer, bell, seen, spin_us, timeout, region, layouts: dict, copy, consumed)");
+    if ((nargs != 9 && nargs != 12) || !PyDict_CheckExact(args[6])) {
+        PyErr_SetString(PyExc_TypeError, "take(buffer, bell, seen, spin_us, timeout, region, layouts: dict, copy, "
+                                         "consumed[, poke, poke_offset, poke_seen])");
         return NULL;
     }
     Py_ssize_t bell = PyLong_AsSsize_t(args[1]);
@@ -181,7 +213,21 @@ fastpath_take(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nar
         }
         int forever = timeout > FASTENV_MAX_TIMEOUT_S;
         int64_t deadline = forever ? INT64_MAX : monotonic_ns() + (int64_t)(timeout * (double)NS_PER_S);
-        int changed = wait_for_ring(word, bell_sleepers(word), seen, spin_us, forever, deadline);
+        int changed;
+        if (nargs == 12) {
+            Py_buffer poke_view;
+            uint32_t poke_seen = 0;
+            uint32_t *poke = poke_word(args[9], args[10], args[11], &poke_view, &poke_seen);
+            if (poke == NULL) {
+                goto fail;
+            }
+            changed = wait_for_ring_or_poke(word, bell_sleepers(word), seen, spin_us, forever, deadline, poke,
+                                            poke_seen);
+            PyBuffer_Release(&poke_view);
+        }
+        else {
+            changed = wait_for_ring(word, bell_sleepers(word), seen, spin_us, forever, deadline);
+        }
         if (changed <= 0) {
             PyBuffer_Release(&view);
             if (changed < 0) {

@@ -458,7 +458,7 @@ native_ring_wait(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
     wait_status status;
     Py_BEGIN_ALLOW_THREADS
     doorbell_ring(ring_word, ring_sleepers, &woken);
-    status = spin_phase(wait_word, expected, start + (int64_t)spin_us * 1000, forever, deadline);
+    status = spin_phase(wait_word, expected, start + (int64_t)spin_us * 1000, forever, deadline, NULL, 0);
     Py_END_ALLOW_THREADS
     if (woken < 0) {
         int saved_errno = errno;

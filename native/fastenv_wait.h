@@ -125,7 +125,15 @@ typedef enum {
     WAIT_CONTINUE, /* spin budget or signal slice used up: check signals, block again */
     WAIT_EINTR,    /* a signal interrupted the futex wait */
     WAIT_ERROR,    /* futex failed; errno in *err */
+    WAIT_POKED,    /* the poke word changed (see wait_for_ring_or_poke) */
 } wait_status;
+
+/* Whether a poke word (NULL: none) no longer reads poke_seen. */
+static inline int
+poked(uint32_t *poke, uint32_t poke_seen)
+{
+    return poke != NULL && __atomic_load_n(poke, __ATOMIC_SEQ_CST) != poke_seen;
+}
 
 /* Spin until the word changes or spin_end / deadline passes.  No GIL.
  *
@@ -140,7 +148,8 @@ typedef enum {
  * with the sched_yield() phase no run was slower than not spinning at all
  * (15-30 us), and the idle-machine latency is unchanged (~2 us). */
 static wait_status
-spin_phase(uint32_t *word, uint32_t expected, int64_t spin_end, int forever, int64_t deadline)
+spin_phase(uint32_t *word, uint32_t expected, int64_t spin_end, int forever, int64_t deadline, uint32_t *poke,
+           uint32_t poke_seen)
 {
     int64_t end = (!forever && deadline < spin_end) ? deadline : spin_end;
     int64_t pause_end = monotonic_ns() + FASTENV_PAUSE_SPIN_NS;
@@ -150,6 +159,9 @@ spin_phase(uint32_t *word, uint32_t expected, int64_t spin_end, int forever, int
                 return WAIT_CHANGED;
             }
             cpu_relax();
+        }
+        if (poked(poke, poke_seen)) {
+            return WAIT_POKED;
         }
         int64_t now = monotonic_ns();
         if (now >= end) {
@@ -165,9 +177,16 @@ spin_phase(uint32_t *word, uint32_t expected, int64_t spin_end, int forever, int
 }
 
 /* Block in FUTEX_WAIT until the word changes, the deadline passes, one signal
- * slice is over, or a signal arrives.  Loops over spurious wakeups.  No GIL. */
+ * slice is over, a signal arrives, or the poke word (when not NULL) changes.
+ * Loops over spurious wakeups.  No GIL.
+ *
+ * A poke does not change the word the futex waits on, so a poker wakes the
+ * word's sleepers after changing the poke word; one that wakes between our
+ * last check and the syscall is missed, and the poker wakes again until its
+ * poke is taken (fastenv.session.envthread). */
 static wait_status
-block_phase(uint32_t *word, uint32_t *sleepers, uint32_t expected, int forever, int64_t deadline, int *err)
+block_phase(uint32_t *word, uint32_t *sleepers, uint32_t expected, int forever, int64_t deadline, int *err,
+            uint32_t *poke, uint32_t poke_seen)
 {
     int64_t slice_end = monotonic_ns() + FASTENV_SIGNAL_SLICE_NS;
     for (;;) {
@@ -193,12 +212,22 @@ block_phase(uint32_t *word, uint32_t *sleepers, uint32_t expected, int forever, 
              * see native_ring): a ringer either sees us and wakes us, or rang
              * before our check and the futex returns EAGAIN at once. */
             __atomic_add_fetch(sleepers, 1u, __ATOMIC_SEQ_CST);
+            if (poked(poke, poke_seen)) {
+                __atomic_sub_fetch(sleepers, 1u, __ATOMIC_SEQ_CST);
+                return WAIT_POKED;
+            }
             rc = futex_wait(word, expected, &rel);
             int saved = errno;
             __atomic_sub_fetch(sleepers, 1u, __ATOMIC_SEQ_CST);
             errno = saved;
         } else {
+            if (poked(poke, poke_seen)) {
+                return WAIT_POKED;
+            }
             rc = futex_wait(word, expected, &rel);
+        }
+        if (poked(poke, poke_seen)) {
+            return WAIT_POKED;
         }
         if (rc == 0) {
             continue; /* woken: re-check the word (may be spurious) */
@@ -220,11 +249,12 @@ block_phase(uint32_t *word, uint32_t *sleepers, uint32_t expected, int forever, 
  * FUTEX_WAIT (counted in *sleepers when not NULL) until deadline (ignored when
  * forever); spin_us is capped at a second.  Call with the GIL held: it is released while waiting and taken
  * back to run the Python signal handlers between slices (Ctrl-C raises
- * KeyboardInterrupt).  Returns 1 when the word changed, 0 on timeout, -1 with
+ * KeyboardInterrupt).  With a poke word (not NULL), it also stops waiting once
+ * *poke no longer reads poke_seen.  Returns 1 when the word changed, 0 on timeout or a poke, -1 with
  * a Python exception set.  The caller keeps the buffer holding word alive. */
 static int
-wait_for_ring(uint32_t *word, uint32_t *sleepers, uint32_t expected, Py_ssize_t spin_us, int forever,
-              int64_t deadline)
+wait_for_ring_or_poke(uint32_t *word, uint32_t *sleepers, uint32_t expected, Py_ssize_t spin_us, int forever,
+                      int64_t deadline, uint32_t *poke, uint32_t poke_seen)
 {
     if (spin_us > FASTENV_MAX_SPIN_US) {
         spin_us = FASTENV_MAX_SPIN_US;
@@ -236,14 +266,14 @@ wait_for_ring(uint32_t *word, uint32_t *sleepers, uint32_t expected, Py_ssize_t 
     for (;;) {
         Py_BEGIN_ALLOW_THREADS
         if (spinning) {
-            status = spin_phase(word, expected, start + (int64_t)spin_us * 1000, forever, deadline);
+            status = spin_phase(word, expected, start + (int64_t)spin_us * 1000, forever, deadline, poke, poke_seen);
         }
         else {
-            status = block_phase(word, sleepers, expected, forever, deadline, &err);
+            status = block_phase(word, sleepers, expected, forever, deadline, &err, poke, poke_seen);
         }
         Py_END_ALLOW_THREADS
         spinning = 0;
-        if (status == WAIT_CHANGED || status == WAIT_TIMEOUT) {
+        if (status == WAIT_CHANGED || status == WAIT_TIMEOUT || status == WAIT_POKED) {
             return status == WAIT_CHANGED;
         }
         if (status == WAIT_ERROR) {
@@ -257,6 +287,14 @@ wait_for_ring(uint32_t *word, uint32_t *sleepers, uint32_t expected, Py_ssize_t 
             return -1;
         }
     }
+}
+
+/* wait_for_ring_or_poke without a poke word. */
+static int
+wait_for_ring(uint32_t *word, uint32_t *sleepers, uint32_t expected, Py_ssize_t spin_us, int forever,
+              int64_t deadline)
+{
+    return wait_for_ring_or_poke(word, sleepers, expected, spin_us, forever, deadline, NULL, 0);
 }
 
 /* Add 1 to the doorbell counter and wake its sleepers, if any.  Returns the new

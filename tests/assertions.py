@@ -46,3 +46,16 @@ def same(a: Any, b: Any) -> None:
             same(x, y)
     else:
         assert_same(a, b)
+
+
+def against_sync(envs: Any, sync: Any, steps: int, seed: int) -> int:
+    """Reset both with ``seed``, step both with the same random actions (:func:`same` results); episodes ended."""
+    same(envs.reset(seed=seed), sync.reset(seed=seed))
+    sync.action_space.seed(seed)
+    ended = 0
+    for _ in range(steps):
+        actions = sync.action_space.sample()
+        expected = sync.step(actions)
+        same(envs.step(actions), expected)
+        ended += int(expected[2].sum() + expected[3].sum())
+    return ended

@@ -9,6 +9,9 @@ ports of 127.0.0.1 and puts :class:`~tests.proxy.TcpProxy` in front of them on
 - ``shm-python``: the same with the pure-Python doorbell and layout packer
   in the server (``FASTENV_NATIVE=0``) and the pure-Python doorbell in the
   client (:meth:`Route.client_backend`);
+- ``shm-env-thread``: shared memory to a server whose env has a thread of its
+  own (``--env-thread dedicated``): that thread waits for the first session's
+  requests itself, and every other call is handed to it;
 - ``tcp``: calls on the TCP data stream (both ports proxied);
 - ``control``: calls on the ZeroMQ control connection (the data port is not
   proxied, so it is unreachable at 127.0.0.2);
@@ -30,7 +33,7 @@ from fastenv.control.auth import keygen
 from fastenv.server_process import ServerProcess
 from tests.proxy import TcpProxy, free_port
 
-ROUTES = ("shm", "shm-python", "tcp", "control", "control-auth")
+ROUTES = ("shm", "shm-python", "shm-env-thread", "tcp", "control", "control-auth")
 COUNTER = f"{Path(__file__).resolve().parent / 'envs' / 'session_envs.py'}:Counter"
 PROXY_HOST = "127.0.0.2"
 
@@ -51,6 +54,8 @@ class Route:
         self.server_args = (
             "--port", str(self.port), "--data-port", str(self.data_port), "--log-level", "INFO", *server_args
         )
+        if name == "shm-env-thread":
+            self.server_args += ("--env-thread", "dedicated")
         if name == "control-auth":
             self.keys = workdir / "keys"
             keygen(self.keys)

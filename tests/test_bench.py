@@ -918,15 +918,16 @@ def test_parse_args_scaling() -> None:
     args = cli.parse_args(["--scaling", "clients", "--counts", "4,1,2,2", "--transports", "fastenv-shm-py"])
     assert args.counts == [1, 2, 4] and args.transports == ["fastenv-shm-py"]
     args = cli.parse_args(["--scaling", "envs"])
-    assert args.transports == ["fastenv-shm", "fastenv-tcp", "gym-async", "gym-sync"]
-    assert args.counts == [1, 2, 4, 8, 16]
+    assert args.transports == ["fastenv-shm", "fastenv-tcp", "fastenv-workers", "fastenv-pool", "gym-async",
+                               "gym-sync", "sb3-subproc", "puffer-mp"]  # fmt: skip
+    assert args.counts == [1, 2, 4, 8, 16] and args.sweep is None and args.payload == "small"
     args = cli.parse_args(["--scaling", "envs", "--transports", "gym-sync,fastenv-shm-py", "--counts", "3"])
     assert args.transports == ["gym-sync", "fastenv-shm-py"] and args.counts == [3]
 
 
 @pytest.mark.parametrize(
     "argv",
-    [["--scaling", "clients", "--transports", "zmq-pickle"], ["--scaling", "clients", "--sweep"],
+    [["--scaling", "clients", "--transports", "zmq-pickle"], ["--scaling", "clients", "--sweep", "--plot", "x.png"],
      ["--scaling", "threads"], ["--counts", "0"], ["--counts", "a,b"], ["--sweep", "huge"],
      ["--payload", "camera-0x1"], ["--format", "html"], ["--scaling", "clients", "--transports", "gym-sync"],
      ["--scaling", "envs", "--transports", "zmq-pickle"], ["--transports", "gym-sync"], ["--counts", "1,2"]],
@@ -945,11 +946,17 @@ def test_scaling_axes() -> None:
     assert axis.client_processes(3) == 3 and axis.client_args(3) == [] and axis.env_steps_per_call(3) == 1
     assert axis.transports == runner.FASTENV_TRANSPORTS and axis.per_client and axis.reference is None
     envs = scaling.AXES["envs"]
-    assert (envs.name, envs.label, envs.reference) == ("envs", "envs", "gym-async")
+    assert (envs.name, envs.label, envs.reference) == ("envs", "envs", "gym-sync")
     assert envs.server_args(8) == ["--num-envs", "8", "--mode", "per-client"]
+    assert envs.server_args(8, "fastenv-pool") == ["--num-envs", "8", "--mode", "per-client", "--workers", "auto"]
+    assert envs.server_transport("fastenv-workers") == "fastenv-shm" and envs.server_transport("sb3-subproc") is None
     assert envs.client_processes(8) == 1 and envs.client_args(8) == ["--num-envs", "8"]
     assert envs.env_steps_per_call(8) == 8 and not envs.per_client
-    assert set(envs.transports) == {*runner.FASTENV_TRANSPORTS, "gym-async", "gym-sync"}
+    assert envs.env_steps_per_call(8, "fastenv-pool") == 4 and envs.env_steps_per_call(1, "fastenv-pool") == 1
+    assert set(envs.transports) == {*runner.FASTENV_TRANSPORTS, "fastenv-workers", "fastenv-pool", "gym-async",
+                                    "gym-sync", "sb3-subproc", "puffer-mp"}  # fmt: skip
+    reason = envs.unavailable("sb3-subproc", "small")  # fastenv.examples:VectorEnv is no gymnasium.Env
+    assert reason is not None and reason.startswith("sb3-subproc ") and envs.unavailable("gym-sync", "small") is None
     assert scaling.SCALING_TRANSPORTS == envs.transports
 
 
@@ -1131,24 +1138,24 @@ def _vector_point(transport: str, count: int, rate: float) -> scaling.ScalingPoi
     return point
 
 
-def test_scaling_table_envs_against_gym_async() -> None:
+def test_scaling_table_envs_against_gym_sync() -> None:
     rows = [ScalingRow("fastenv-shm", 1, [_vector_point("fastenv-shm", 1, 1000.0)]),
             ScalingRow("fastenv-shm", 4, [_vector_point("fastenv-shm", 4, 3000.0)]),
-            ScalingRow("gym-async", 1, [_vector_point("gym-async", 1, 500.0)]),
-            ScalingRow("gym-async", 4, [_vector_point("gym-async", 4, 1000.0)]),
-            ScalingRow("gym-sync", 4, status="unavailable", error="no gymnasium")]  # fmt: skip
+            ScalingRow("gym-sync", 1, [_vector_point("gym-sync", 1, 500.0)]),
+            ScalingRow("gym-sync", 4, [_vector_point("gym-sync", 4, 1000.0)]),
+            ScalingRow("gym-async", 4, status="unavailable", error="no gymnasium")]  # fmt: skip
     table = tables.scaling_table(rows, axis="envs", cpu_count=2)
     assert [c.header for c in table.columns] == ["transport", "envs", "batch steps", "steps/s", "±%",
                                                  "batch step p50 µs", "batch step p99 µs", "speedup", "efficiency",
-                                                 "vs gym-async"]  # fmt: skip
+                                                 "vs gym-sync"]  # fmt: skip
     assert table.rows[1] == ["fastenv-shm", "4", "100", "3,000", "0", "1,333.3", "1,333.3", "3.00x", "75%", "3.00x"]
     assert table.rows[2][-1] == "1.00x" and table.rows[0][-1] == "2.00x"
     assert isinstance(table.rows[4], render.Note) and "envs=4 unavailable: no gymnasium" in table.rows[4].text
     text = render.render(table, "markdown")
     assert "env steps per second" in text and "AsyncVectorEnv(N envs, shared_memory=True)" in text
     without = tables.scaling_table(rows[:2], axis="envs")
-    assert "vs gym-async" not in [c.header for c in without.columns]  # the reference did not run
-    report = cli.scaling_report({}, rows, reference="gym-async")
+    assert "vs gym-sync" not in [c.header for c in without.columns]  # the reference did not run
+    report = cli.scaling_report({}, rows, reference="gym-sync")
     ratios = [r["ratio_to_reference"] for r in report["results"]]
     assert ratios[:4] == pytest.approx([2.0, 3.0, 1.0, 1.0]) and ratios[4] is None
     assert report["results"][1]["runs"][0]["env_steps"] == 400
@@ -1156,21 +1163,21 @@ def test_scaling_table_envs_against_gym_async() -> None:
 
 def test_main_scaling_envs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path, png = tmp_path / "envs.json", tmp_path / "envs.png"
-    code = cli.main(["--scaling", "envs", "--counts", "1,2", "--transports", "fastenv-tcp,gym-async", "--steps",
+    code = cli.main(["--scaling", "envs", "--counts", "1,2", "--transports", "fastenv-tcp,gym-sync", "--steps",
                      "5", "--warmup", "1", "--timeout", str(TIMEOUT), "--format", "markdown", "--json", str(path),
                      "--plot", str(png)])  # fmt: skip
     assert code == 0
     out, err = capsys.readouterr()
-    assert "| transport | envs | batch steps | steps/s |" in out and "| vs gym-async |" in out
-    assert "| fastenv-tcp | 2 | 5 |" in out and "| gym-async | 2 | 5 |" in out
-    assert "[4/4] gym-async envs=2: ok" in err
+    assert "| transport | envs | batch steps | steps/s |" in out and "| vs gym-sync |" in out
+    assert "| fastenv-tcp | 2 | 5 |" in out and "| gym-sync | 2 | 5 |" in out
+    assert "[4/4] gym-sync envs=2: ok" in err
     report = json.loads(path.read_text())
     assert report["config"]["axis"] == "envs" and report["config"]["counts"] == [1, 2]
     assert [(r["transport"], r["count"], r["status"]) for r in report["results"]] == [
-        ("fastenv-tcp", 1, "ok"), ("fastenv-tcp", 2, "ok"), ("gym-async", 1, "ok"), ("gym-async", 2, "ok")]
+        ("fastenv-tcp", 1, "ok"), ("fastenv-tcp", 2, "ok"), ("gym-sync", 1, "ok"), ("gym-sync", 2, "ok")]
     entry = report["results"][1]
     assert entry["runs"][0]["env_steps_per_call"] == 2 and entry["runs"][0]["env_steps"] == 10
-    assert entry["reference"] == "gym-async" and entry["ratio_to_reference"] > 0
+    assert entry["reference"] == "gym-sync" and entry["ratio_to_reference"] > 0
     assert report["results"][3]["ratio_to_reference"] == pytest.approx(1.0)
     assert _png_size(png) == (640, 420)
 

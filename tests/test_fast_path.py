@@ -109,6 +109,39 @@ def test_take_times_out_with_none(buf: Any) -> None:
     assert time.monotonic() - started >= 0.02
 
 
+@pytest.mark.parametrize("spin_us", [0, 1_000_000], ids=["asleep", "spinning"])
+def test_a_poke_ends_a_take_without_a_request(buf: Any, spin_us: int) -> None:
+    """A take given a poke word returns None once another thread changes it (then wakes the doorbell's sleepers)."""
+    _, prepared = _prepared(buf, _step_result())
+    with mmap.mmap(-1, mmap.PAGESIZE) as page:
+        got: list[Any] = []
+        waiter = threading.Thread(
+            target=lambda: got.append(
+                native_take(buf, BELL, 0, spin_us, WAIT_S, REGION, prepared, False, CONSUMED, page, 8, 0)
+            )
+        )
+        started = time.monotonic()
+        waiter.start()
+        if spin_us == 0:  # wait until it sleeps in the kernel, counted in the sleepers word
+            while futex.native_backend.load(buf, BELL + 4) != 1:
+                assert time.monotonic() - started < WAIT_S, "take never went to sleep"
+                time.sleep(0.001)
+        futex.native_backend.add(page, 8, 1)
+        while waiter.is_alive() and time.monotonic() - started < WAIT_S:
+            futex.native_backend.wake(buf, BELL, 1)  # a wake can land before the sleep: repeat, as pokers do
+            waiter.join(0.01)
+        assert not waiter.is_alive() and got == [None]
+        assert time.monotonic() - started < WAIT_S / 2
+        assert futex.native_backend.load(buf, BELL) == 0 and futex.native_backend.load(buf, CONSUMED) == 0
+        # An unchanged poke word does not end the wait; a changed one before the wait ends it at once.
+        assert native_take(buf, BELL, 0, 0, 0.02, REGION, prepared, False, -1, page, 8, 1) is None
+        before = time.monotonic()
+        assert native_take(buf, BELL, 0, 0, WAIT_S, REGION, prepared, False, -1, page, 8, 0) is None
+        assert time.monotonic() - before < WAIT_S / 2
+        with pytest.raises(ValueError):
+            native_take(buf, BELL, 0, 0, 0.01, REGION, prepared, False, -1, page, 6, 0)  # misaligned
+
+
 def test_take_leaves_unknown_layouts_and_other_envelopes_to_the_caller(buf: Any) -> None:
     value = _step_result()
     layout, prepared = _prepared(buf, value)

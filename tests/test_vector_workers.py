@@ -34,7 +34,7 @@ from fastenv.vector.workers import (
     usable_cpus,
 )
 
-from assertions import same
+from assertions import against_sync, same
 
 ENVS = Path(__file__).parent / "envs" / "vector_envs.py"
 NESTED, DICT, TEXT = (f"{ENVS}:{name}" for name in ("NestedEnv", "DictEnv", "TextEnv"))
@@ -43,19 +43,6 @@ TIMEOUT = 30.0
 
 def make(target: str, **kwargs: Any) -> Any:
     return TargetFactory(target, kwargs)() if ":" in target else gymnasium.make(target, **kwargs)
-
-
-def against_sync(envs: Any, sync: SyncVectorEnv, steps: int, seed: int) -> int:
-    """Reset both with ``seed``, step both with the same random actions; returns how many episodes ended."""
-    same(envs.reset(seed=seed), sync.reset(seed=seed))
-    sync.action_space.seed(seed)
-    ended = 0
-    for _ in range(steps):
-        actions = sync.action_space.sample()
-        expected = sync.step(actions)
-        same(envs.step(actions), expected)
-        ended += int(expected[2].sum() + expected[3].sum())
-    return ended
 
 
 def worker_pids(envs: Any) -> tuple[int, ...]:

@@ -1,7 +1,8 @@
 """``fastenv.bench``: benchmark fastenv against baseline transports (``fastenv-bench``).
 
 - :mod:`fastenv.bench.workloads`: named payloads (``small``, ``camera``,
-  ``camera-<H>x<W>`` for size sweeps).
+  ``camera-<H>x<W>`` for size sweeps, ``costly`` and ``uneven``: the
+  CPU-bound :mod:`fastenv.bench.cost_env`).
 - :mod:`fastenv.bench.baselines`: the baseline registry and their server's
   entry point: the seed pickle-over-TCP protocol (with and without Nagle,
   :mod:`fastenv.bench.seed_pickle`), pyzmq + pickle
@@ -24,7 +25,10 @@
   :mod:`fastenv.bench.axes`: one axis class per scaling dimension, and the
   points they measure.
 - :mod:`fastenv.bench.vectors`: the vector-env clients of ``--scaling envs``
-  (``FastVectorEnv``, Gymnasium's ``AsyncVectorEnv`` and ``SyncVectorEnv``).
+  (``FastVectorEnv``, with ``--workers`` and as the async pool,
+  :mod:`fastenv.bench.vector_pool`; Gymnasium's ``AsyncVectorEnv`` and
+  ``SyncVectorEnv``; SB3's and PufferLib's vectorizers,
+  :mod:`fastenv.bench.vector_peers`).
 - :mod:`fastenv.bench.breakdown`: a fastenv row's round trip split into
   encode, transport, env step and decode (``--breakdown``), with the planes'
   in-process paths in :mod:`fastenv.bench.breakdown_paths`.

@@ -6,12 +6,15 @@ An *axis* says what a count means. :data:`AXES` holds:
   *count* client processes, each driving its own env on it.
 - ``envs``: one ``fastenv serve TARGET --num-envs COUNT --mode per-client``
   server (*count* envs behind one batched
-  :class:`~fastenv.vector.VectorHost`) and one client process driving them
-  with :class:`fastenv.FastVectorEnv`; in the same table, Gymnasium's
-  ``AsyncVectorEnv(COUNT envs, shared_memory=True)`` (``gym-async``) and
-  ``SyncVectorEnv(COUNT envs)`` (``gym-sync``) over the same env, each built
-  in its own client process (see :mod:`fastenv.bench.vectors`). Throughput
-  counts env steps: batch steps × count.
+  :class:`~fastenv.vector.VectorHost`; with ``--workers auto`` for the
+  ``fastenv-workers`` and ``fastenv-pool`` rows) and one client process
+  driving them with :class:`fastenv.FastVectorEnv`; in the same table,
+  Gymnasium's ``AsyncVectorEnv(COUNT envs, shared_memory=True)``
+  (``gym-async``) and ``SyncVectorEnv(COUNT envs)`` (``gym-sync``, the
+  reference), SB3's ``SubprocVecEnv`` and PufferLib's multiprocessing
+  vectorizer over the same env, each built in its own client process (see
+  :mod:`fastenv.bench.vectors`). Throughput counts env steps: batch steps ×
+  count (× 1/2 for the pool, whose calls return half the envs).
 
 A :class:`ScalingPoint` is one (transport, count) run of an axis: the
 :class:`ClientRun` of every client process, and the throughput over the span
@@ -33,7 +36,15 @@ from typing import Any
 
 from fastenv.bench.runner import FASTENV_TRANSPORTS
 from fastenv.bench.stats import Summary, spread
-from fastenv.bench.vectors import GYM_VECTORS, VECTOR_TRANSPORTS
+from fastenv.bench.vectors import (
+    GYM_VECTORS,
+    PEER_VECTORS,
+    VECTOR_TRANSPORTS,
+    WORKER_ROWS,
+    env_steps_per_call,
+    served_by,
+    unavailable,
+)
 
 __all__ = [
     "AXES",
@@ -70,10 +81,25 @@ class Axis:
     call: str = "step"
     #: A transport every row is compared with at the same count (a table column), if any.
     reference: str | None = None
+    #: ``--quick``: the counts, and the payloads (None: ``--payload``'s).
+    quick_counts: tuple[int, ...] = (1, 2)
+    quick_payloads: tuple[str, ...] | None = None
 
-    def server_args(self, count: int) -> list[str]:
-        """Extra ``fastenv serve`` arguments for ``count``."""
+    def server_args(self, count: int, transport: str | None = None) -> list[str]:
+        """Extra ``fastenv serve`` arguments for ``count`` (and the row ``transport``)."""
         raise NotImplementedError
+
+    def server_transport(self, transport: str) -> str | None:
+        """The fastenv server row to start for ``transport`` (None: its clients need no server)."""
+        return transport if transport in FASTENV_TRANSPORTS else None
+
+    def unavailable(self, transport: str, payload: str) -> str | None:
+        """Why ``transport`` cannot run ``payload`` on this machine (a library missing), or None."""
+        return None
+
+    def vector_envs(self, count: int) -> int | None:
+        """How many envs one vector env of a point with ``count`` has (None: the clients' envs are single)."""
+        return None
 
     def client_processes(self, count: int) -> int:
         """How many client processes a point with ``count`` runs."""
@@ -83,7 +109,7 @@ class Axis:
         """Extra arguments of every client process (``python -m fastenv.bench.scaling``)."""
         return []
 
-    def env_steps_per_call(self, count: int) -> int:
+    def env_steps_per_call(self, count: int, transport: str | None = None) -> int:
         """Env steps one client ``step`` call makes (more than 1 for a vector env)."""
         return 1
 
@@ -98,7 +124,7 @@ class ClientsAxis(Axis):
     name = "clients"
     label = "clients"
 
-    def server_args(self, count: int) -> list[str]:
+    def server_args(self, count: int, transport: str | None = None) -> list[str]:
         return ["--mode", "per-client"]
 
     def client_processes(self, count: int) -> int:
@@ -111,15 +137,27 @@ class EnvsAxis(Axis):
     name = "envs"
     label = "envs"
     transports = VECTOR_TRANSPORTS
-    default_transports = ("fastenv-shm", "fastenv-tcp", *GYM_VECTORS)
+    default_transports = ("fastenv-shm", "fastenv-tcp", *WORKER_ROWS, *GYM_VECTORS, *PEER_VECTORS)
     default_counts = (1, 2, 4, 8, 16)
     rate_label = "env steps/s (one client, one vector env)"
     per_client = False
     call = "batch step"
-    reference = "gym-async"
+    reference = "gym-sync"
+    quick_counts = (8,)
+    quick_payloads = ("small", "costly", "uneven")
 
-    def server_args(self, count: int) -> list[str]:
-        return ["--num-envs", str(count), "--mode", "per-client"]
+    def server_args(self, count: int, transport: str | None = None) -> list[str]:
+        workers = ["--workers", "auto"] if transport in WORKER_ROWS else []
+        return ["--num-envs", str(count), "--mode", "per-client", *workers]
+
+    def server_transport(self, transport: str) -> str | None:
+        return served_by(transport)
+
+    def unavailable(self, transport: str, payload: str) -> str | None:
+        return unavailable(transport, payload)
+
+    def vector_envs(self, count: int) -> int | None:
+        return count
 
     def client_processes(self, count: int) -> int:
         return 1
@@ -127,19 +165,25 @@ class EnvsAxis(Axis):
     def client_args(self, count: int) -> list[str]:
         return ["--num-envs", str(count)]
 
-    def env_steps_per_call(self, count: int) -> int:
-        return count
+    def env_steps_per_call(self, count: int, transport: str | None = None) -> int:
+        return count if transport is None else env_steps_per_call(transport, count)
 
     def notes(self) -> list[str]:
         fastenv = (
             "fastenv-* = FastVectorEnv(copy=False) on one `fastenv serve --num-envs N --mode per-client` server "
-            "(N envs stepped in turn by one batched VectorHost)"
+            "(N envs stepped in turn by one batched VectorHost); fastenv-workers: the server with --workers auto "
+            "(one worker process per usable CPU, at most N); fastenv-pool: the same server as an async pool, "
+            "FastVectorEnv(batch_size=N/2): a batch step = send + recv of the first N/2 envs to finish"
         )
         gym = (
             "gym-async = Gymnasium AsyncVectorEnv(N envs, shared_memory=True): one worker process per env, "
             "observations copied out; gym-sync = SyncVectorEnv(N envs) in the client process (no IPC)"
         )
-        return [fastenv, gym]
+        peers = (
+            "sb3-subproc = Stable-Baselines3 SubprocVecEnv (one process per env); puffer-mp = PufferLib "
+            "Multiprocessing vectorizer, synchronous, one worker per usable CPU (dividing N); each where it imports"
+        )
+        return [fastenv, gym, peers]
 
 
 #: The scaling axes, by ``--scaling`` name.

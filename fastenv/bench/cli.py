@@ -7,6 +7,7 @@ Example::
     fastenv-bench --sweep --steps 300 --format markdown --plot sweep.png
     fastenv-bench --scaling clients --counts 1,2,4 --steps 2000
     fastenv-bench --scaling envs --counts 1,4,16 --steps 500 --plot envs.png
+    fastenv-bench --scaling envs --quick --format markdown
 
 Every transport serves the same example env from its own server process on
 this machine; repeats are interleaved (each repeat runs every transport, in a
@@ -38,8 +39,12 @@ Modes:
 - ``--scaling AXIS``: aggregate steps/s against ``--counts`` (see
   :mod:`fastenv.bench.scaling`): ``clients`` (client processes on one
   per-client server; fastenv rows) or ``envs`` (envs per server, one
-  ``FastVectorEnv`` client, beside Gymnasium's ``AsyncVectorEnv`` and
-  ``SyncVectorEnv`` as ``gym-async`` / ``gym-sync``).
+  ``FastVectorEnv`` client, with ``--workers auto`` and as an async pool,
+  beside Gymnasium's ``AsyncVectorEnv`` and ``SyncVectorEnv`` as
+  ``gym-async`` / ``gym-sync``, SB3's ``SubprocVecEnv`` and PufferLib's
+  vectorizer). ``--sweep`` runs several payloads, one table each (the
+  ``costly`` and ``uneven`` envs are made for this axis).
+- ``--quick``: a smoke run (few steps, the axis's quick counts and payloads).
 
 Output: tables on stdout (``--format``: ``rich`` on a terminal, ``plain``
 otherwise, or ``markdown``; see :mod:`fastenv.bench.render`); progress on
@@ -88,6 +93,7 @@ from fastenv.bench.results import (
     comparison_report,
     machine_info,
     scaling_report,
+    scaling_sweep_report,
     sweep_report,
 )
 from fastenv.bench.runner import run_transport
@@ -244,9 +250,13 @@ def _compare(args: argparse.Namespace, fmt: str, out: TextIO) -> tuple[list[Payl
 # --------------------------------------------------------------------------
 
 
-def run_scaling(args: argparse.Namespace, progress: Progress | None = None) -> list[ScalingRow]:
-    """Every (transport, count) point of ``args.scaling``, ``args.repeat`` times, transports interleaved."""
+def run_scaling(
+    args: argparse.Namespace, progress: Progress | None = None, payload: str | None = None
+) -> list[ScalingRow]:
+    """Every (transport, count) point of ``args.scaling`` on ``payload`` (default ``args.payload``),
+    ``args.repeat`` times, transports interleaved."""
     axis = AXES[args.scaling]
+    payload = args.payload if payload is None else payload
     server_env = malloc.environment(args.malloc)
     rows = {(name, count): ScalingRow(name, count) for name in args.transports for count in args.counts}
     for repeat, order in _rotations(args.transports, args.repeat):
@@ -255,12 +265,13 @@ def run_scaling(args: argparse.Namespace, progress: Progress | None = None) -> l
                 row = rows[name, count]
                 if row.status != "ok":
                     continue
-                label = f"{name} {axis.label}={count}" + (f" [{repeat + 1}/{args.repeat}]" if args.repeat > 1 else "")
+                label = f"{name} {axis.label}={count}" + (f" {payload}" if args.sweep is not None else "")
+                label += f" [{repeat + 1}/{args.repeat}]" if args.repeat > 1 else ""
                 if progress is not None:
                     progress.start(label)
                 try:
                     row.points.append(
-                        run_point(axis, count, name, args.payload, args.steps, args.warmup,
+                        run_point(axis, count, name, payload, args.steps, args.warmup,
                                   max_seconds=args.max_seconds, timeout=args.timeout, server_env=server_env)
                     )  # fmt: skip
                 except TransportMismatch as exc:
@@ -274,16 +285,26 @@ def run_scaling(args: argparse.Namespace, progress: Progress | None = None) -> l
 
 def _scale(args: argparse.Namespace, fmt: str, out: TextIO) -> tuple[list[ScalingRow], dict[str, Any]]:
     axis = AXES[args.scaling]
+    payloads = list(args.sweep) if args.sweep is not None else [args.payload]
     out.write(
-        f"scaling={axis.name} counts={','.join(map(str, args.counts))} payload={args.payload} steps={args.steps} "
+        f"scaling={axis.name} counts={','.join(map(str, args.counts))} "
+        f"{'payloads' if args.sweep is not None else 'payload'}={','.join(payloads)} steps={args.steps} "
         f"warmup={args.warmup} repeat={args.repeat} cpus={os.cpu_count()} malloc={args.malloc}\n"
     )
     out.flush()
-    total = args.repeat * len(args.transports) * len(args.counts)
+    total = len(payloads) * args.repeat * len(args.transports) * len(args.counts)
     with open_progress(total, disabled=args.no_progress) as progress:
-        rows = run_scaling(args, progress)
-    emit(scaling_table(rows, axis=axis, cpu_count=os.cpu_count()), fmt, out)
-    return rows, scaling_report(run_config(args), rows, reference=axis.reference)
+        sections = {payload: run_scaling(args, progress, payload) for payload in payloads}
+    for i, (payload, rows) in enumerate(sections.items()):
+        title = f"payload {payload}" if args.sweep is not None else None
+        if i:
+            out.write("\n")
+        emit(scaling_table(rows, axis=axis, cpu_count=os.cpu_count(), title=title), fmt, out)
+    if args.sweep is None:
+        rows = sections[args.payload]
+        return rows, scaling_report(run_config(args), rows, reference=axis.reference)
+    every = [row for rows in sections.values() for row in rows]
+    return every, scaling_sweep_report(run_config(args), sections, reference=axis.reference)
 
 
 # --------------------------------------------------------------------------

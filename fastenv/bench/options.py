@@ -15,9 +15,14 @@ from fastenv.bench import malloc
 from fastenv.bench.axes import AXES, SCALING_TRANSPORTS
 from fastenv.bench.render import FORMATS
 from fastenv.bench.runner import TRANSPORTS
-from fastenv.bench.workloads import PAYLOADS, SWEEP_PAYLOADS, get_workload
+from fastenv.bench.workloads import COST_PAYLOADS, PAYLOADS, SWEEP_PAYLOADS, get_workload
 
-__all__ = ["build_parser", "parse_args"]
+__all__ = ["QUICK", "build_parser", "parse_args"]
+
+#: ``--quick``: the settings it gives the flags left unset (and ``--no-breakdown``).
+QUICK = {"steps": 30, "warmup": 2, "repeat": 1, "max_seconds": 2.0}
+#: The defaults of the flags ``--quick`` changes, and of ``--payload``.
+_DEFAULTS = {"steps": 1000, "warmup": 10, "repeat": 1, "max_seconds": 15.0, "payload": "small"}
 
 #: Every name ``--transports`` knows (some run only on a ``--scaling`` axis, see parse_args).
 _KNOWN_TRANSPORTS: tuple[str, ...] = tuple(dict.fromkeys((*TRANSPORTS, *SCALING_TRANSPORTS)))
@@ -97,8 +102,9 @@ def build_parser(prog: str = "fastenv-bench") -> argparse.ArgumentParser:
     parser.add_argument(
         "--payload",
         type=_payload,
-        default="small",
-        help=f"workload: {', '.join(PAYLOADS)} or camera-<H>x<W> (default: small)",
+        default=None,
+        help=f"workload: {', '.join(PAYLOADS)}, camera-<H>x<W>, or for --scaling envs {', '.join(COST_PAYLOADS)} "
+        "(CPU-bound envs, about 96 µs a step, and 100 µs to 1 ms spread over the envs) (default: small)",
     )
     parser.add_argument(
         "--sweep",
@@ -107,7 +113,7 @@ def build_parser(prog: str = "fastenv-bench") -> argparse.ArgumentParser:
         const=list(SWEEP_PAYLOADS),
         metavar="PAYLOADS",
         help=f"run every payload of a comma-separated list (default: {','.join(SWEEP_PAYLOADS)}); "
-        "adds an MB/s table (and a throughput panel with --plot)",
+        "adds an MB/s table (and a throughput panel with --plot); with --scaling: one table per payload",
     )
     parser.add_argument(
         "--scaling",
@@ -116,7 +122,8 @@ def build_parser(prog: str = "fastenv-bench") -> argparse.ArgumentParser:
         "clients: concurrent client processes, each with its own env on one per-client server "
         f"(default transports {','.join(AXES['clients'].default_transports)}); "
         "envs: N envs per server (fastenv serve --num-envs N), one FastVectorEnv client, env steps/s, beside "
-        "Gymnasium's AsyncVectorEnv(N, shared_memory=True) and SyncVectorEnv(N) "
+        "Gymnasium's AsyncVectorEnv(N, shared_memory=True) and SyncVectorEnv(N) (the reference), SB3's "
+        "SubprocVecEnv and PufferLib's vectorizer where they import, fastenv --workers auto and its async pool "
         f"(default transports {','.join(AXES['envs'].default_transports)})",
     )
     parser.add_argument(
@@ -130,20 +137,33 @@ def build_parser(prog: str = "fastenv-bench") -> argparse.ArgumentParser:
     parser.add_argument(
         "--breakdown",
         action=argparse.BooleanOptionalAction,
-        default=True,
+        default=None,
         help="after the comparison, split each fastenv row's p50 into encode, transport, env step and decode "
-        "(encode/decode/env measured in this process on the same values, transport the remainder; default: on)",
+        "(encode/decode/env measured in this process on the same values, transport the remainder; default: on, "
+        "off with --quick)",
     )
-    parser.add_argument("--steps", type=_positive_int, default=1000, help="timed steps per run (default: 1000)")
+    parser.add_argument("--steps", type=_positive_int, default=None, help="timed steps per run (default: 1000)")
     parser.add_argument(
-        "--warmup", type=_non_negative_int, default=10, help="untimed, verified steps per run (default: 10)"
+        "--warmup", type=_non_negative_int, default=None, help="untimed, verified steps per run (default: 10)"
     )
-    parser.add_argument("--repeat", type=_positive_int, default=1, help="interleaved repeats (default: 1)")
+    parser.add_argument("--repeat", type=_positive_int, default=None, help="interleaved repeats (default: 1)")
     parser.add_argument(
         "--max-seconds",
         type=_positive_float,
-        default=15.0,
+        default=None,
         help="wall-time cap on one run's timed loop, so seed-pickle (~90 ms/step) ends (default: 15)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run: "
+        + " ".join(f"--{name.replace('_', '-')} {value:g}" for name, value in QUICK.items())
+        + " and --no-breakdown unless given; with --scaling, the axis's quick counts and payloads "
+        + "; ".join(
+            f"({name}: {','.join(map(str, axis.quick_counts))}"
+            + (f" x {','.join(axis.quick_payloads)})" if axis.quick_payloads else ")")
+            for name, axis in AXES.items()
+        ),
     )
     parser.add_argument(
         "--timeout", type=_positive_float, default=30.0, help="server start and request timeout in s (default: 30)"
@@ -181,14 +201,22 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "fastenv-bench") -
     """Parse ``fastenv-bench`` arguments (exits with status 2 on a bad one)."""
     parser = build_parser(prog)
     args = parser.parse_args(argv)
+    payload_given = args.payload is not None
+    for name, default in _DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, QUICK[name] if args.quick and name in QUICK else default)
+    if args.breakdown is None:
+        args.breakdown = not args.quick
     if args.scaling is not None:
         axis = AXES[args.scaling]
-        if args.sweep is not None:
-            parser.error("--sweep and --scaling do not combine")
+        if args.quick and args.sweep is None and axis.quick_payloads and not payload_given:
+            args.sweep = list(axis.quick_payloads)
+        if args.sweep is not None and args.plot:
+            parser.error("--plot with --scaling draws one payload: give --payload, not --sweep")
         if args.transports is None:
             args.transports = list(axis.default_transports)
         if args.counts is None:
-            args.counts = list(axis.default_counts)
+            args.counts = list(axis.quick_counts if args.quick else axis.default_counts)
         others = [name for name in args.transports if name not in axis.transports]
         if others:
             parser.error(

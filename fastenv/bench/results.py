@@ -46,6 +46,7 @@ __all__ = [
     "scaling_baselines",
     "scaling_ratio",
     "scaling_report",
+    "scaling_sweep_report",
     "sweep_report",
 ]
 
@@ -246,6 +247,11 @@ def scaling_report(
     env); with ``reference``, each entry's ``ratio_to_reference`` is its
     steps/s over that transport's at the same count.
     """
+    return _clean({**_header(SCALING_SCHEMA, config), "results": _scaling_results(rows, reference)})
+
+
+def _scaling_results(rows: Sequence[ScalingRow], reference: str | None) -> list[dict[str, Any]]:
+    """One entry per (transport, count) of one payload's scaling suite."""
     base = scaling_baselines(rows)
     results = []
     for row in rows:
@@ -272,4 +278,15 @@ def scaling_report(
                 entry["speedup"] = speedup
                 entry["efficiency"] = speedup * first.count / row.count
         results.append(entry)
-    return _clean({**_header(SCALING_SCHEMA, config), "results": results})
+    return results
+
+
+def scaling_sweep_report(
+    config: Mapping[str, Any], sections: Mapping[str, Sequence[ScalingRow]], *, reference: str | None = None
+) -> dict[str, Any]:
+    """Several payloads' scaling suites in one document (:data:`SCALING_SCHEMA`): one
+    ``{"payload", "results"}`` entry per payload under ``payloads``, each as :func:`scaling_report`'s."""
+    payloads = [
+        {"payload": payload, "results": _scaling_results(rows, reference)} for payload, rows in sections.items()
+    ]
+    return _clean({**_header(SCALING_SCHEMA, config), "payloads": payloads})

@@ -79,13 +79,16 @@ def start_fastenv_server(
     args: Sequence[str] = (),
     timeout: float = 30.0,
     server_env: Mapping[str, str] | None = None,
+    num_envs: int | None = None,
 ) -> Any:
     """A started ``fastenv serve`` (a :class:`~fastenv.server_process.ServerProcess`) for fastenv row ``name``.
 
     Serves ``payload``'s env with the arguments it needs
     (:attr:`~fastenv.bench.workloads.Workload.serve_args`), the extra
     command-line ``args`` (for example ``["--mode", "per-client"]``) and the
-    pure-Python doorbell for ``fastenv-shm-py``. The caller stops it.
+    pure-Python doorbell for ``fastenv-shm-py``; with ``num_envs``, the
+    payload's env as built for a vector of that many
+    (:meth:`~fastenv.bench.workloads.Workload.for_envs`). The caller stops it.
 
     Raises:
         KeyError: ``name`` is not a fastenv row, or the payload is unknown.
@@ -95,6 +98,8 @@ def start_fastenv_server(
     if name not in FASTENV_TRANSPORTS:
         raise KeyError(f"{name!r} is not a fastenv transport; choose from {', '.join(FASTENV_TRANSPORTS)}")
     workload = get_workload(payload)
+    if num_envs is not None:
+        workload = workload.for_envs(num_envs)
     server = ServerProcess(
         workload.target,
         [*workload.serve_args, *args],

@@ -186,16 +186,21 @@ def run_point(
     if count < 1 or steps < 1:
         raise ValueError(f"need count >= 1 and steps >= 1, got count={count} steps={steps}")
     get_workload(payload)
+    missing = axis.unavailable(transport, payload)
+    if missing is not None:
+        raise TransportUnavailable(missing)
     env = {**os.environ, **(server_env or {}), **(_PY_BACKEND if transport == "fastenv-shm-py" else {})}
-    point = ScalingPoint(axis.name, count, transport, payload, axis.env_steps_per_call(count))
+    point = ScalingPoint(axis.name, count, transport, payload, axis.env_steps_per_call(count, transport))
     # start-up and every call are bounded by ``timeout``; the timed loop by max_seconds
     loop_limit = max_seconds if max_seconds is not None else steps * timeout
     with contextlib.ExitStack() as stack:
         connect: list[str] = []
-        if transport in FASTENV_TRANSPORTS:  # the others build their envs in the client process
+        served = axis.server_transport(transport)
+        if served is not None:  # the others build their envs in the client process
             server = start_fastenv_server(
-                transport, payload, args=axis.server_args(count), timeout=timeout, server_env=server_env
-            )
+                served, payload, args=axis.server_args(count, transport), timeout=timeout, server_env=server_env,
+                num_envs=axis.vector_envs(count),
+            )  # fmt: skip
             stack.callback(server.stop)
             connect = ["--connect", server.address]
         command = [
@@ -278,7 +283,7 @@ def _client_main(argv: Sequence[str] | None = None) -> int:
                     connect_transport(args.transport, args.payload, args.connect, timeout=args.timeout)
                 )
             else:
-                local = reference_env(args.payload, args.num_envs)
+                local = reference_env(args.payload, args.num_envs, args.transport)
                 stack.callback(local.close)
                 action = batch_action(args.payload, args.num_envs)
                 client = stack.enter_context(open_vector_client(

@@ -166,7 +166,7 @@ def sweep_table(sections: Sequence[PayloadResults]) -> Table:
 
 
 def scaling_table(
-    rows: Sequence[ScalingRow], *, axis: Axis | str = "clients", cpu_count: int | None = None
+    rows: Sequence[ScalingRow], *, axis: Axis | str = "clients", cpu_count: int | None = None, title: str | None = None
 ) -> Table:
     """Aggregate steps/s per (transport, count): spread across repeats, latency, speedup, and the axis's extras.
 
@@ -188,7 +188,7 @@ def scaling_table(
     columns += [Column(f"{prefix}p50 µs"), Column(f"{prefix}p99 µs"), Column("speedup"), Column("efficiency")]
     if ref is not None:
         columns.append(Column(f"vs {ref}"))
-    table = Table(columns)
+    table = Table(columns, title=title)
     for row in rows:
         if row.status != "ok" or not row.points:
             table.rows.append(Note(row.transport, f"{label}={row.count} {row.status}: {row.error or ''}".strip()))

@@ -7,16 +7,23 @@ of :func:`fastenv.bench.timing.measure`'s clients and steps a batch of
 - ``fastenv-shm`` / ``fastenv-shm-py`` / ``fastenv-tcp``:
   :class:`fastenv.FastVectorEnv` (``copy=False``, as the comparison rows) on
   a running ``fastenv serve TARGET --num-envs N`` server;
+- ``fastenv-workers``: :class:`fastenv.FastVectorEnv` on shared memory, the
+  server started with ``--workers auto`` (the envs step in one worker process
+  per usable CPU, at most N);
+- ``fastenv-pool``: the same server driven as an async pool of N/2
+  (:mod:`fastenv.bench.vector_pool`);
 - ``gym-async``: ``gymnasium.vector.AsyncVectorEnv(N envs, shared_memory=True)``,
   one worker process per env (``spawn``), observations copied out of its
   shared memory (its default ``copy=True``), as the comparison's
   ``gym-async`` row;
 - ``gym-sync``: ``gymnasium.vector.SyncVectorEnv(N envs)`` in the client
-  process: no IPC at all, the in-process reference.
+  process: no IPC at all, the in-process reference;
+- ``sb3-subproc`` / ``puffer-mp``: SB3's and PufferLib's multiprocess
+  vectorizers (:mod:`fastenv.bench.vector_peers`), where they import.
 
 :func:`reference_env` is the local reference every client is checked
 against (a ``SyncVectorEnv`` over the same envs: env ``i`` is seeded with
-``seed + i``, next-step autoreset); :func:`batch_action` the fixed batch of
+``seed + i``, next-step autoreset; env by env for the pool); :func:`batch_action` the fixed batch of
 actions sent every step (row 0 is the payload's single-env action). The check
 compares observations, rewards, terminations and truncations (infos are
 merged differently by each implementation and are not compared).
@@ -32,23 +39,55 @@ import numpy as np
 
 from fastenv.bench.gym_async import EnvFactory
 from fastenv.bench.runner import FASTENV_TRANSPORTS, TransportUnavailable
-from fastenv.bench.workloads import get_workload
+from fastenv.bench.vector_peers import PEER_VECTORS, PufferVector, Sb3Vector, peer_missing
+from fastenv.bench.vector_pool import PoolReference, PoolVector, pool_batch
+from fastenv.bench.workloads import Workload, get_workload
 from fastenv.errors import FastEnvTimeout, MissingDependency
 
 __all__ = [
     "GYM_VECTORS",
+    "PEER_VECTORS",
     "VECTOR_TRANSPORTS",
+    "WORKER_ROWS",
     "FastVector",
     "GymVector",
     "batch_action",
+    "env_steps_per_call",
     "open_vector_client",
     "reference_env",
+    "served_by",
+    "unavailable",
+    "vector_workload",
 ]
 
 #: Gymnasium's own vector envs.
 GYM_VECTORS: tuple[str, ...] = ("gym-async", "gym-sync")
-#: fastenv rows (a FastVectorEnv on a ``--num-envs`` server) and Gymnasium's vector envs.
-VECTOR_TRANSPORTS: tuple[str, ...] = (*FASTENV_TRANSPORTS, *GYM_VECTORS)
+#: fastenv rows on a ``--num-envs N --workers auto`` server: synchronous ``step``, and the async pool.
+WORKER_ROWS: tuple[str, ...] = ("fastenv-workers", "fastenv-pool")
+#: fastenv rows (a FastVectorEnv on a ``--num-envs`` server), Gymnasium's vector envs and the peers.
+VECTOR_TRANSPORTS: tuple[str, ...] = (*FASTENV_TRANSPORTS, *WORKER_ROWS, *GYM_VECTORS, *PEER_VECTORS)
+
+
+def served_by(name: str) -> str | None:
+    """The fastenv server row that vector row ``name`` connects to (None: the client builds its own envs)."""
+    if name in FASTENV_TRANSPORTS:
+        return name
+    return "fastenv-shm" if name in WORKER_ROWS else None
+
+
+def unavailable(name: str, payload: str) -> str | None:
+    """Why vector row ``name`` cannot run ``payload`` here (a peer's library is missing), or None."""
+    return peer_missing(name, get_workload(payload)) if name in PEER_VECTORS else None
+
+
+def env_steps_per_call(name: str, num_envs: int) -> int:
+    """Env steps one timed call of row ``name`` makes: every env, or the pool's batch."""
+    return pool_batch(num_envs) if name == "fastenv-pool" else num_envs
+
+
+def vector_workload(payload: str, num_envs: int) -> Workload:
+    """The payload's workload for ``num_envs`` envs stepped together (:meth:`Workload.for_envs`)."""
+    return get_workload(payload).for_envs(num_envs)
 
 _INSTALL_HINT = 'pip install "fastenv[gym]"'
 
@@ -68,13 +107,17 @@ def batch_action(payload: str, num_envs: int) -> np.ndarray:
     return rng.uniform(-1.0, 1.0, (num_envs, workload.action_dim)).astype(np.float32)
 
 
-def reference_env(payload: str, num_envs: int) -> Any:
+def reference_env(payload: str, num_envs: int, name: str | None = None) -> Any:
     """A local ``gymnasium.vector.SyncVectorEnv`` over ``num_envs`` of the payload's envs (the reference).
+
+    For the ``fastenv-pool`` row (``name``), a :class:`~fastenv.bench.vector_pool.PoolReference` instead.
 
     Raises:
         MissingDependency: Gymnasium is not installed.
     """
-    workload = get_workload(payload)
+    workload = vector_workload(payload, num_envs)
+    if name == "fastenv-pool":
+        return PoolReference(workload, num_envs, batch_action(payload, num_envs))
     return _gym_vector().SyncVectorEnv([workload.make_env] * num_envs)
 
 
@@ -91,7 +134,7 @@ class GymVector:
         if name not in GYM_VECTORS:
             raise KeyError(f"{name!r} is not a Gymnasium vector env; choose from {', '.join(GYM_VECTORS)}")
         vector = _gym_vector()
-        workload = get_workload(payload)
+        workload = vector_workload(payload, num_envs)
         self.name = name
         self.timeout = float(timeout)
         if name == "gym-async":
@@ -139,8 +182,9 @@ class FastVector:
     """
 
     def __init__(self, name: str, address: str, *, timeout: float = 30.0) -> None:
-        if name not in FASTENV_TRANSPORTS:
-            raise KeyError(f"{name!r} is not a fastenv row; choose from {', '.join(FASTENV_TRANSPORTS)}")
+        rows = (*FASTENV_TRANSPORTS, "fastenv-workers")
+        if name not in rows:
+            raise KeyError(f"{name!r} is not a synchronous fastenv row; choose from {', '.join(rows)}")
         _gym_vector()
         from fastenv.shm import futex
         from fastenv.vector import FastVectorEnv
@@ -191,10 +235,15 @@ def open_vector_client(
     get_workload(payload)
     if name in GYM_VECTORS:
         client: Any = GymVector(name, payload, num_envs, timeout=timeout)
+    elif name in PEER_VECTORS:
+        client = (Sb3Vector if name == "sb3-subproc" else PufferVector)(vector_workload(payload, num_envs), num_envs)
     elif name in VECTOR_TRANSPORTS:
         if address is None:
             raise ValueError(f"{name} needs the address of a `fastenv serve --num-envs {num_envs}` server")
-        client = FastVector(name, address, timeout=timeout)
+        if name == "fastenv-pool":
+            client = PoolVector(address, num_envs, timeout=timeout)
+        else:
+            client = FastVector(name, address, timeout=timeout)
         if client.num_envs != num_envs:
             got = client.num_envs
             client.close()

@@ -19,7 +19,14 @@
   ``--env-thread dedicated`` (:attr:`Workload.serve_args`); the baselines
   build and call their env on one thread anyway.
 
-Both are built with ``max_steps`` = :data:`NEVER_TRUNCATE`, so no episode ends
+- ``costly`` and ``uneven`` (:data:`COST_PAYLOADS`, for ``--scaling envs``):
+  :class:`fastenv.bench.cost_env.CostEnv` (8 float32 out, 4 float32 in)
+  busy-waiting about 96 µs a step, and the same with step costs spread 10x
+  between envs by index (100 µs to 1 ms: env ``i`` of N costs ``100 *
+  10 ** (i / (N - 1))`` µs; :meth:`Workload.for_envs` sets N). Not listed in
+  :data:`PAYLOADS` either.
+
+All are built with ``max_steps`` = :data:`NEVER_TRUNCATE`, so no episode ends
 during a run: transports that auto-reset (Gymnasium's vector envs) and those
 that do not then step the very same trajectory as the local reference env.
 
@@ -30,6 +37,7 @@ observations used to check what each transport delivers.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import re
 from dataclasses import dataclass, field
@@ -38,6 +46,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "COST_PAYLOADS",
     "NEVER_TRUNCATE",
     "PAYLOADS",
     "SWEEP_PAYLOADS",
@@ -68,6 +77,14 @@ class Workload:
     action_dim: int = 4
     seed: int = 0
     serve_args: tuple[str, ...] = ()
+    #: The env kwarg that must equal the number of envs stepped together (see :meth:`for_envs`), if any.
+    envs_kwarg: str | None = None
+
+    def for_envs(self, num_envs: int) -> Workload:
+        """This workload for a vector of ``num_envs`` envs (its :attr:`envs_kwarg` set to ``num_envs``)."""
+        if self.envs_kwarg is None:
+            return self
+        return dataclasses.replace(self, env_kwargs={**self.env_kwargs, self.envs_kwarg: int(num_envs)})
 
     def make_env(self) -> Any:
         """A fresh local instance of the env."""
@@ -89,6 +106,22 @@ PAYLOADS: dict[str, Workload] = {
 }
 
 
+_COST_ENV = "fastenv.bench.cost_env:CostEnv"
+#: Envs that cost CPU time per step, for ``--scaling envs`` (``--payload costly`` / ``uneven``).
+COST_PAYLOADS: dict[str, Workload] = {
+    "costly": Workload(
+        "costly", _COST_ENV, {"step_us": 92, "horizon": NEVER_TRUNCATE, "action_dim": 4}, action_dim=4
+    ),
+    "uneven": Workload(
+        "uneven",
+        _COST_ENV,
+        {"step_us": 100, "spread": 10, "horizon": NEVER_TRUNCATE, "action_dim": 4},
+        action_dim=4,
+        envs_kwarg="levels",
+    ),
+}
+
+
 #: The default ``fastenv-bench --sweep``: 16 B, 18 kB, 115 kB, 461 kB and 1.8 MB observations.
 SWEEP_PAYLOADS: tuple[str, ...] = ("small", "camera-48x64", "camera-120x160", "camera-240x320", "camera")
 
@@ -100,15 +133,14 @@ MUJOCO_SERVE_ARGS: tuple[str, ...] = ("--env-thread", "dedicated")
 
 
 def get_workload(name: str) -> Workload:
-    """The :class:`Workload` called ``name``: one of :data:`PAYLOADS` or ``camera-<H>x<W>``.
+    """The :class:`Workload` called ``name``: one of :data:`PAYLOADS`, :data:`COST_PAYLOADS` or ``camera-<H>x<W>``.
 
     Raises:
         KeyError: for an unknown name (the message lists the known ones).
     """
-    try:
-        return PAYLOADS[name]
-    except KeyError:
-        pass
+    known = PAYLOADS.get(name) or COST_PAYLOADS.get(name)
+    if known is not None:
+        return known
     match = _SIZED_CAMERA.fullmatch(name)
     if match is not None:
         height, width = int(match[1]), int(match[2])
@@ -123,7 +155,7 @@ def get_workload(name: str) -> Workload:
             target = "fastenv.examples.mujoco_stack:StackCubeEnv"
             return Workload(name, target, kwargs, action_dim=4, serve_args=MUJOCO_SERVE_ARGS)
     raise KeyError(
-        f"unknown payload {name!r}; choose one of {', '.join(PAYLOADS)}, "
+        f"unknown payload {name!r}; choose one of {', '.join([*PAYLOADS, *COST_PAYLOADS])}, "
         f"camera-<H>x<W> or mujoco[-<H>x<W>] (sides 1..{_MAX_SIDE})"
     ) from None
 

@@ -99,6 +99,11 @@ class McapWriter:
         self._chunk_start: int | None = None
         self._chunk_end = 0
 
+    @property
+    def position(self) -> int:
+        """Bytes written to the stream so far."""
+        return self._position
+
     # ------------------------------------------------------------------ data section
 
     def start(self) -> None:

@@ -112,6 +112,16 @@ class Recorder:
         self._thread = threading.Thread(target=self._run, name="fastenv-recorder", daemon=True)
         self._thread.start()
 
+    @property
+    def bytes_written(self) -> int:
+        """Bytes of MCAP written to the file so far (chunks as compressed)."""
+        return self._writer.position
+
+    @property
+    def queued(self) -> int:
+        """Records waiting for the writer."""
+        return len(self._queue)
+
     # ------------------------------------------------------------------ the call path
 
     def record(self, session: Any, name: str, args: tuple, kwargs: dict, result: Any, fallback: bool = False) -> None:

@@ -12,21 +12,43 @@ call with the GIL released, then asleep in the kernel) runs it and rings
 back; with the native doorbell a call that comes while the owner spins costs
 two atomic operations and two GIL hand-overs, no system call. Calls are made
 one at a time, in the order callers got the submission lock.
+
+No hop at all for one session: the owner can *host* a session's request loop
+(:meth:`EnvThread.host`, a shared-memory session's worker), waiting for that
+session's requests itself and running them at once. A call from any other
+thread then *pokes* it: it rings the owner's request doorbell, which the
+hosted wait watches beside the session's, and wakes the hosted wait's
+sleepers; the owner leaves the hosted wait, runs the call, answers and goes
+back to waiting. Two threads on two cores per step become one.
 """
 
 from __future__ import annotations
 
+import logging
 import mmap
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from fastenv import native
 from fastenv.errors import FastEnvError, FastEnvTimeout
 from fastenv.loans import current_loans, use_loans
 from fastenv.shm.doorbell import Doorbell
 
+log = logging.getLogger("fastenv.server")
+
 WAIT_SLICE_S = 0.05  # how often a waiting side looks at the stop flag
+POKE_SLICE_S = 0.0005  # how often a caller wakes a hosted wait again until its call is taken
+
+
+class HostedLoop(Protocol):
+    """A session's request loop an :class:`EnvThread` can run on its owner thread (see :meth:`EnvThread.host`)."""
+
+    def serve_hosted(self, poke: mmap.mmap, poke_offset: int, poke_seen: int) -> bool:
+        """Serve requests until the u32 at ``poke_offset`` in ``poke`` leaves ``poke_seen``; False once stopped."""
+
+    def wake(self) -> None:
+        """Wake the thread waiting in :meth:`serve_hosted` (it then looks at the poke word)."""
 REQUEST_BELL, REPLY_BELL = 0, 64  # doorbell words on the page (separate cache lines)
 
 
@@ -62,6 +84,8 @@ class EnvThread:
         self._serving = threading.Event()
         self._thread: threading.Thread | None = None
         self._name = name
+        self._hosted: HostedLoop | None = None
+        self._host_lock = threading.Lock()
 
     @property
     def dedicated(self) -> bool:
@@ -83,7 +107,11 @@ class EnvThread:
                 self._serving.wait(WAIT_SLICE_S)
             seen = self._reply.value()
             self._call = (fn, args, current_loans())  # reply_array() in the call lends the caller's reply slot
-            answered = self._ring_then_wait(self._request, REQUEST_BELL, self._reply, REPLY_BELL, seen) != seen
+            hosted = self._hosted
+            if hosted is None:
+                answered = self._ring_then_wait(self._request, REQUEST_BELL, self._reply, REPLY_BELL, seen) != seen
+            else:
+                answered = self._poke(hosted, seen)
             while not answered:
                 try:
                     answered = self._reply.wait(seen, WAIT_SLICE_S) != seen
@@ -99,6 +127,43 @@ class EnvThread:
             return value
         raise value
 
+    def _poke(self, hosted: HostedLoop, seen: int) -> bool:
+        """Ring the request doorbell and wake ``hosted``'s wait until the owner takes the call; whether it answered.
+
+        A wake that lands between the hosted wait's last look at the poke word
+        and its sleep is lost (a poke leaves the word it sleeps on alone), so
+        the wake is repeated every :data:`POKE_SLICE_S` until the call is taken.
+        """
+        self._request.ring()
+        while True:
+            hosted = self._hosted or hosted  # the loop it hosts now (the owner may have left one)
+            hosted.wake()
+            try:
+                return self._reply.wait(seen, POKE_SLICE_S) != seen
+            except FastEnvTimeout:
+                if self._call is None or not self._serving.is_set():  # taken (now running), or nobody serves
+                    return False
+
+    def host(self, loop: HostedLoop) -> bool:
+        """Run ``loop`` on the owner thread between calls, until it stops; False if this thread already hosts one.
+
+        The owner then waits for ``loop``'s requests itself: its calls need no
+        hop. Calls from other threads poke it (see the module docstring).
+        """
+        with self._host_lock:
+            if self._hosted is not None or self._stop.is_set():
+                return False
+            self._hosted = loop
+        self._request.ring()  # the owner leaves its own wait and starts hosting
+        return True
+
+    def poke(self) -> None:
+        """Get the owner out of a hosted wait to look at its loop (which is stopping)."""
+        self._request.ring()
+        hosted = self._hosted
+        if hosted is not None:
+            hosted.wake()
+
     def serve(self, stop: threading.Event | None = None) -> None:
         """Run calls on this thread until :meth:`stop` (or ``stop`` is set)."""
         self._owner = threading.get_ident()
@@ -107,7 +172,16 @@ class EnvThread:
         answered = False  # a call was run and its answer not rung yet
         try:
             while not self._stop.is_set() and (stop is None or not stop.is_set()):
-                if answered:
+                hosted = self._hosted
+                if hosted is not None:
+                    if answered:
+                        self._reply.ring()
+                        answered = False
+                    if self._request.value() == seen and not self._serve_hosted(hosted, seen):
+                        with self._host_lock:
+                            self._hosted = None
+                    current = self._request.value()
+                elif answered:
                     current = self._ring_then_wait(self._reply, REPLY_BELL, self._request, REQUEST_BELL, seen)
                     answered = False
                 else:
@@ -136,6 +210,14 @@ class EnvThread:
                 self._reply.ring()
             self._serving.clear()
 
+    def _serve_hosted(self, hosted: HostedLoop, seen: int) -> bool:
+        """``hosted``'s requests until a poke; False once it stopped (or failed: its session then ends on its own)."""
+        try:
+            return hosted.serve_hosted(self._page, REQUEST_BELL, seen)
+        except Exception:  # the loop's own failure must not take the env's thread down
+            log.exception("a session's request loop failed on the env thread")
+            return False
+
     def _ring_then_wait(self, ring: Doorbell, ring_offset: int, wait: Doorbell, wait_offset: int, seen: int) -> int:
         """Ring ``ring``, then wait one slice while ``wait`` still reads ``seen``; returns what it reads."""
         if self._ring_wait is not None:
@@ -157,7 +239,7 @@ class EnvThread:
     def stop(self, timeout: float = 5.0) -> None:
         """Stop serving (a call in progress finishes first); joins a thread :meth:`start` made."""
         self._stop.set()
-        self._request.ring()
+        self.poke()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)

@@ -101,7 +101,7 @@ class SessionRegistry:
         )
         session.route = worker
         session.plane = "shm"
-        worker.start()
+        worker.start(host=session.handle.runner)  # an env bound to a thread serves its first session there
 
     def adopt_stream(self, token: bytes, sock: socket.socket) -> bool:
         """Bind a client's TCP data stream to its session (called by the data listener's thread).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastenv import codec
 from fastenv.errors import (
@@ -17,7 +17,7 @@ from fastenv.errors import (
 from fastenv.layout import (
     native_take,
 )
-from fastenv.loans import ReplyLoans
+from fastenv.loans import ReplyLoans, use_loans
 from fastenv.metrics import replied
 from fastenv.shm import futex
 from fastenv.shm.arena import (
@@ -38,8 +38,13 @@ from fastenv.shm.layouts import LayoutReceiver, LayoutSender
 from fastenv.shm.plane import CONSUMED_WORD, SERVER_SPIN_US, WAIT_SLICE_S, encode_general, grown, make_bell, words
 from fastenv.transport.base import Executor
 
-log = logging.getLogger("fastenv.shm")
 from fastenv.wire import ErrorKind, error_body, parse_call
+
+if TYPE_CHECKING:
+    from fastenv.session.envthread import EnvThread
+
+log = logging.getLogger("fastenv.shm")
+WAKE_ALL = 2**31 - 1  # FUTEX_WAKE count: every sleeper
 
 
 class ShmServerWorker:
@@ -76,10 +81,22 @@ class ShmServerWorker:
         self._store = words().store
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fastenv-shm-worker", daemon=True)
+        self._host: EnvThread | None = None  # the env thread serving this session, when it hosts it
+        self._left = threading.Event()  # the host thread left the loop for good
+        self._watch(arena)
+        self._seen = self._bell.value()
 
-    def start(self) -> None:
-        """Start serving."""
+    def start(self, host: EnvThread | None = None) -> None:
+        """Start serving: on ``host``'s thread when it takes the session (no hop per call), else on a thread of its own."""
+        if host is not None and self._can_be_hosted() and host.host(self):
+            self._host = host
+            return
         self._thread.start()
+
+    def _can_be_hosted(self) -> bool:
+        """Whether the C fast path is there to wait for requests and pokes at once."""
+        bell = make_bell(self.arena.buf, REQUEST_BELL, self._spin_us)
+        return native_take is not None and bell.backend is futex.native_backend
 
     def peer_gone(self, now: float) -> str | None:
         """Why the session should end: its client's process exited (None while it runs)."""
@@ -96,6 +113,14 @@ class ShmServerWorker:
         worker thread releases them as it ends.
         """
         self._stop.set()
+        host = self._host
+        if host is not None:
+            if not host.on_owner():
+                host.poke()
+                self._left.wait(timeout)
+            for arena in self._arenas:
+                arena.unlink()
+            return  # the host thread releases the arenas as it leaves the loop (at once, or after a hung call)
         thread = self._thread
         if thread.is_alive() and thread is not threading.current_thread():
             thread.join(timeout)
@@ -123,45 +148,85 @@ class ShmServerWorker:
 
     def _serve(self) -> None:
         self._loans.bind()
-        arena = self.arena
-        bell = make_bell(arena.buf, REQUEST_BELL, self._spin_us)
-        seen = bell.value()
-        # The C fast path: take() waits and unpacks a FAST request with a layout already
-        # prepared for the request region; anything else goes through _serve_one.
-        fast = native_take is not None and bell.backend is futex.native_backend
-        region = arena.request_offset()
-        requests = self._receiver.region(region, False)
         while not self._stop.is_set():
-            if fast:
-                try:
-                    got = native_take(
-                        arena.buf, REQUEST_BELL, seen, self._spin_us, WAIT_SLICE_S, region, requests, True, CONSUMED_WORD
-                    )
-                except Exception:  # e.g. MemoryError copying the action: the long way answers, or reports it
-                    log.debug("shared-memory fast path failed; serving the request the long way", exc_info=True)
-                    current = bell.value()
-                    if current == seen:
-                        continue  # it failed while waiting: no request yet
-                    got = (current, 0, 0, 0, False, None)  # the client rings once per request
-                if got is None:
-                    continue
-                seen = got[0]
-                taken = got[4] and not arena.linked  # a first request in an arena goes the long way (unlink)
-                arena = self._serve_call(arena, got[3], got[5]) if taken else self._serve_one(arena)
-            else:
-                try:
-                    seen = bell.wait(seen, WAIT_SLICE_S)
-                except FastEnvTimeout:
-                    continue
-                arena = self._serve_one(arena)
-            if arena is not self.arena:  # remapped: wait on the new arena's doorbell
-                self.arena = arena
-                bell = make_bell(arena.buf, REQUEST_BELL, self._spin_us)
-                region = arena.request_offset()
-                requests = self._receiver.region(region, False)
-                # A new arena's counter starts at 0; the client may already have rung it
-                # (it can attach as soon as the REMAP is visible), so never re-read it here.
-                seen = 0
+            self._serve_next(())
+
+    def serve_hosted(self, poke: Any, poke_offset: int, poke_seen: int) -> bool:
+        """Serve requests on the calling thread (an env's, see :meth:`EnvThread.host`) until poked or stopped.
+
+        Returns when the u32 at ``poke_offset`` in ``poke`` no longer reads
+        ``poke_seen`` (True) or once the worker is stopped (False; its
+        arenas are then released here).
+        """
+        previous = use_loans(self._loans)
+        try:
+            while not self._stop.is_set():
+                if not self._serve_next((poke, poke_offset, poke_seen)) and words().load(poke, poke_offset) != poke_seen:
+                    return True
+        finally:
+            use_loans(previous)
+        self._release()
+        self._left.set()
+        return False
+
+    def wake(self) -> None:
+        """Wake the thread waiting for this session's requests (a hosted wait looks at its poke word).
+
+        Nothing once the worker has stopped: its arenas may be unmapped.
+        """
+        if self._stop.is_set():
+            return
+        try:
+            futex.native_backend.wake(self.arena.buf, REQUEST_BELL, WAKE_ALL)
+        except ValueError:  # unmapped meanwhile: the worker stopped, and nobody waits there any more
+            pass
+
+    def _serve_next(self, poke: tuple) -> bool:
+        """Wait (one slice, or until poked) for the next request and serve it; whether there was one.
+
+        The C fast path: take() waits and unpacks a FAST request with a layout
+        already prepared for the request region; anything else goes through
+        :meth:`_serve_one`.
+        """
+        arena = self.arena
+        seen = self._seen
+        if self._fast:
+            try:
+                got = native_take(
+                    arena.buf, REQUEST_BELL, seen, self._spin_us, WAIT_SLICE_S, self._region, self._requests, True,
+                    CONSUMED_WORD, *poke,
+                )
+            except Exception:  # e.g. MemoryError copying the action: the long way answers, or reports it
+                log.debug("shared-memory fast path failed; serving the request the long way", exc_info=True)
+                current = self._bell.value()
+                if current == seen:
+                    return False  # it failed while waiting: no request yet
+                got = (current, 0, 0, 0, False, None)  # the client rings once per request
+            if got is None:
+                return False
+            self._seen = got[0]
+            taken = got[4] and not arena.linked  # a first request in an arena goes the long way (unlink)
+            arena = self._serve_call(arena, got[3], got[5]) if taken else self._serve_one(arena)
+        else:
+            try:
+                self._seen = self._bell.wait(seen, WAIT_SLICE_S)
+            except FastEnvTimeout:
+                return False
+            arena = self._serve_one(arena)
+        if arena is not self.arena:  # remapped: wait on the new arena's doorbell
+            self._watch(arena)
+            # A new arena's counter starts at 0; the client may already have rung it
+            # (it can attach as soon as the REMAP is visible), so never re-read it here.
+            self._seen = 0
+        return True
+
+    def _watch(self, arena: Arena) -> None:
+        """Wait for requests in ``arena`` from now on."""
+        self.arena = arena
+        self._bell = make_bell(arena.buf, REQUEST_BELL, self._spin_us)
+        self._fast = native_take is not None and self._bell.backend is futex.native_backend
+        self._region = arena.request_offset()
+        self._requests = self._receiver.region(self._region, False)
 
     def _consumed(self, arena: Arena, seq: int) -> None:
         self._store(arena.buf, CONSUMED_WORD, seq & 0xFFFFFFFF)

@@ -15,6 +15,7 @@ from gymnasium.vector.utils import batch_space
 from fastenv.client import FastRemoteEnv
 from fastenv.errors import (
     AlreadyPendingError,
+    AutoresetModeError,
     ClientClosedError,
     FastEnvError,
     IncompatibleEnvsError,
@@ -40,8 +41,9 @@ class FastVectorEnv(AsyncPoolMixin, VectorEnv):
     envs are the servers' envs in the order given: with two servers of 4 envs,
     envs 0-3 live on the first, 4-7 on the second. It behaves like
     ``gymnasium.vector.SyncVectorEnv`` over the same envs: batched spaces,
-    next-step autoreset, ``reset(seed=s)`` seeding env ``i`` with ``s + i``,
-    infos merged into Gymnasium's ``{key: array, "_key": mask}`` form.
+    next-step autoreset (or same-step, see ``autoreset_mode``),
+    ``reset(seed=s)`` seeding env ``i`` with ``s + i``, infos merged into
+    Gymnasium's ``{key: array, "_key": mask}`` form.
 
     ``step`` sends the actions to every server before it waits for any, so the
     servers step at the same time. With one server the batch comes back as the
@@ -65,12 +67,15 @@ class FastVectorEnv(AsyncPoolMixin, VectorEnv):
     Args:
         addresses: one server address, or a list of them (on any hosts).
         batch_size: how many envs :meth:`recv` returns (None: no async pool).
-        autoreset_mode: ``AutoresetMode.NEXT_STEP`` (default) or ``SAME_STEP``
-            (or their names, ``"same_step"``): how the servers' envs
-            autoreset, set on the servers when connecting (in shared mode
+        autoreset_mode: ``AutoresetMode.NEXT_STEP`` or ``SAME_STEP`` (or
+            their names, ``"same_step"``): how the servers' envs autoreset,
+            set on the servers that differ when connecting (in shared mode
             every client of a server sees it) and declared in
             ``metadata["autoreset_mode"]``. Same-step puts ``final_obs`` /
-            ``final_info`` in the infos, as ``SyncVectorEnv`` does.
+            ``final_info`` in the infos, as ``SyncVectorEnv`` does. None
+            (default): as the servers declare (``fastenv serve --autoreset``;
+            next-step when they do not). A shared server that declares a mode
+            refuses another one with :class:`~fastenv.errors.AutoresetModeError`.
         **client_kwargs: passed to every :class:`~fastenv.FastRemoteEnv`
             (``timeout``, ``transport``, ``copy``, ...).
 
@@ -103,8 +108,7 @@ class FastVectorEnv(AsyncPoolMixin, VectorEnv):
                 connected.append(FastRemoteEnv(address, vector=True, **client_kwargs))
             self.remotes = tuple(connected)
             self._describe()
-            if autoreset_mode is not None:
-                self._set_autoreset_mode(parse_autoreset_mode(autoreset_mode))
+            self._agree_autoreset(None if autoreset_mode is None else parse_autoreset_mode(autoreset_mode))
             if batch_size is not None:
                 self._pool = self._open_pool(batch_size)
         except BaseException:
@@ -156,19 +160,35 @@ class FastVectorEnv(AsyncPoolMixin, VectorEnv):
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
         self.metadata = dict(first.metadata or {})
-        self.metadata["autoreset_mode"] = AutoresetMode.NEXT_STEP
         self.spec = first.spec
         self.render_mode = first.render_mode
 
-    def _set_autoreset_mode(self, mode: AutoresetMode) -> None:
-        for remote in self.remotes:
+    def _agree_autoreset(self, wanted: AutoresetMode | None) -> None:
+        """Autoreset as ``wanted`` (switching the servers that differ), else as the servers declare."""
+        served = [
+            parse_autoreset_mode((remote.metadata or {}).get("autoreset_mode", AutoresetMode.NEXT_STEP))
+            for remote in self.remotes
+        ]
+        if wanted is None:
+            if len(set(served)) > 1:
+                modes = ", ".join(f"{remote.address}: {mode.name}" for remote, mode in zip(self.remotes, served))
+                raise IncompatibleEnvsError(
+                    f"the servers autoreset differently ({modes}); pass autoreset_mode= to choose one for all"
+                )
+            self.metadata["autoreset_mode"] = served[0]
+            return
+        for remote, mode in zip(self.remotes, served):
+            if mode is wanted:
+                continue
             try:
-                remote.call("set_autoreset_mode", mode.value)
+                remote.call("set_autoreset_mode", wanted.value)
+            except AutoresetModeError as exc:
+                raise AutoresetModeError(f"the server at {remote.address}: {exc}") from None
             except AttributeError:
                 raise IncompatibleEnvsError(
                     f"the server at {remote.address} cannot switch autoreset modes; update its fastenv"
                 ) from None
-        self.metadata["autoreset_mode"] = mode
+        self.metadata["autoreset_mode"] = wanted
 
     # ------------------------------------------------------------------ info
 
@@ -217,7 +237,7 @@ class FastVectorEnv(AsyncPoolMixin, VectorEnv):
         return self._join_observations([obs for obs, _ in results]), self._join_infos([infos for _, infos in results])
 
     def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-        """Step every env with its row of ``actions``; next-step autoreset as in Gymnasium.
+        """Step every env with its row of ``actions``; autoreset as ``metadata["autoreset_mode"]`` says.
 
         Returns:
             ``(observations, rewards, terminations, truncations, infos)``.

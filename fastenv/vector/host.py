@@ -38,7 +38,7 @@ from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
 
 from fastenv import envinfo
-from fastenv.errors import PoolUsageError, ServerConfigError, UnknownMethodError
+from fastenv.errors import AutoresetModeError, PoolUsageError, ServerConfigError, UnknownMethodError
 from fastenv.vector import batch
 from fastenv.vector.pool import HELD, POOL_PROTOCOL, PoolBook, leading_rows
 from fastenv.vector.worker_buffer import row_writer
@@ -63,6 +63,8 @@ class VectorHost:
             :attr:`autoreset_mode`, as Gymnasium's vector envs report it.
         autoreset_mode: ``AutoresetMode.NEXT_STEP`` (default) or
             ``SAME_STEP`` (:meth:`set_autoreset_mode`).
+        autoreset_fixed: whether :attr:`autoreset_mode` was declared fixed
+            (:meth:`declare_autoreset_mode`).
         pool_protocol: version of the ``pool_*`` calls (:data:`~fastenv.vector.pool.POOL_PROTOCOL`).
         spec, render_mode: env 0's.
 
@@ -72,6 +74,8 @@ class VectorHost:
         obs, infos = host.reset(seed=0)           # infos: a list of 4 dicts
         obs, rewards, terminations, truncations, infos = host.step(np.zeros(4, np.int64))
     """
+
+    autoreset_fixed = False
 
     def __init__(self, envs: Sequence[Any], *, close_envs: bool = True) -> None:
         self.envs = list(envs)
@@ -197,10 +201,35 @@ class VectorHost:
         """Autoreset as Gymnasium's ``mode`` (``"NextStep"`` or ``"SameStep"``, a name or value); the mode set.
 
         Meant to be called before the first ``reset``; ``metadata["autoreset_mode"]`` follows.
+
+        Raises:
+            AutoresetModeError: the mode was declared fixed
+                (:meth:`declare_autoreset_mode`) and ``mode`` is another one.
         """
-        self.autoreset_mode = autoreset_mode(mode)
-        self.metadata["autoreset_mode"] = self.autoreset_mode
-        return self.autoreset_mode.value
+        parsed = autoreset_mode(mode)
+        if self.autoreset_fixed and parsed is not self.autoreset_mode:
+            raise AutoresetModeError(
+                f"this server declares {self.autoreset_mode.name} autoreset for every client of its shared envs "
+                f"(fastenv serve --autoreset); it cannot switch to {parsed.name}: connect without autoreset_mode= "
+                "or serve it --mode per-client"
+            )
+        self._switch_autoreset(parsed)
+        self.autoreset_mode = self.metadata["autoreset_mode"] = parsed
+        return parsed.value
+
+    def declare_autoreset_mode(self, mode: Any, *, fixed: bool = True) -> str:
+        """Start in autoreset ``mode`` (``fastenv serve --autoreset``); the mode set.
+
+        With ``fixed`` (a shared server) :meth:`set_autoreset_mode` refuses any
+        other mode from then on; without (per-client envs) ``mode`` is only
+        where the host starts, and its client may still switch.
+        """
+        value = self.set_autoreset_mode(mode)
+        self.autoreset_fixed = fixed
+        return value
+
+    def _switch_autoreset(self, mode: AutoresetMode) -> None:
+        """Make the envs autoreset as ``mode`` (in this process :meth:`_advance` reads :attr:`autoreset_mode`)."""
 
     # ------------------------------------------------------------------ async pool
 

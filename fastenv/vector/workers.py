@@ -84,7 +84,6 @@ from fastenv.vector.host import (
     WORKER_PID_ATTR,
     VectorHost,
     attr_values,
-    autoreset_mode,
     check_reset_mask,
     per_env_seeds,
 )
@@ -399,14 +398,11 @@ class WorkerVectorHost(WorkerPoolMixin, VectorHost):
                 infos[env_index] = info
         return failure if failure is not None else infos
 
-    def set_autoreset_mode(self, mode: str) -> str:
-        """As :meth:`VectorHost.set_autoreset_mode`; every worker (and every restarted one) follows."""
-        parsed = autoreset_mode(mode)
-        same_step = parsed is AutoresetMode.SAME_STEP
+    def _switch_autoreset(self, mode: AutoresetMode) -> None:
+        """Every worker (and every restarted one) autoresets as ``mode``."""
+        same_step = mode is AutoresetMode.SAME_STEP
         self._broadcast(lambda envs: ("autoreset", same_step), "set_autoreset_mode()")
         self._pool.same_step = same_step
-        self.autoreset_mode = self.metadata["autoreset_mode"] = parsed
-        return parsed.value
 
     def render(self) -> tuple[Any, ...]:
         """Every env's ``render()`` (run in the workers)."""

@@ -1,8 +1,10 @@
 """An env whose step costs what you ask: a few numpy operations, then an optional busy-wait.
 
-``benchmarks/bench_vector.py --workers-table`` serves it as ``benchmarks/cost_env.py:CostEnv``
-with ``--env-kwargs '{"step_us": 96}'``: a cheap env (``step_us=0``, about 3 µs a step)
-and a costly one (about 96 µs), the two points ``bench_vector.py --workers-table`` measures.
+``benchmarks/bench_vector.py --workers-table`` serves it as ``fastenv.bench.cost_env:CostEnv``
+with ``--env-kwargs '{"step_us": 92}'``: a cheap env (``step_us=0``, about 3 µs a step)
+and a costly one (about 96 µs), the two points ``bench_vector.py --workers-table`` measures;
+``fastenv-bench --scaling envs`` steps them as the ``costly`` and ``uneven`` payloads
+(:mod:`fastenv.bench.workloads`).
 
 With ``spread`` above 1 the envs are uneven: each env's step costs between
 ``step_us`` and ``spread * step_us``, picked by the first seed it is reset
@@ -30,12 +32,20 @@ class CostEnv(gymnasium.Env):
         horizon: steps per episode.
         spread: ratio of the dearest env's step cost to the cheapest one's (1: all equal).
         levels: how many cost levels the first seed picks from (``seed % levels``).
+        action_dim: 0 for the Discrete(2) action; above 0, a float32 Box of this
+            length in [-1, 1] instead (its first ``obs_dim`` entries push the state).
     """
 
     metadata: dict[str, Any] = {"render_modes": []}
 
     def __init__(
-        self, step_us: float = 0.0, obs_dim: int = 8, horizon: int = 200, spread: float = 1.0, levels: int = 16
+        self,
+        step_us: float = 0.0,
+        obs_dim: int = 8,
+        horizon: int = 200,
+        spread: float = 1.0,
+        levels: int = 16,
+        action_dim: int = 0,
     ) -> None:
         self.step_s = float(step_us) * 1e-6
         self.spread = float(spread)
@@ -43,7 +53,10 @@ class CostEnv(gymnasium.Env):
         self._costed = self.spread == 1.0
         self.horizon = int(horizon)
         self.observation_space = spaces.Box(-np.inf, np.inf, (int(obs_dim),), np.float32)
-        self.action_space = spaces.Discrete(2)
+        self.action_space: spaces.Space = spaces.Discrete(2)
+        if action_dim > 0:
+            self.action_space = spaces.Box(-1.0, 1.0, (int(action_dim),), np.float32)
+        self._box = action_dim > 0
         self._push = np.stack([-np.ones(obs_dim, np.float32), np.ones(obs_dim, np.float32)]) * np.float32(0.01)
         self._state = np.zeros(obs_dim, np.float32)
         self._t = 0
@@ -64,6 +77,10 @@ class CostEnv(gymnasium.Env):
                 pass
         self._t += 1
         self._state *= np.float32(0.99)
-        self._state += self._push[action]
+        if self._box:
+            push = np.asarray(action, np.float32)[: self._state.size] * np.float32(0.01)
+            self._state[: push.size] += push
+        else:
+            self._state += self._push[action]
         np.tanh(self._state, out=self._state)
         return self._state.copy(), 1.0, False, self._t >= self.horizon, {}
