@@ -9,7 +9,9 @@ Usage::
    steps (``fastenv.examples:VectorEnv``; recording also camera steps,
    ``fastenv.examples:CameraEnv``) against a server with ``--metrics-port``
    (``--record PATH``) and one without, interleaved; the p50 round trip of
-   each, median of ``--repeat`` runs, on shared memory and TCP.
+   each, median of ``--repeat`` runs, on shared memory and TCP. Each run
+   starts a fresh pair of servers (which goes first alternates): a server
+   process placed luckily or not counts once, not in every run.
 2. **Deadline accuracy**: a controller declares a 20 ms period (5 ms
    tolerance) and stops stepping; the server applies the fallback each
    period. Lateness = when each fallback ran minus when it was due (the
@@ -53,23 +55,27 @@ def on_off_table(feature: str, flags: list[str], payloads: dict[str, tuple], ste
     """p50 step round trip with ``flags`` against without, interleaved, per payload and transport."""
     runs: dict[tuple[str, str, str], list[float]] = {}
     for payload, (target, kwargs, action) in payloads.items():
-        servers = {
-            "off": ServerProcess(target, [], env_kwargs=kwargs),
-            "on": ServerProcess(target, flags, env_kwargs=kwargs),
-        }
         count = steps if payload == "small" else max(steps // 10, 20)
-        try:
-            for server in servers.values():
-                server.start()
-            for _ in range(repeat):
+        for turn in range(repeat):  # a fresh pair of servers each run: no process's luck counts twice
+            servers = {
+                "off": ServerProcess(target, [], env_kwargs=kwargs),
+                "on": ServerProcess(target, flags, env_kwargs=kwargs),
+            }
+            order = list(servers.items()) if turn % 2 == 0 else list(servers.items())[::-1]
+            try:
+                for server in servers.values():
+                    server.start()
                 for transport in ("shm", "tcp"):
-                    for state, server in servers.items():
+                    for state, server in order:
                         p50 = step_p50_us(server.address, transport, action, count)
                         runs.setdefault((payload, transport, state), []).append(p50)
-        finally:
-            for server in servers.values():
-                server.stop()
-    print(f"\n{feature}: step p50 (µs), median of {repeat} interleaved runs ({steps} small steps, a tenth for camera)")
+            finally:
+                for server in servers.values():
+                    server.stop()
+    print(
+        f"\n{feature}: step p50 (µs), median of {repeat} runs, each on a fresh pair of servers "
+        f"({steps} small steps, a tenth for camera)"
+    )
     print(f"| payload | transport | {feature} off | {feature} on | on / off |")
     print("|---|---|---:|---:|---:|")
     for payload in payloads:

@@ -258,13 +258,18 @@ native_put: Callable[..., bool] | None = None
 #: doorbell, then unpack the FAST envelope it announced in C (native/fastenv_fastpath.c); None when
 #: :mod:`fastenv._layout` cannot be used. Callers use it with native doorbells only.
 native_take: Callable[..., Any] | None = None
+#: ``pack(program, buffer, offset, value, views, copy_strided) -> bool``: the C packer's
+#: :meth:`Layout.pack_into` without the method call, for callers on a hot path that hold
+#: :attr:`Layout.program` (False: the value does not fit the layout); None without the C packer.
+native_pack: Callable[..., bool] | None = None
 
 
 def _apply(selected: _switch.Backend) -> None:
     """Rebind the C packer and fast path to ``selected`` (a :func:`fastenv.native.bind` listener)."""
-    global _native_layout, native_put, native_take
+    global _native_layout, native_put, native_take, native_pack
     compiled = _switch.part(_switch.LAYOUT_MODULE).module
     _native_layout = selected.layout
+    native_pack = None if _native_layout is None else _native_layout.pack
     native_put = None if compiled is None else compiled.put
     native_take = None if compiled is None else compiled.take
 

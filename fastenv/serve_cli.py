@@ -11,8 +11,8 @@ from typing import Any
 
 from fastenv.codec import Limits
 from fastenv.recording.recorder import DEFAULT_MAX_RECORDS
-from fastenv.server import ATTACH_GRACE_S, DEFAULT_MAX_PENDING, DEFAULT_MAX_SESSIONS
 from fastenv.server_process import READY_LINE
+from fastenv.session.config import ATTACH_GRACE_S, DEFAULT_MAX_PENDING, DEFAULT_MAX_SESSIONS
 from fastenv.session.envthread import ENV_THREADS
 from fastenv.shm.plane import DEFAULT_SHAPE
 

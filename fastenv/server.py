@@ -68,7 +68,13 @@ from fastenv.errors import FastEnvError, ServerConfigError
 from fastenv.observe import TransitionPublisher
 from fastenv.metrics import MetricsEndpoint, ServerCollector, ServerMetrics
 from fastenv.recording.recorder import DEFAULT_MAX_RECORDS
-from fastenv.session.config import ServerConfig
+from fastenv.session.config import (
+    ATTACH_GRACE_S,
+    DEFAULT_MAX_PENDING,
+    DEFAULT_MAX_SESSIONS,
+    ServerConfig,
+    check_settings,
+)
 from fastenv.session.dispatch import Dispatcher, close_quietly
 from fastenv.session.envthread import EnvThreads
 from fastenv.session.handlers import ControlHandlers
@@ -84,10 +90,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fastenv.server")
 
-MODES = ("shared", "per-client")
-ATTACH_GRACE_S = 10.0  # a session that leaves its shared-memory offer unanswered is ended after this long
-DEFAULT_MAX_SESSIONS = 256
-DEFAULT_MAX_PENDING = 64
 
 
 class EnvServer:
@@ -206,7 +208,7 @@ class EnvServer:
 
             self.autoreset_mode = check_vector_options(num_envs, workers, autoreset_mode)
         mode = mode or ("shared" if env is not None else "per-client")
-        _check_settings(mode, factory, heartbeat_interval, max_sessions, max_pending, attach_grace, shm_slots)
+        check_settings(mode, factory is not None, heartbeat_interval, max_sessions, max_pending, attach_grace, shm_slots)
         self.auth: AuthConfig | None = server_auth(auth)
         if allow_trusted and self.auth is None:
             raise ServerConfigError(
@@ -452,27 +454,3 @@ class EnvServer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def _check_settings(
-    mode: str,
-    factory: Callable[[], Any] | None,
-    heartbeat_interval: float,
-    max_sessions: int,
-    max_pending: int,
-    attach_grace: float,
-    shm_slots: int,
-) -> None:
-    """Raise :class:`~fastenv.errors.ServerConfigError` for a setting out of range."""
-    if heartbeat_interval <= 0:
-        raise ServerConfigError("heartbeat_interval must be positive")
-    if mode not in MODES:
-        raise ServerConfigError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
-    if mode == "per-client" and factory is None:
-        raise ServerConfigError("per-client mode needs a factory (each client gets its own env)")
-    if max_sessions < 1 or max_pending < 1:
-        raise ServerConfigError("max_sessions and max_pending must be at least 1")
-    if attach_grace <= 0:
-        raise ServerConfigError("attach_grace must be positive")
-    if shm_slots < 2:
-        raise ServerConfigError("shm_slots must be at least 2")

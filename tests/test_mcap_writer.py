@@ -93,3 +93,27 @@ def test_a_message_index_points_at_each_message_of_its_chunk() -> None:
                 assert (opcode, channel, stamp) == (0x05, record.channel_id, log_time)
                 seen += 1
     assert seen == 60
+
+
+@pytest.mark.parametrize("chunk_size", [700, 1 << 20], ids=["split-across-chunks", "one-chunk"])
+def test_a_block_of_fixed_size_messages_reads_back_like_single_ones(chunk_size: int) -> None:
+    stream = io.BytesIO()
+    writer = McapWriter(stream, profile="fastenv", library="test", chunk_size=chunk_size)
+    writer.start()
+    single = writer.add_channel("/fastenv/reset", "fastenv.codec", 0, {})
+    block = writer.add_channel("/fastenv/step", "fastenv.layout", 0, {})
+    writer.add_message(single, 1, 10, b"reset")
+    payloads = [bytearray([number]) * 24 for number in range(50)]
+    writer.add_messages(block, list(range(2, 32)), list(range(11, 41)), payloads[:30], 24)
+    writer.add_messages(block, list(range(32, 52)), list(range(41, 61)), payloads[30:], 24)
+    writer.add_messages(block, [], [], [], 24)  # nothing to write
+    writer.add_message(single, 2**32 + 5, 90, b"again")  # sequences wrap to u32 as MCAP has them
+    writer.finish()
+
+    reader = make_reader(io.BytesIO(stream.getvalue()))
+    read = [(channel.topic, message.sequence, message.log_time, message.data) for _, channel, message in reader.iter_messages()]
+    assert read[0] == ("/fastenv/reset", 1, 10, b"reset")
+    assert read[1:51] == [("/fastenv/step", 2 + n, 11 + n, bytes([n]) * 24) for n in range(50)]
+    assert read[51] == ("/fastenv/reset", 5, 90, b"again")
+    assert reader.get_summary().statistics.channel_message_counts == {0: 2, 1: 50}
+    assert len(list(NonSeekingReader(io.BytesIO(stream.getvalue()), validate_crcs=True).iter_messages())) == 52

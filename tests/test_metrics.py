@@ -33,17 +33,19 @@ def test_metrics_count_sessions_calls_errors_and_time(serve, transport: str) -> 
     with fastenv.FastRemoteEnv(server.address, transport=transport, timeout=T) as env:
         for _ in range(3):
             env.reset()
-        for _ in range(20):
+        steps = SAMPLE_EVERY + 4
+        for _ in range(steps):
             env.step(0)
         with pytest.raises(RemoteEnvError):
             env.call("explode", "boom")
         samples = scrape(address)
         assert value(samples, "fastenv_sessions", transport=transport, role="shared") == 1
-        assert value(samples, "fastenv_calls_total", method="step") == 20
+        assert value(samples, "fastenv_calls_total", method="step") == steps
         assert value(samples, "fastenv_calls_total", method="reset") == 3
         assert value(samples, "fastenv_errors_total", kind="remote") == 1
-        # one call in SAMPLE_EVERY is timed: of these 24 calls (3 resets, 20 steps, 1 error), the 16th, a step
-        assert value(samples, "fastenv_env_seconds_count", method="step") == 24 // SAMPLE_EVERY == 1
+        # one call of a method in SAMPLE_EVERY is timed: the steps' SAMPLE_EVERY-th, and no reset yet
+        assert value(samples, "fastenv_env_seconds_count", method="step") == steps // SAMPLE_EVERY == 1
+        assert value(samples, "fastenv_env_seconds_count", method="reset") == 0
         assert value(samples, "fastenv_overhead_seconds_count", method="step", transport=transport) == 1
         assert value(samples, "fastenv_env_seconds_sum", method="step") > 0
         top = subprocess.run(

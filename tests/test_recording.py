@@ -156,10 +156,10 @@ def test_env_errors_are_recorded_and_replayed(serve: Any, tmp_path: Path, test_e
     assert done.returncode == 0, done.stderr
 
 
-def _serve_recording_to(target: str) -> EnvServer:
+def _serve_recording_to(target: str, **options: Any) -> EnvServer:
     import gymnasium
 
-    return EnvServer(factory=lambda: gymnasium.make("CartPole-v1"), record=target)
+    return EnvServer(factory=lambda: gymnasium.make("CartPole-v1"), record=target, **options)
 
 
 def _step_many(server: EnvServer, steps: int) -> None:
@@ -176,12 +176,11 @@ def test_a_pipe_nobody_reads_never_stalls_the_session(tmp_path: Path) -> None:
     os.mkfifo(fifo)
     reader_fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # opened, never read: the pipe fills
     try:
-        server = _serve_recording_to(str(fifo))
+        server = _serve_recording_to(str(fifo), record_queue=64)  # a small queue fills fast
         with server:
             server.start()
             recorder = server._dispatcher.recorder
             assert recorder is not None
-            recorder._max_records = 64  # a small queue fills fast
             _step_many(server, 3000)
             assert recorder.dropped > 0
             recorder.close(timeout=0.5)

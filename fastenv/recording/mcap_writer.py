@@ -18,12 +18,15 @@ is written, so readers that validate them accept the file.
 
 from __future__ import annotations
 
+import functools
 import struct
 import sys
 import zlib
 from array import array
 from collections.abc import Callable, Mapping
 from typing import BinaryIO
+
+import numpy as np
 
 MAGIC = b"\x89MCAP0\r\n"
 
@@ -52,6 +55,22 @@ def _string_map(values: Mapping[str, str]) -> bytes:
 
 def _record(opcode: int, content: bytes) -> bytes:
     return _RECORD_HEAD.pack(opcode, len(content)) + content
+
+
+@functools.lru_cache(maxsize=64)
+def _message_dtype(size: int) -> np.dtype:
+    """A message record with a ``size``-byte payload, as a packed numpy record (the MCAP layout, little-endian)."""
+    return np.dtype(
+        [
+            ("opcode", "u1"),
+            ("length", "<u8"),
+            ("channel", "<u2"),
+            ("sequence", "<u4"),
+            ("log_time", "<u8"),
+            ("publish_time", "<u8"),
+            ("data", f"V{size}"),
+        ]
+    )
 
 
 def _lz4_compressor() -> Callable[[bytes], bytes] | None:
@@ -135,16 +154,55 @@ class McapWriter:
         return channel_id
 
     def add_message(self, channel_id: int, sequence: int, log_time: int, data: bytes | bytearray | memoryview) -> None:
-        """Append one message (its publish time is its log time) to the open chunk."""
+        """Append one message (its publish time is its log time; its sequence wraps at 2**32) to the open chunk."""
         chunk = self._chunk
         offset = len(chunk)
-        chunk += _MESSAGE_HEAD.pack(OP_MESSAGE, _MESSAGE_FIXED + len(data), channel_id, sequence, log_time, log_time)
+        head = _MESSAGE_HEAD.pack(
+            OP_MESSAGE, _MESSAGE_FIXED + len(data), channel_id, sequence & 0xFFFFFFFF, log_time, log_time
+        )
+        chunk += head
         chunk += data
         self._chunk_entries.extend((channel_id, log_time, offset))
         self._counts[channel_id] += 1
         if self._chunk_start is None:
             self._chunk_start = log_time
         self._chunk_end = log_time
+        if len(chunk) >= self._chunk_size:
+            self.flush_chunk()
+
+    def add_messages(
+        self, channel_id: int, sequences: list[int], log_times: list[int], payloads: list[bytearray], size: int
+    ) -> None:
+        """Append messages of ``size`` bytes each on one channel, with a few numpy operations for all of them.
+
+        The records are built as one structured array (header fields as
+        columns, payloads as one fixed-size field), so the Python cost per
+        message is what the caller spends collecting the lists.
+        """
+        count = len(payloads)
+        if not count:
+            return
+        chunk = self._chunk
+        start = len(chunk)
+        block = np.empty(count, _message_dtype(size))
+        block["opcode"] = OP_MESSAGE
+        block["length"] = _MESSAGE_FIXED + size
+        block["channel"] = channel_id
+        block["sequence"] = np.asarray(sequences, np.uint64) & 0xFFFFFFFF
+        times = np.asarray(log_times, np.uint64)
+        block["log_time"] = times
+        block["publish_time"] = times
+        block["data"] = np.frombuffer(b"".join(payloads), dtype=block.dtype["data"])
+        chunk += block.tobytes()
+        entries = np.empty((count, 3), np.uint64)
+        entries[:, 0] = channel_id
+        entries[:, 1] = times
+        entries[:, 2] = start + np.arange(count, dtype=np.uint64) * block.dtype.itemsize
+        self._chunk_entries.frombytes(entries.tobytes())  # native order, as add_message appends
+        self._counts[channel_id] += count
+        first, last = int(times.min()), int(times.max())
+        self._chunk_start = first if self._chunk_start is None else min(self._chunk_start, first)
+        self._chunk_end = max(self._chunk_end, last)
         if len(chunk) >= self._chunk_size:
             self.flush_chunk()
 

@@ -30,7 +30,8 @@ import numpy as np
 from fastenv import envinfo
 from fastenv._version import __version__
 from fastenv.errors import FastEnvError, ServerConfigError
-from fastenv.layout import Layout, LayoutMismatch, infer_spec
+from fastenv import layout as layout_module
+from fastenv.layout import Layout, LayoutMismatch, copy_strided, infer_spec
 from fastenv.recording import format as fmt
 from fastenv.recording.mcap_writer import McapWriter
 
@@ -41,6 +42,7 @@ DEFAULT_MAX_BYTES = 256 << 20  # bytes of record buffers in use before calls are
 MAX_LAYOUTS_PER_METHOD = 32  # past this many structures of one method's calls, the codec encodes them
 CHUNK_BYTES = 256 << 10  # MCAP chunk size: what a crash or a failing disk can lose
 WRITER_POLL_S = 0.0005  # how long the writer sleeps when the queue is empty
+WRITE_BATCH = 1024  # most records the writer takes from the queue at once
 _time_ns = time.time_ns
 
 
@@ -93,7 +95,7 @@ class Recorder:
         self.recorded = 0
         self.dropped = 0
         self.failure: str | None = None
-        self._max_records = max_records
+        self._room = max_records  # records the queue may hold before calls are dropped (0 once the writer failed)
         self._max_bytes = max_bytes
         self._allocated = 0
         self._lock = threading.Lock()  # the slow path: new channels and buffers
@@ -127,7 +129,8 @@ class Recorder:
     def record(self, session: Any, name: str, args: tuple, kwargs: dict, result: Any, fallback: bool = False) -> None:
         """Queue one call that returned ``result`` (never blocks; a full queue drops it)."""
         seq = next(self._seq)
-        if self.failure is not None or len(self._queue) >= self._max_records:
+        queue = self._queue
+        if len(queue) >= self._room:
             self.dropped += 1
             return
         channel = self._channels.get((session.session_id, name, fallback))
@@ -137,19 +140,21 @@ class Recorder:
             if record is None:
                 self.dropped += 1
                 return
-            try:
-                channel.layout.pack_into(record[0], 0, (args, kwargs, result), record[1])
-            except LayoutMismatch:
-                free.append(record)
+            program = channel.layout.program
+            if program is not None:  # the C packer, called directly: this runs on every step
+                packed = layout_module.native_pack(program, record[0], 0, (args, kwargs, result), record[1], copy_strided)
             else:
-                self._queue.append((channel, record, seq, _time_ns()))
+                packed = _pack_in_python(channel.layout, record, (args, kwargs, result))
+            if packed:
+                queue.append((channel, record, seq, _time_ns()))
                 return
+            free.append(record)
         self._record_slow(session, name, args, kwargs, result, fallback, seq)
 
     def record_error(self, session: Any, name: str, args: tuple, kwargs: dict, error: dict, fallback: bool = False) -> None:
         """Queue one call the env raised from (``error``: the error body sent to the client)."""
         seq = next(self._seq)
-        if self.failure is not None or len(self._queue) >= self._max_records:
+        if len(self._queue) >= self._room:
             self.dropped += 1
             return
         with self._lock:
@@ -253,14 +258,13 @@ class Recorder:
             self._image_schema: int | None = None
             self._schemas: dict[int, int] = {}
             while True:
-                try:
-                    item = queue.popleft()
-                except IndexError:
+                if not queue:
                     if self._stop.is_set():
                         break
                     time.sleep(WRITER_POLL_S)
                     continue
-                self._write(item)
+                popleft = queue.popleft
+                self._write_batch([popleft() for _ in range(min(len(queue), WRITE_BATCH))])
             self._writer.add_metadata(
                 fmt.SUMMARY_METADATA, {"recorded": str(self.recorded), "dropped": str(self.dropped + len(queue))}
             )
@@ -273,6 +277,7 @@ class Recorder:
             self._fail(f"{type(exc).__name__}: {exc}")
 
     def _fail(self, reason: str) -> None:
+        self._room = 0  # every later call is dropped
         self.failure = reason
         self.dropped += len(self._queue)
         self._queue.clear()
@@ -282,6 +287,48 @@ class Recorder:
         except OSError:
             pass
 
+    def _write_batch(self, batch: list[tuple]) -> None:
+        """Write queued records: each run of one channel's packed calls (without images) at once, the rest one by one."""
+        run: _Channel | None = None
+        records: list[tuple[bytearray, list[np.ndarray]]] = []
+        sequences: list[int] = []
+        stamps: list[int] = []
+        for item in batch:
+            channel = item[0]
+            if channel is not run:
+                if run is not None:
+                    self._write_run(run, records, sequences, stamps)
+                    records, sequences, stamps = [], [], []
+                if channel == "description" or channel.layout is None or channel.images:
+                    run = None
+                    self._write(item)
+                    continue
+                run = channel
+            records.append(item[1])
+            sequences.append(item[2])
+            stamps.append(item[3])
+        if run is not None:
+            self._write_run(run, records, sequences, stamps)
+
+    def _write_run(
+        self, channel: _Channel, records: list[tuple[bytearray, list[np.ndarray]]], sequences: list[int], stamps: list[int]
+    ) -> None:
+        """Write consecutive packed calls of ``channel`` as one block of messages, then recycle their buffers."""
+        if channel.mcap_id is None:
+            self._register(channel)
+        assert channel.layout is not None
+        try:
+            self._writer.add_messages(
+                channel.mcap_id, sequences, stamps, [buffer for buffer, _ in records], max(channel.layout.size, 1)
+            )
+        finally:
+            if channel.retired:
+                with self._lock:
+                    self._allocated -= sum(len(buffer) for buffer, _ in records)
+            else:
+                channel.free.extend(records)
+        self.recorded += len(records)
+
     def _write(self, item: tuple) -> None:
         if item[0] == "description":
             _, session_id, data = item
@@ -290,16 +337,15 @@ class Recorder:
         channel, payload, seq, stamp = item
         if channel.mcap_id is None:
             self._register(channel)
-        sequence = seq & 0xFFFFFFFF
         if channel.layout is None:
-            self._writer.add_message(channel.mcap_id, sequence, stamp, payload)
+            self._writer.add_message(channel.mcap_id, seq, stamp, payload)
         else:
             buffer, views = payload
             try:
-                self._writer.add_message(channel.mcap_id, sequence, stamp, buffer)
+                self._writer.add_message(channel.mcap_id, seq, stamp, buffer)
                 for (index, path, encoding), image_id in zip(channel.images, channel.image_ids):
                     frame = fmt.image_message(views[index], encoding, stamp, path)
-                    self._writer.add_message(image_id, sequence, stamp, frame)
+                    self._writer.add_message(image_id, seq, stamp, frame)
             finally:
                 if channel.retired:
                     with self._lock:
@@ -356,6 +402,15 @@ class Recorder:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _pack_in_python(layout: Layout, record: tuple[bytearray, list[np.ndarray]], value: Any) -> bool:
+    """``value`` packed into ``record`` by the pure-Python packer; False when it does not fit the layout."""
+    try:
+        layout.pack_into(record[0], 0, value, record[1])
+    except LayoutMismatch:
+        return False
+    return True
 
 
 def _image_arrays(layout: Layout, method: str) -> list[tuple[int, str, str]]:
