@@ -156,11 +156,12 @@ const char fastpath_take_doc[] =
     "Wait (spinning for spin_us, then in FUTEX_WAIT, at most timeout seconds; GIL\n"
     "released) until the doorbell counter at bell differs from seen, then read the\n"
     "envelope header of the region at offset region.  None when the timeout passed.\n"
-    "Otherwise (counter, kind, flags, seq, taken, value): when the envelope is FAST\n"
+    "Otherwise (counter, kind, flags, seq, taken, value, slept): when the envelope is FAST\n"
     "and layouts (a dict) maps its layout id to (program, views, ...), the value is\n"
     "unpacked (copy as in unpack), taken is True, and with consumed >= 0 the\n"
     "envelope's seq is stored (release) in the u32 at consumed; else taken is False\n"
-    "and value None: the caller reads the envelope its own way.\n"
+    "and value None: the caller reads the envelope its own way. slept: whether the\n"
+    "wait outlasted spin_us and blocked in the kernel.\n"
     "With poke (a writable buffer), the wait also ends, returning None, once the\n"
     "u32 at poke_offset in it no longer reads poke_seen: another thread of this\n"
     "process changes it, then wakes the doorbell's sleepers, to get the waiting\n"
@@ -206,6 +207,7 @@ fastpath_take(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nar
         goto fail;
     }
     uint32_t seen = (uint32_t)seen_arg;
+    int slept = 0;
     if (word_load(word) == seen) {
         if (timeout <= 0.0) {
             PyBuffer_Release(&view);
@@ -222,11 +224,12 @@ fastpath_take(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nar
                 goto fail;
             }
             changed = wait_for_ring_or_poke(word, bell_sleepers(word), seen, spin_us, forever, deadline, poke,
-                                            poke_seen);
+                                            poke_seen, &slept);
             PyBuffer_Release(&poke_view);
         }
         else {
-            changed = wait_for_ring(word, bell_sleepers(word), seen, spin_us, forever, deadline);
+            changed = wait_for_ring_or_poke(word, bell_sleepers(word), seen, spin_us, forever, deadline, NULL, 0,
+                                            &slept);
         }
         if (changed <= 0) {
             PyBuffer_Release(&view);
@@ -272,8 +275,9 @@ fastpath_take(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nar
     }
     PyBuffer_Release(&view);
     PyObject *taken = value != NULL ? Py_True : Py_False;
-    return Py_BuildValue("(kiiKON)", (unsigned long)counter, (int)header.kind, (int)header.flags,
-                         (unsigned long long)header.seq, taken, value != NULL ? value : Py_NewRef(Py_None));
+    return Py_BuildValue("(kiiKONO)", (unsigned long)counter, (int)header.kind, (int)header.flags,
+                         (unsigned long long)header.seq, taken, value != NULL ? value : Py_NewRef(Py_None),
+                         slept ? Py_True : Py_False);
 
 fail:
     PyBuffer_Release(&view);

@@ -250,11 +250,12 @@ block_phase(uint32_t *word, uint32_t *sleepers, uint32_t expected, int forever, 
  * forever); spin_us is capped at a second.  Call with the GIL held: it is released while waiting and taken
  * back to run the Python signal handlers between slices (Ctrl-C raises
  * KeyboardInterrupt).  With a poke word (not NULL), it also stops waiting once
- * *poke no longer reads poke_seen.  Returns 1 when the word changed, 0 on timeout or a poke, -1 with
+ * *poke no longer reads poke_seen; *slept (when not NULL) is set to 1 once it
+ * blocks in the kernel (the spin budget ran out).  Returns 1 when the word changed, 0 on timeout or a poke, -1 with
  * a Python exception set.  The caller keeps the buffer holding word alive. */
 static int
 wait_for_ring_or_poke(uint32_t *word, uint32_t *sleepers, uint32_t expected, Py_ssize_t spin_us, int forever,
-                      int64_t deadline, uint32_t *poke, uint32_t poke_seen)
+                      int64_t deadline, uint32_t *poke, uint32_t poke_seen, int *slept)
 {
     if (spin_us > FASTENV_MAX_SPIN_US) {
         spin_us = FASTENV_MAX_SPIN_US;
@@ -269,6 +270,9 @@ wait_for_ring_or_poke(uint32_t *word, uint32_t *sleepers, uint32_t expected, Py_
             status = spin_phase(word, expected, start + (int64_t)spin_us * 1000, forever, deadline, poke, poke_seen);
         }
         else {
+            if (slept != NULL) {
+                *slept = 1;
+            }
             status = block_phase(word, sleepers, expected, forever, deadline, &err, poke, poke_seen);
         }
         Py_END_ALLOW_THREADS
@@ -290,11 +294,11 @@ wait_for_ring_or_poke(uint32_t *word, uint32_t *sleepers, uint32_t expected, Py_
 }
 
 /* wait_for_ring_or_poke without a poke word. */
-static int
+static inline int
 wait_for_ring(uint32_t *word, uint32_t *sleepers, uint32_t expected, Py_ssize_t spin_us, int forever,
               int64_t deadline)
 {
-    return wait_for_ring_or_poke(word, sleepers, expected, spin_us, forever, deadline, NULL, 0);
+    return wait_for_ring_or_poke(word, sleepers, expected, spin_us, forever, deadline, NULL, 0, NULL);
 }
 
 /* Add 1 to the doorbell counter and wake its sleepers, if any.  Returns the new

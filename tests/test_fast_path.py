@@ -84,8 +84,8 @@ def test_put_rings_and_wakes_a_take_asleep_in_the_kernel(buf: Any) -> None:
     assert _put(buf, layout, prepared[LAYOUT_ID][1], value, seq=7)
     waiter.join(WAIT_S)
     assert not waiter.is_alive()
-    counter, kind, flags, seq, taken, result = got[0]
-    assert (counter, kind, flags, seq, taken) == (1, FAST, RESULT, 7, True)
+    counter, kind, flags, seq, taken, result, slept = got[0]
+    assert (counter, kind, flags, seq, taken, slept) == (1, FAST, RESULT, 7, True, True)
     assert_same(result, value)
     assert futex.native_backend.load(buf, CONSUMED) == 7
     assert futex.native_backend.load(buf, BELL + 4) == 0  # nobody asleep any more
@@ -146,10 +146,10 @@ def test_take_leaves_unknown_layouts_and_other_envelopes_to_the_caller(buf: Any)
     value = _step_result()
     layout, prepared = _prepared(buf, value)
     assert _put(buf, layout, prepared[LAYOUT_ID][1], value, seq=4)
-    assert native_take(buf, BELL, 0, 0, WAIT_S, REGION, {}, False, CONSUMED) == (1, FAST, RESULT, 4, False, None)
+    assert native_take(buf, BELL, 0, 0, WAIT_S, REGION, {}, False, CONSUMED) == (1, FAST, RESULT, 4, False, None, False)
     ENVELOPE.pack_into(buf, REGION, CALL, 0, 0, 10, 5)  # a general-codec envelope
     futex.native_backend.ring(buf, BELL, BELL + 4)
-    assert native_take(buf, BELL, 1, 0, WAIT_S, REGION, prepared, False, CONSUMED) == (2, CALL, 0, 5, False, None)
+    assert native_take(buf, BELL, 1, 0, WAIT_S, REGION, prepared, False, CONSUMED) == (2, CALL, 0, 5, False, None, False)
     assert futex.native_backend.load(buf, CONSUMED) == 0  # nothing taken, nothing marked consumed
 
 

@@ -33,6 +33,7 @@ from fastenv.shm.doorbell import Doorbell
 from fastenv.shm.layouts import LayoutReceiver, LayoutSender
 from fastenv.shm.plane import CLIENT_SPIN_US, CONSUMED_WORD, WAIT_SLICE_S, Done, encode_general, make_bell, words
 from fastenv.shm.slots import ReplySlots
+from fastenv.shm.spin import SpinBudget
 
 
 class ShmClientPlane:
@@ -60,6 +61,7 @@ class ShmClientPlane:
         self._alive = alive
         self._copy = copy
         self._spin_us = CLIENT_SPIN_US if spin_us is None else spin_us
+        self._spin = SpinBudget(self._spin_us)  # the fast path's budget, adapted to how long replies take
         self._seq = 0
         self._arenas: list[Arena] = []
         self._sender = LayoutSender()
@@ -128,16 +130,22 @@ class ShmClientPlane:
         remaining = WAIT_SLICE_S if deadline is None else min(WAIT_SLICE_S, deadline - time.monotonic())
         if remaining > 0:
             slot = seq % len(self._slot_offsets)
+            spin = self._spin
             try:
                 got = native_take(
-                    self.arena.buf, REPLY_BELL, seen, self._spin_us, remaining,
+                    self.arena.buf, REPLY_BELL, seen, spin.now, remaining,
                     self._slot_offsets[slot], self._slot_layouts[slot], self._copy or slot == self._slots.bounce, -1,
                 )
             except BaseException:  # interrupted (Ctrl-C) before the reply was read
                 self._unread = (CALL, seq, seen)
                 raise
-            if got is not None and got[4] and got[3] == seq:
-                return got[2] != ERROR, got[5]
+            if got is not None:
+                if got[6] or spin.off:
+                    spin.waited(got[6])
+                elif spin.sleeps:
+                    spin.sleeps = 0
+                if got[4] and got[3] == seq:
+                    return got[2] != ERROR, got[5]
         return self.receive(ticket, deadline, what)
 
     def _read_unread(self, deadline: float | None, what: str) -> None:
@@ -230,10 +238,12 @@ class ShmClientPlane:
         seq, seen = posted
         arena = self.arena
         slot = arena.shape.slot_offset(seq % arena.shape.slots)
+        spin = self._spin
+        started = time.monotonic()
         try:
             while True:
                 # Read the slot only after a ring: the ring publishes a complete reply.
-                current = self._wait(self._reply_bell, seen, deadline, what)
+                current = self._wait(self._reply_bell, seen, deadline, what, spin.now)
                 if current == seen:
                     continue  # a wait slice passed: the peer is alive, keep waiting
                 seen = current
@@ -243,6 +253,7 @@ class ShmClientPlane:
         except BaseException:  # timed out or interrupted: read this reply before the next call
             self._unread = (kind, *posted)
             raise
+        spin.waited((time.monotonic() - started) * 1e6 > spin.budget)  # answered later than a spin would catch
         if self._unread is not None and self._unread[1] == seq:
             self._unread = None  # a call that was left pending is answered now
         if reply_kind == REMAP:
@@ -282,7 +293,7 @@ class ShmClientPlane:
         while words().load(self.arena.buf, CONSUMED_WORD) != last:
             self._wait(None, 0, deadline, what)
 
-    def _wait(self, bell: Doorbell | None, seen: int, deadline: float | None, what: str) -> int:
+    def _wait(self, bell: Doorbell | None, seen: int, deadline: float | None, what: str, spin_us: int | None = None) -> int:
         remaining = WAIT_SLICE_S if deadline is None else min(WAIT_SLICE_S, deadline - time.monotonic())
         if remaining <= 0:
             raise FastEnvTimeout(f"{what} got no reply within the timeout (shared memory)")
@@ -291,7 +302,7 @@ class ShmClientPlane:
             self._alive()
             return seen
         try:
-            return bell.wait(seen, remaining)
+            return bell.wait(seen, remaining, spin_us)
         except FastEnvTimeout:
             self._alive()
             return seen

@@ -105,13 +105,14 @@ class Doorbell:
         """Increment the counter, wake every waiter and return the new value."""
         return self._backend.ring(self._buf, self._offset, self._sleepers)
 
-    def wait(self, seen: int, timeout: float | None = None) -> int:
+    def wait(self, seen: int, timeout: float | None = None, spin_us: int | None = None) -> int:
         """Wait until the counter differs from ``seen`` and return its new value.
 
         Args:
             seen: the last counter value the caller observed.
             timeout: seconds to wait (monotonic clock); ``None`` waits forever,
                 ``0`` only checks.
+            spin_us: this wait's spin before sleeping (None: the doorbell's).
 
         Raises:
             FastEnvTimeout: the counter still equals ``seen`` after ``timeout``.
@@ -122,7 +123,8 @@ class Doorbell:
         current = backend.load(self._buf, self._offset)
         if current != seen:
             return current
-        if not backend.wait(self._buf, self._offset, seen, timeout, self._spin_us, self._sleepers):
+        spin = self._spin_us if spin_us is None else spin_us
+        if not backend.wait(self._buf, self._offset, seen, timeout, spin, self._sleepers):
             raise FastEnvTimeout(
                 f"doorbell at offset {self._offset}: not rung within {timeout} s "
                 f"(counter still {seen})"
