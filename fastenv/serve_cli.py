@@ -17,7 +17,8 @@ from fastenv.session.envthread import ENV_THREADS
 from fastenv.shm.plane import DEFAULT_SHAPE
 
 
-def _json_object(text: str) -> dict[str, Any]:
+def json_object(text: str) -> dict[str, Any]:
+    """An argparse type: ``text`` as a JSON object (``--env-kwargs``)."""
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -67,7 +68,7 @@ def add_server_options(serve: argparse.ArgumentParser | argparse._ArgumentGroup)
         default="shared",
         help="shared: all clients drive one env (default); per-client: each client gets its own",
     )
-    serve.add_argument("--env-kwargs", type=_json_object, default={}, help="JSON object passed to the env factory")
+    serve.add_argument("--env-kwargs", type=json_object, default={}, help="JSON object passed to the env factory")
     serve.add_argument(
         "--insecure",
         action="store_true",

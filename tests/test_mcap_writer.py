@@ -117,3 +117,29 @@ def test_a_block_of_fixed_size_messages_reads_back_like_single_ones(chunk_size: 
     assert read[51] == ("/fastenv/reset", 5, 90, b"again")
     assert reader.get_summary().statistics.channel_message_counts == {0: 2, 1: 50}
     assert len(list(NonSeekingReader(io.BytesIO(stream.getvalue()), validate_crcs=True).iter_messages())) == 52
+
+
+def test_a_large_message_is_a_chunk_of_its_own_written_from_its_pieces() -> None:
+    stream = io.BytesIO()
+    writer = McapWriter(stream, profile="fastenv", library="test")
+    writer.start()
+    camera = writer.add_channel("/fastenv/step/result/image", "cdr", 0, {})
+    step = writer.add_channel("/fastenv/step", "fastenv.layout", 0, {})
+    frame = bytearray(range(256)) * 1024  # 256 KB
+    writer.add_message(step, 1, 100, b"before")
+    writer.add_large_message(camera, 1, 100, [b"header", memoryview(frame)])
+    writer.add_message(step, 2, 200, b"after")
+    writer.finish()
+
+    data = stream.getvalue()
+    reader = make_reader(io.BytesIO(data))
+    read = [(channel.topic, message.sequence, message.data) for _, channel, message in reader.iter_messages()]
+    assert read == [
+        ("/fastenv/step", 1, b"before"),
+        ("/fastenv/step/result/image", 1, b"header" + bytes(frame)),
+        ("/fastenv/step", 2, b"after"),
+    ]
+    summary = reader.get_summary()
+    assert summary.statistics.chunk_count == 3 and summary.statistics.channel_message_counts == {0: 1, 1: 2}
+    assert [index.compression for index in summary.chunk_indexes] == ["lz4", "", "lz4"]
+    assert len(list(NonSeekingReader(io.BytesIO(data), validate_crcs=True).iter_messages())) == 3

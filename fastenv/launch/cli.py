@@ -3,23 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import signal
 import sys
-from typing import Any, NoReturn
+from typing import NoReturn
 
+from fastenv.serve_cli import json_object
 from fastenv.server_process import READY_LINE
-
-
-def _json_object(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from exc
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("must be a JSON object, e.g. '{\"height\": 84}'")
-    return value
 
 
 def _assignment(text: str) -> tuple[str, str]:
@@ -47,7 +37,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--cwd", help="remote working directory")
     parser.add_argument("--port", type=int, default=0, help="remote control port (default: a free one)")
     parser.add_argument("--data-port", type=int, default=0, help="remote data-stream port (default: a free one)")
-    parser.add_argument("--env-kwargs", type=_json_object, default=None, help="JSON object passed to the env factory")
+    parser.add_argument("--env-kwargs", type=json_object, default=None, help="JSON object passed to the env factory")
     parser.add_argument(
         "--env", type=_assignment, action="append", default=[], metavar="NAME=VALUE", help="remote environment variable"
     )

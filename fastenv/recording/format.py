@@ -145,6 +145,11 @@ def _cdr_string(text: str, parts: list[bytes], offset: int) -> int:
 
 def image_message(frame: np.ndarray, encoding: str, stamp_ns: int, frame_id: str) -> bytes:
     """One ``sensor_msgs/msg/Image`` in little-endian CDR (what ROS 2 and Foxglove read)."""
+    return b"".join(image_message_parts(frame, encoding, stamp_ns, frame_id))
+
+
+def image_message_parts(frame: np.ndarray, encoding: str, stamp_ns: int, frame_id: str) -> list[Any]:
+    """:func:`image_message` in pieces, the pixels last and not copied (a C-contiguous frame is viewed)."""
     height, width = frame.shape[0], frame.shape[1]
     pixels = np.ascontiguousarray(frame)
     row_bytes = pixels.nbytes // height if height else 0
@@ -158,4 +163,4 @@ def image_message(frame: np.ndarray, encoding: str, stamp_ns: int, frame_id: str
     offset += 1
     parts.append(b"\0" * (-offset % 4) + struct.pack("<II", row_bytes, pixels.nbytes))
     parts.append(pixels.data.cast("B"))
-    return b"".join(parts)
+    return parts

@@ -12,23 +12,26 @@ The file it writes has the layout readers expect: a header, then chunks
 (schemas, channels and messages; LZ4-compressed when ``lz4`` is installed),
 each followed by its message indexes, with attachments and metadata between
 chunks; then the summary section (schemas, channels, statistics, chunk,
-attachment and metadata indexes), summary offsets and the footer. Every CRC
-is written, so readers that validate them accept the file.
+attachment and metadata indexes), summary offsets and the footer. Compressed
+chunks and attachments carry their CRCs, and the summary its own; a message
+written as a chunk of its own (:meth:`McapWriter.add_large_message`) and the
+data section as a whole do not (0, as MCAP allows: readers skip the check),
+since those CRCs would read every byte of every camera frame once more.
 """
 
 from __future__ import annotations
 
 import functools
 import struct
-import sys
 import zlib
 from array import array
-from collections.abc import Callable, Mapping
-from typing import BinaryIO
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, BinaryIO
 
 import numpy as np
 
 MAGIC = b"\x89MCAP0\r\n"
+NO_CRC = 0  # what MCAP writes where a CRC was not computed
 
 OP_HEADER, OP_FOOTER, OP_SCHEMA, OP_CHANNEL, OP_MESSAGE = 0x01, 0x02, 0x03, 0x04, 0x05
 OP_CHUNK, OP_MESSAGE_INDEX, OP_CHUNK_INDEX, OP_ATTACHMENT, OP_ATTACHMENT_INDEX = 0x06, 0x07, 0x08, 0x09, 0x0A
@@ -40,7 +43,6 @@ _MESSAGE_FIXED = _MESSAGE_HEAD.size - _RECORD_HEAD.size
 _U16, _U32, _U64 = struct.Struct("<H"), struct.Struct("<I"), struct.Struct("<Q")
 _INDEX_ENTRY = struct.Struct("<HQ")  # channel id, offset (a chunk index's message index offsets)
 _COUNT_ENTRY = struct.Struct("<HQ")  # channel id, message count (statistics)
-_BIG_ENDIAN = sys.byteorder == "big"
 
 
 def _string(text: str) -> bytes:
@@ -103,7 +105,6 @@ class McapWriter:
         self._chunk_size = chunk_size
         self._compress = _lz4_compressor() if compress else None
         self._position = 0
-        self._data_crc = 0
         self._schemas: list[bytes] = []  # record contents, for the summary
         self._channels: list[bytes] = []
         self._chunk_indexes: list[bytes] = []
@@ -229,41 +230,74 @@ class McapWriter:
         self._write(_record(OP_METADATA, _string(name) + _string_map(values)))
         self._metadata_indexes.append(_U64.pack(offset) + _U64.pack(self._position - offset) + _string(name))
 
+    def add_large_message(
+        self, channel_id: int, sequence: int, log_time: int, parts: Sequence[bytes | bytearray | memoryview]
+    ) -> None:
+        """Write one message as a chunk of its own, uncompressed, from ``parts`` (its payload, in pieces).
+
+        For payloads of many kilobytes (camera frames): the pieces go to the
+        file as they are, so the writer makes no copy and holds the GIL for
+        none (the CRC and the write release it), where appending to the open
+        chunk would copy the payload twice with the GIL held and LZ4 would
+        spend a core on pixels it barely shrinks.
+        """
+        self.flush_chunk()  # messages stay in the order they were added
+        views = [memoryview(part).cast("B") for part in parts]
+        size = sum(view.nbytes for view in views)
+        head = _MESSAGE_HEAD.pack(OP_MESSAGE, _MESSAGE_FIXED + size, channel_id, sequence & 0xFFFFFFFF, log_time, log_time)
+        self._counts[channel_id] += 1
+        entries = array("Q", (channel_id, log_time, 0))
+        self._write_chunk([head, *views], len(head) + size, NO_CRC, "", entries, log_time, log_time)
+
     def flush_chunk(self) -> None:
         """Write the open chunk and its message indexes (nothing when it is empty)."""
-        records = bytes(self._chunk)
+        records = self._chunk
         if not records:
             return
-        entries = self._chunk_entries
-        start_time = self._chunk_start if self._chunk_start is not None else 0
-        end_time = self._chunk_end
-        compressed, compression = records, ""
+        data, compression = records, ""
         if self._compress is not None:
-            compressed, compression = self._compress(records), "lz4"
+            data, compression = self._compress(records), "lz4"
+        start_time = self._chunk_start if self._chunk_start is not None else 0
+        self._write_chunk([data], len(records), zlib.crc32(records), compression, self._chunk_entries, start_time, self._chunk_end)
+        self._chunk = bytearray()
+        self._chunk_entries = array("Q")
+        self._chunk_start = None
+
+    def _write_chunk(
+        self,
+        data: list[Any],
+        uncompressed_size: int,
+        crc: int,
+        compression: str,
+        entries: array,
+        start_time: int,
+        end_time: int,
+    ) -> None:
+        """Write a chunk record holding ``data`` (its records, compressed or not, in pieces), then its message indexes.
+
+        ``entries``: ``(channel id, log time, offset in the uncompressed records)`` per message.
+        """
+        data_size = sum(memoryview(piece).nbytes for piece in data)
         content = (
             _U64.pack(start_time)
             + _U64.pack(end_time)
-            + _U64.pack(len(records))
-            + _U32.pack(zlib.crc32(records))
+            + _U64.pack(uncompressed_size)
+            + _U32.pack(crc)
             + _string(compression)
-            + _U64.pack(len(compressed))
+            + _U64.pack(data_size)
         )
         chunk_offset = self._position
-        self._write(_RECORD_HEAD.pack(OP_CHUNK, len(content) + len(compressed)) + content)
-        self._write(compressed)
+        self._write(_RECORD_HEAD.pack(OP_CHUNK, len(content) + data_size) + content)
+        for piece in data:
+            self._write(piece)
         chunk_length = self._position - chunk_offset
         index_offsets = bytearray()
         index_start = self._position
-        by_channel: dict[int, list[int]] = {}
-        for i in range(0, len(entries), 3):
-            by_channel.setdefault(entries[i], []).extend((entries[i + 1], entries[i + 2]))
-        for channel_id, pairs in by_channel.items():
+        table = np.frombuffer(entries, np.uint64).reshape(-1, 3)
+        for channel_id in dict.fromkeys(table[:, 0].tolist()):  # channels in order of first message
+            pairs = table[table[:, 0] == channel_id, 1:].astype("<u8").tobytes()
             index_offsets += _INDEX_ENTRY.pack(channel_id, self._position)
-            pairs_array = array("Q", pairs)
-            if _BIG_ENDIAN:
-                pairs_array.byteswap()
-            pairs_bytes = pairs_array.tobytes()
-            self._write(_record(OP_MESSAGE_INDEX, _U16.pack(channel_id) + _U32.pack(len(pairs_bytes)) + pairs_bytes))
+            self._write(_record(OP_MESSAGE_INDEX, _U16.pack(channel_id) + _U32.pack(len(pairs)) + pairs))
         self._chunk_indexes.append(
             _U64.pack(start_time)
             + _U64.pack(end_time)
@@ -273,23 +307,20 @@ class McapWriter:
             + bytes(index_offsets)
             + _U64.pack(self._position - index_start)
             + _string(compression)
-            + _U64.pack(len(compressed))
-            + _U64.pack(len(records))
+            + _U64.pack(data_size)
+            + _U64.pack(uncompressed_size)
         )
-        if entries:
-            self._message_count += len(entries) // 3
+        if len(table):
+            self._message_count += len(table)
             self._start_time = start_time if self._start_time is None else min(self._start_time, start_time)
             self._end_time = max(self._end_time, end_time)
-        self._chunk = bytearray()
-        self._chunk_entries = array("Q")
-        self._chunk_start = None
 
     # ------------------------------------------------------------------ summary
 
     def finish(self) -> None:
         """Write the last chunk, the data end, the summary, the footer and the closing magic."""
         self.flush_chunk()
-        self._write(_record(OP_DATA_END, _U32.pack(self._data_crc)))
+        self._write(_record(OP_DATA_END, _U32.pack(NO_CRC)))  # a CRC of the whole file would read every byte again
         summary_start = self._position
         summary_crc = 0
         groups: list[tuple[int, int, int]] = []
@@ -336,7 +367,6 @@ class McapWriter:
         self._write(MAGIC)
         self._stream.flush()
 
-    def _write(self, data: bytes | bytearray) -> None:
+    def _write(self, data: bytes | bytearray | memoryview) -> None:
         self._stream.write(data)
-        self._data_crc = zlib.crc32(data, self._data_crc)  # from the opening magic, as readers check it
         self._position += len(data)

@@ -43,6 +43,10 @@ MAX_LAYOUTS_PER_METHOD = 32  # past this many structures of one method's calls, 
 CHUNK_BYTES = 256 << 10  # MCAP chunk size: what a crash or a failing disk can lose
 WRITER_POLL_S = 0.0005  # how long the writer sleeps when the queue is empty
 WRITE_BATCH = 1024  # most records the writer takes from the queue at once
+LARGE_RECORD_BYTES = 64 << 10  # records from this size on are written as chunks of their own
+WRITER_CPU_SHARE = 0.25  # the writer rests between batches so as to use at most this share of a core
+WRITER_WORK_S = 0.002  # seconds of work between two rests
+_REST_PER_WORK = (1 - WRITER_CPU_SHARE) / WRITER_CPU_SHARE
 _time_ns = time.time_ns
 
 
@@ -257,6 +261,7 @@ class Recorder:
             self._writer.add_metadata(fmt.RECORDING_METADATA, self._header)
             self._image_schema: int | None = None
             self._schemas: dict[int, int] = {}
+            worked = 0.0  # seconds of writing since the writer last rested
             while True:
                 if not queue:
                     if self._stop.is_set():
@@ -264,7 +269,15 @@ class Recorder:
                     time.sleep(WRITER_POLL_S)
                     continue
                 popleft = queue.popleft
+                began = time.perf_counter()
                 self._write_batch([popleft() for _ in range(min(len(queue), WRITE_BATCH))])
+                # At most WRITER_CPU_SHARE of a core: past it the queue fills and calls are dropped,
+                # rather than the writer taking a core the sessions' threads (and their clients) need.
+                # It rests once per WRITER_WORK_S of work, so light loads see no extra wake-ups.
+                worked += time.perf_counter() - began
+                if worked >= WRITER_WORK_S:
+                    time.sleep(worked * _REST_PER_WORK)
+                    worked = 0.0
             self._writer.add_metadata(
                 fmt.SUMMARY_METADATA, {"recorded": str(self.recorded), "dropped": str(self.dropped + len(queue))}
             )
@@ -342,10 +355,13 @@ class Recorder:
         else:
             buffer, views = payload
             try:
-                self._writer.add_message(channel.mcap_id, seq, stamp, buffer)
+                if len(buffer) >= LARGE_RECORD_BYTES:  # written as they are: no copy, no GIL held
+                    self._writer.add_large_message(channel.mcap_id, seq, stamp, [buffer])
+                else:
+                    self._writer.add_message(channel.mcap_id, seq, stamp, buffer)
                 for (index, path, encoding), image_id in zip(channel.images, channel.image_ids):
-                    frame = fmt.image_message(views[index], encoding, stamp, path)
-                    self._writer.add_message(image_id, seq, stamp, frame)
+                    frame = fmt.image_message_parts(views[index], encoding, stamp, path)
+                    self._writer.add_large_message(image_id, seq, stamp, frame)
             finally:
                 if channel.retired:
                     with self._lock:
