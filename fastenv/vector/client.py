@@ -242,6 +242,10 @@ class FastVectorEnv(AsyncPoolMixin, VectorEnv):
         Returns:
             ``(observations, rewards, terminations, truncations, infos)``.
         """
+        if len(self.remotes) == 1:  # one round trip: the client's synchronous call (one C call each way on shm)
+            self._check_idle("step")
+            observations, rewards, terminations, truncations, infos = self.remotes[0].step(actions)
+            return observations, rewards, terminations, truncations, self._join_infos([infos])
         self.step_async(actions)
         return self.step_wait()
 

@@ -34,6 +34,7 @@ from numbers import Integral
 from typing import Any
 
 import numpy as np
+from gymnasium.spaces import Box
 from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
 
@@ -116,6 +117,8 @@ class VectorHost:
         self._terminations = np.zeros(n, dtype=np.bool_)
         self._truncations = np.zeros(n, dtype=np.bool_)
         self._autoreset = np.zeros(n, dtype=np.bool_)
+        # A Box observation space: the batch is one array whose rows the envs' observations are written to.
+        self._rows = type(self.single_observation_space) is Box and isinstance(self._observations, np.ndarray)
 
     # ------------------------------------------------------------------ env API
 
@@ -171,12 +174,48 @@ class VectorHost:
             with ``infos`` a list of the per-env info dicts.
         """
         self._book.check_idle("step")
+        if self._rows and self.autoreset_mode is AutoresetMode.NEXT_STEP:
+            return self._step_rows(actions)
         infos = [
             self._advance(index, env, action)
             for index, (action, env) in enumerate(zip(iterate(self.action_space, actions), self.envs, strict=True))
         ]
         self._observations = concatenate(self.single_observation_space, self._env_obs, self._observations)
         return self._observations, self._rewards.copy(), self._terminations.copy(), self._truncations.copy(), infos
+
+    def _step_rows(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]:
+        """:meth:`step` for a Box observation space with next-step autoreset: each observation written into its row.
+
+        The same steps and results as the general loop (:meth:`_advance`, then
+        ``concatenate``), with the per-env bookkeeping in Python lists and
+        written to the flag arrays once per batch.
+        """
+        rows = self._observations
+        env_obs = self._env_obs
+        pending = self._autoreset.tolist()
+        rewards: list[Any] = []
+        terminations: list[Any] = []
+        truncations: list[Any] = []
+        infos: list[dict[str, Any]] = []
+        for index, (action, env) in enumerate(zip(iterate(self.action_space, actions), self.envs, strict=True)):
+            if pending[index]:
+                obs, info = env.reset()
+                reward, terminated, truncated = 0.0, False, False
+            else:
+                result = env.step(action)
+                if type(result) is not tuple or len(result) != 5:
+                    step_result(env, result)  # raises the error that says what a step must return
+                obs, reward, terminated, truncated, info = result
+            rows[index] = env_obs[index] = obs
+            rewards.append(reward)
+            terminations.append(terminated)
+            truncations.append(truncated)
+            infos.append(info)
+        self._rewards[:] = rewards
+        self._terminations[:] = terminations
+        self._truncations[:] = truncations
+        np.logical_or(self._terminations, self._truncations, out=self._autoreset)
+        return rows, self._rewards.copy(), self._terminations.copy(), self._truncations.copy(), infos
 
     def _advance(self, index: int, env: Any, action: Any) -> dict[str, Any]:
         """Step (or autoreset) env ``index``: its observation into ``_env_obs``, reward and flags set; its info."""
