@@ -181,7 +181,8 @@ class EnvsAxis(Axis):
         )
         peers = (
             "sb3-subproc = Stable-Baselines3 SubprocVecEnv (one process per env); puffer-mp = PufferLib "
-            "Multiprocessing vectorizer, synchronous, one worker per usable CPU (dividing N); each where it imports"
+            "Multiprocessing vectorizer, synchronous, one worker per usable CPU but one (dividing N; its "
+            "processes busy-wait for each other); each where it imports"
         )
         return [fastenv, gym, peers]
 

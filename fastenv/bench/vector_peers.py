@@ -121,10 +121,16 @@ def puffer_env(*args: Any, buf: Any = None, seed: int = 0, target: str, **env_kw
 
 
 def _divisor_workers(num_envs: int) -> int:
-    """The most workers, at most one per usable CPU, that divide ``num_envs`` (PufferLib requires it)."""
+    """The most workers that divide ``num_envs`` (PufferLib requires it), one per usable CPU but the caller's.
+
+    PufferLib's workers and its main process busy-wait for each other: a
+    worker on every CPU leaves the main process none, and each batch then
+    waits for the scheduler (about 8 ms a batch on 2 CPUs, whatever the env).
+    """
     from fastenv.vector.worker_sizing import usable_cpus
 
-    return max(w for w in range(1, min(num_envs, usable_cpus()) + 1) if num_envs % w == 0)
+    most = max(1, min(num_envs, usable_cpus() - 1))
+    return max(w for w in range(1, most + 1) if num_envs % w == 0)
 
 
 class PufferVector:
@@ -134,8 +140,8 @@ class PufferVector:
         batch_size: envs per ``recv`` (None: all of them, a synchronous step;
             fewer: the first workers done, PufferLib's async mode, where
             :meth:`step` takes that many rows of actions).
-        num_workers: worker processes (None: the most, at most one per usable
-            CPU, that divide ``num_envs``).
+        num_workers: worker processes (None: the most that divide
+            ``num_envs``, at most one per usable CPU but one).
 
     Raises:
         MissingDependency: pufferlib does not import.
