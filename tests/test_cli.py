@@ -95,11 +95,9 @@ def test_demo_runs_and_reports_speed() -> None:
 
 
 def test_data_port_can_be_pinned(serve) -> None:
-    import socket
+    from tests.proxy import free_port
 
-    with socket.socket() as probe:  # find a free port, then let the server take it
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # below the ephemeral range: no outgoing connection takes it before the server does
     server = serve("fastenv.examples:VectorEnv", "--data-port", str(port))
     assert server.wait_for_output(f"data stream on port {port}"), server.output()
     with fastenv.FastRemoteEnv(server.address, transport="tcp") as env:
