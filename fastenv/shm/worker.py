@@ -88,15 +88,11 @@ class ShmServerWorker:
 
     def start(self, host: EnvThread | None = None) -> None:
         """Start serving: on ``host``'s thread when it takes the session (no hop per call), else on a thread of its own."""
-        if host is not None and self._can_be_hosted() and host.host(self):
+        # Hosting needs the C fast path: its take() waits for requests and pokes at once.
+        if host is not None and self._fast and host.host(self):
             self._host = host
             return
         self._thread.start()
-
-    def _can_be_hosted(self) -> bool:
-        """Whether the C fast path is there to wait for requests and pokes at once."""
-        bell = make_bell(self.arena.buf, REQUEST_BELL, self._spin_us)
-        return native_take is not None and bell.backend is futex.native_backend
 
     def peer_gone(self, now: float) -> str | None:
         """Why the session should end: its client's process exited (None while it runs)."""

@@ -23,7 +23,7 @@ from fastenv.errors import (
 )
 from fastenv.vector import batch, calls
 from fastenv.vector.batched import FastBatchedVectorEnv, parse_autoreset_mode
-from fastenv.vector.host import check_reset_mask, per_env_seeds
+from fastenv.vector.arguments import check_reset_mask, per_env_seeds
 from fastenv.vector.infos import merge_infos
 from fastenv.vector.pool_client import AsyncPoolMixin, PoolClient
 

@@ -25,7 +25,7 @@ from fastenv.errors import (
     PoolUsageError,
     RemoteEnvError,
 )
-from fastenv.vector.host import per_env_seeds
+from fastenv.vector.arguments import per_env_seeds
 from fastenv.vector.pool import HELD, POOL_PROTOCOL, RUNNING, PoolBook, leading_rows, merge_batch_infos
 
 __all__ = ["AsyncPoolMixin", "PoolClient"]

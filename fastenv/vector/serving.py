@@ -16,7 +16,8 @@ from typing import Any
 from gymnasium.vector import AutoresetMode
 
 from fastenv.errors import ServerConfigError
-from fastenv.vector.host import VectorHost, autoreset_mode
+from fastenv.vector.arguments import autoreset_mode
+from fastenv.vector.host import VectorHost
 
 log = logging.getLogger("fastenv.vector.serving")
 

@@ -37,7 +37,7 @@ from fastenv import envinfo
 from fastenv.errors import FastEnvTimeout, ServerConfigError
 from fastenv.shm import futex
 from fastenv.shm.doorbell import Doorbell
-from fastenv.vector.host import WORKER_PID_ATTR, set_env_attrs, step_result
+from fastenv.vector.arguments import WORKER_PID_ATTR, set_env_attrs, step_result
 from fastenv.vector.worker_buffer import (
     GO_WORD,
     HOST_WORD,

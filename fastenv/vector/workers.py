@@ -80,13 +80,8 @@ from fastenv import envinfo, native
 from fastenv.errors import FastEnvError, FastEnvTimeout, ServerConfigError, UnknownMethodError
 from fastenv.shm import futex
 from fastenv.shm.doorbell import Doorbell
-from fastenv.vector.host import (
-    WORKER_PID_ATTR,
-    VectorHost,
-    attr_values,
-    check_reset_mask,
-    per_env_seeds,
-)
+from fastenv.vector.arguments import WORKER_PID_ATTR, attr_values, check_reset_mask, per_env_seeds
+from fastenv.vector.host import VectorHost
 from fastenv.vector.pool import POOL_PROTOCOL, PoolBook
 from fastenv.vector.worker_async import WorkerPoolMixin
 from fastenv.vector.worker_buffer import GO_WORD, HOST_WORD, REMAINING_WORD, SEQ_WORD, TASK_STEP, U32, BatchLayout
