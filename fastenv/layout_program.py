@@ -61,7 +61,7 @@ class ProgramBuilder:
             return self._array_node()
         if tag == "tensor":
             entry = tensors.dtype_named(spec[1])
-            to_array, from_array = tensors.layout_converter(entry), tensors.layout_builder(entry)
+            to_array, from_array = tensors.layout_converter(entry), tensors.layout_writable_builder(entry)
             to_address = tensors.layout_address(entry, tuple(spec[2]))
             torch_tensor = sys.modules["torch"].Tensor
             return (ops.TENSOR, torch_tensor, to_array, from_array, self._array_node(), to_address)

@@ -221,13 +221,14 @@ def layout_address(entry: WireDtype, shape: tuple[int, ...]) -> Any:
     :class:`StagingNeeded` for a tensor on a device.
     """
     dtype = entry.dtype
+    conjugable = dtype.is_complex  # only a complex tensor can carry a lazy conjugation
 
     def to_address(tensor: Any) -> Any:
         if tensor.dtype is not dtype or tensor.shape != shape:
             return None
         if not tensor.is_cpu:
             raise StagingNeeded
-        if tensor.is_contiguous() and not tensor.is_conj() and not tensor.is_neg():
+        if tensor.is_contiguous() and not tensor.is_neg() and not (conjugable and tensor.is_conj()):
             return tensor.data_ptr()
         return _numpy_of(tensor, entry)
 
@@ -297,6 +298,19 @@ def layout_builder(entry: WireDtype) -> Any:
         return from_numpy(array) if bits is None else from_numpy(array).view(dtype)
 
     return build
+
+
+def layout_writable_builder(entry: WireDtype) -> Any:
+    """``writable numpy array -> tensor`` for the C unpacker's tensor leaf of dtype ``entry``.
+
+    ``torch.from_numpy`` itself for a dtype numpy has: the C unpacker makes
+    the array writable first, so no Python runs between it and torch.
+    """
+    from_numpy = require_torch("a received torch tensor").from_numpy
+    if entry.bits is None:
+        return from_numpy
+    dtype = entry.dtype
+    return lambda array: from_numpy(array).view(dtype)
 
 
 def as_numpy(value: Any) -> Any:

@@ -39,7 +39,8 @@
  *       node's nbytes are copied from there; the caller checked dtype, shape
  *       and device) or an array; extract calls to_array(value) (None or an
  *       array). An array is packed as array_node, an ARRAY node. unpack
- *       calls from_array(array) on the array array_node rebuilds.
+ *       calls from_array(array) on the array array_node rebuilds (made
+ *       writable first: a read-only view is copied).
  *   (TUPLE, children) (LIST, children)
  *   (DICT, keys, children, type)    type is dict or OrderedDict
  *
@@ -790,6 +791,21 @@ unpack_node(unpack_ctx *ctx, PyObject *node, int depth)
         PyObject *array = unpack_node(ctx, array_node, depth + 1);
         if (array == NULL) {
             return NULL;
+        }
+        if (!ctx->copy) { /* a view: torch has no read-only tensors, so a read-only one is copied first */
+            Py_buffer probe;
+            if (PyObject_GetBuffer(array, &probe, PyBUF_WRITABLE | PyBUF_STRIDES) == 0) {
+                PyBuffer_Release(&probe);
+            }
+            else {
+                PyErr_Clear();
+                PyObject *owned = PyObject_CallMethodNoArgs(array, str_copy);
+                Py_DECREF(array);
+                if (owned == NULL) {
+                    return NULL;
+                }
+                array = owned;
+            }
         }
         PyObject *tensor = PyObject_CallOneArg(PyTuple_GET_ITEM(node, 3), array);
         Py_DECREF(array);

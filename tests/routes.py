@@ -13,6 +13,8 @@ ports of 127.0.0.1 and puts :class:`~tests.proxy.TcpProxy` in front of them on
   own (``--env-thread dedicated``): that thread waits for the first session's
   requests itself, and every other call is handed to it;
 - ``tcp``: calls on the TCP data stream (both ports proxied);
+- ``tcp-env-thread``: the TCP data stream to a server whose env has a thread
+  of its own: that thread reads the first session's stream itself;
 - ``control``: calls on the ZeroMQ control connection (the data port is not
   proxied, so it is unreachable at 127.0.0.2);
 - ``control-auth``: the same with CURVE authentication (such a server offers
@@ -33,7 +35,7 @@ from fastenv.control.auth import keygen
 from fastenv.server_process import ServerProcess
 from tests.proxy import TcpProxy, free_port
 
-ROUTES = ("shm", "shm-python", "shm-env-thread", "tcp", "control", "control-auth")
+ROUTES = ("shm", "shm-python", "shm-env-thread", "tcp", "tcp-env-thread", "control", "control-auth")
 COUNTER = f"{Path(__file__).resolve().parent / 'envs' / 'session_envs.py'}:Counter"
 PROXY_HOST = "127.0.0.2"
 
@@ -54,7 +56,7 @@ class Route:
         self.server_args = (
             "--port", str(self.port), "--data-port", str(self.data_port), "--log-level", "INFO", *server_args
         )
-        if name == "shm-env-thread":
+        if name.endswith("-env-thread"):
             self.server_args += ("--env-thread", "dedicated")
         if name == "control-auth":
             self.keys = workdir / "keys"
@@ -65,7 +67,7 @@ class Route:
         self.control = self._stack.enter_context(TcpProxy((PROXY_HOST, self.port), ("127.0.0.1", self.port)))
         self.data: TcpProxy | None = None
         self.transitions: TcpProxy | None = None
-        if name == "tcp":
+        if self.uses_stream:
             self.data = self._stack.enter_context(
                 TcpProxy((PROXY_HOST, self.data_port), ("127.0.0.1", self.data_port))
             )
@@ -74,6 +76,11 @@ class Route:
     def uses_shm(self) -> bool:
         """Whether calls travel through the shared-memory arena."""
         return self.name.startswith("shm")
+
+    @property
+    def uses_stream(self) -> bool:
+        """Whether calls travel on the TCP data stream."""
+        return self.name.startswith("tcp")
 
     @property
     def client_backend(self) -> str | None:
@@ -132,7 +139,7 @@ class Route:
         reason = env.transport_reason
         if self.uses_shm:
             assert env.transport == "shm", reason
-        elif self.name == "tcp":
+        elif self.uses_stream:
             assert env.transport == "tcp" and f"port {self.data_port}" in reason, reason
         else:
             assert env.transport == "tcp" and "ZeroMQ connection" in reason, reason

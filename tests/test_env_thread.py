@@ -51,6 +51,31 @@ def test_every_call_runs_on_the_env_thread_with_several_clients(
         assert [path.name.split("-")[1] for path in tmp_path.glob("closed-*")] == ["ok"]
 
 
+@pytest.mark.parametrize("transport", ["shm", "tcp"])
+@pytest.mark.parametrize("env_thread", ["main", "dedicated"])
+def test_the_env_thread_serves_its_first_session_itself(serve, env_thread: str, transport: str) -> None:
+    """No thread of its own for the first session on an env thread; a second session hops; a later first is hosted."""
+    server = serve(TARGET, "--env-thread", env_thread, "--mode", "shared", env_kwargs={"main": env_thread == "main"})
+    worker = f"fastenv-{transport}-worker"
+    with fastenv.FastRemoteEnv(server.address, transport=transport, timeout=T) as first:
+        first.reset()
+        assert first.call("session_threads") == []
+        with fastenv.FastRemoteEnv(server.address, transport=transport, timeout=T) as second:
+            second.reset()
+            for _ in range(20):  # interleaved: the second session's calls poke the hosted wait
+                first.step(np.zeros(1))
+                second.step(np.zeros(1))
+            assert second.call("session_threads") == [worker]
+            assert first.get_state()["steps"] == 40  # one env, shared
+        assert first.step(np.zeros(1))[0][0] == 41.0
+    assert wait_until(lambda: _threads(server.address, transport) == [], timeout=T)
+
+
+def _threads(address: str, transport: str) -> list[str]:
+    with fastenv.FastRemoteEnv(address, transport=transport, timeout=T) as env:
+        return env.call("session_threads")
+
+
 def test_without_an_env_thread_the_env_is_called_from_foreign_threads(serve, tmp_path: Path) -> None:
     server = serve(TARGET, "--mode", "shared", env_kwargs={"marker_dir": str(tmp_path)})
     with fastenv.FastRemoteEnv(server.address, timeout=T) as env:

@@ -213,3 +213,21 @@ def test_every_route_applies_the_array_element_limit_to_announced_layouts() -> N
     with pytest.raises(DecodeError):
         receiver.define(1, too_big)
     receiver.define(1, fits)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_unpacked_tensors_share_writable_memory_and_copy_read_only_memory(native: bool, dtype: str) -> None:
+    torch = pytest.importorskip("torch")
+    value = {"obs": torch.arange(6, dtype=getattr(torch, dtype)).reshape(2, 3), "reward": 1.0}
+    layout = Layout(infer_spec(value), native=native)
+    buffer = bytearray(layout.size + 128)
+    layout.pack_into(buffer, 64, value, layout.views(buffer, 64))
+    shared = layout.unpack(buffer, 64, layout.views(buffer, 64), False)["obs"]
+    assert shared.dtype == value["obs"].dtype and torch.equal(shared, value["obs"])
+    shared.add_(1)  # a view of the buffer: the bytes change
+    assert torch.equal(layout.unpack(buffer, 64, layout.views(buffer, 64), False)["obs"], value["obs"] + 1)
+    frozen = bytes(buffer)
+    owned = layout.unpack(frozen, 64, layout.views(frozen, 64), False)["obs"]  # read-only memory: a copy
+    owned.add_(1)
+    assert torch.equal(owned, value["obs"] + 2)
+    assert torch.equal(layout.unpack(frozen, 64, layout.views(frozen, 64), False)["obs"], value["obs"] + 1)

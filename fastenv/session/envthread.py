@@ -14,12 +14,14 @@ two atomic operations and two GIL hand-overs, no system call. Calls are made
 one at a time, in the order callers got the submission lock.
 
 No hop at all for one session: the owner can *host* a session's request loop
-(:meth:`EnvThread.host`, a shared-memory session's worker), waiting for that
-session's requests itself and running them at once. A call from any other
-thread then *pokes* it: it rings the owner's request doorbell, which the
-hosted wait watches beside the session's, and wakes the hosted wait's
-sleepers; the owner leaves the hosted wait, runs the call, answers and goes
-back to waiting. Two threads on two cores per step become one.
+(:meth:`EnvThread.host`: a shared-memory session's worker, or a TCP data
+stream's), waiting for that session's requests itself and running them at
+once. A call from any other thread then *pokes* it: it rings the owner's
+request doorbell, which the hosted wait watches beside the session's, and
+wakes the hosted wait (its futex sleepers on shared memory, an eventfd it
+polls beside the socket on TCP); the owner leaves the hosted wait, runs the
+call, answers and goes back to waiting. Two threads on two cores per step
+become one.
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ class EnvThread:
         self._name = name
         self._hosted: HostedLoop | None = None
         self._host_lock = threading.Lock()
+        self._host_free = threading.Condition(self._host_lock)  # notified when the hosted loop leaves
 
     @property
     def dedicated(self) -> bool:
@@ -144,13 +147,17 @@ class EnvThread:
                 if self._call is None or not self._serving.is_set():  # taken (now running), or nobody serves
                     return False
 
-    def host(self, loop: HostedLoop) -> bool:
-        """Run ``loop`` on the owner thread between calls, until it stops; False if this thread already hosts one.
+    def host(self, loop: HostedLoop, wait: float = 0.0) -> bool:
+        """Run ``loop`` on the owner thread between calls, until it stops; False if this thread hosts another.
 
         The owner then waits for ``loop``'s requests itself: its calls need no
         hop. Calls from other threads poke it (see the module docstring).
+        ``wait``: how long to wait for a loop hosted now to leave (one that
+        was just stopped, such as the stream a reconnection replaces).
         """
         with self._host_lock:
+            if self._hosted is not None and wait > 0:
+                self._host_free.wait_for(lambda: self._hosted is None or self._stop.is_set(), wait)
             if self._hosted is not None or self._stop.is_set():
                 return False
             self._hosted = loop
@@ -180,6 +187,7 @@ class EnvThread:
                     if self._request.value() == seen and not self._serve_hosted(hosted, seen):
                         with self._host_lock:
                             self._hosted = None
+                            self._host_free.notify_all()
                     current = self._request.value()
                 elif answered:
                     current = self._ring_then_wait(self._reply, REPLY_BELL, self._request, REQUEST_BELL, seen)

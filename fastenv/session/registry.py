@@ -77,6 +77,7 @@ class SessionRegistry:
                 max_message_bytes=self.config.max_message_bytes,
                 compression=peer.get("compression"),
                 interval=self.config.heartbeat_interval,
+                host=handle.runner,
             )
         if offer_shm:
             try:

@@ -138,7 +138,23 @@ class MessageStream(BoundedSocket):
         self._view = memoryview(self._staging)
         self._start = 0
         self._end = 0
+        self._readable = False  # the next read need not spin: the socket was just seen readable
         self.last_seq = 0
+
+    @property
+    def native_spin(self) -> Callable[[socket.socket, int], bool] | None:
+        """The compiled ``spin_readable(sock, spin_us)`` this stream polls with before a blocking read (None: none)."""
+        return self._spin
+
+    @property
+    def spin_us(self) -> int:
+        """How long (µs) the stream polls the socket before a blocking read."""
+        return self._spin_us
+
+    @property
+    def buffered(self) -> bool:
+        """Whether bytes of the next message were read already (a wait on the socket would not see them)."""
+        return self._end > self._start
 
     # ------------------------------------------------------------------ send
 
@@ -252,8 +268,9 @@ class MessageStream(BoundedSocket):
             self._view[:have] = self._view[self._start : self._end]
             self._start, self._end = 0, have
         recv_into = self.sock.recv_into
-        if self._spin is not None and self._end == self._start:
+        if self._spin is not None and self._end == self._start and not self._readable:
             self._spin(self.sock, self._spin_us)  # whatever it found, the read below takes it
+        self._readable = False
         while self._end - self._start < need:
             got = self._io(recv_into, self._view[self._end :])
             if got == 0:
@@ -302,8 +319,9 @@ class MessageStream(BoundedSocket):
         alive: Callable[[], None] | None = None,
         stall: float | None = None,
         label: str = "receive",
+        readable: bool = False,
     ) -> Message:
-        """Receive one whole message.
+        """Receive one whole message (``readable``: the caller saw the socket readable, so no spin first).
 
         ``deadline`` (monotonic) bounds the whole receive, including the wait
         for its first byte; ``stall`` bounds each stretch without progress once
@@ -318,6 +336,7 @@ class MessageStream(BoundedSocket):
         if stall is not None:
             self._progress = time.monotonic()
         self._started = self._end > self._start
+        self._readable = readable
         try:
             return self._recv()
         except MessageRejected:

@@ -13,16 +13,26 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastenv import codec
 from fastenv.replay import ReplyRecord
 from fastenv.tcp.worker import TcpServerWorker
 from fastenv.transport.base import Executor
 
+if TYPE_CHECKING:
+    from fastenv.session.envthread import EnvThread
+
+HANDOVER_S = 0.1  # how long a new stream waits for the env thread to leave the one it replaces
+
 
 class TcpServerStream:
-    """The server's end of one session's data stream (the route once a stream was adopted)."""
+    """The server's end of one session's data stream (the route once a stream was adopted).
+
+    ``host``: the thread the session's env is called on, if it has one; a
+    stream it takes is served there with no hop per call (see
+    :meth:`~fastenv.session.envthread.EnvThread.host`).
+    """
 
     name = "tcp"
 
@@ -34,8 +44,10 @@ class TcpServerStream:
         max_message_bytes: int,
         compression: str | None,
         interval: float,
+        host: EnvThread | None = None,
     ) -> None:
         self._execute = execute
+        self._host = host  # the env's own thread: it serves the stream itself when it is free
         self._options: dict[str, Any] = {
             "limits": limits,
             "max_message_bytes": max_message_bytes,
@@ -66,7 +78,8 @@ class TcpServerStream:
             self._since = None
         if previous is not None:
             previous.stop(timeout=0)
-        worker.start()
+        # The env's thread may still be leaving the stream this one replaces: give it a moment to take this one.
+        worker.start(host=self._host, wait=HANDOVER_S if previous is not None else 0.0)
 
     def _ended(self, worker: TcpServerWorker, reason: BaseException | None) -> None:
         """A worker ended (on its thread): the resume window starts unless it was replaced or stopped."""

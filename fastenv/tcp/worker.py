@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+import os
+import select
 import socket
 import threading
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fastenv import codec
+from fastenv import codec, native
 from fastenv.errors import ConnectionLost, EncodeError, ProtocolError
 from fastenv.metrics import replied
 from fastenv.replay import ReplyRecord, StaleRequest
@@ -20,9 +22,13 @@ from fastenv.tcp.layouts import StreamDecoder, StreamEncoder
 from fastenv.transport.base import Executor
 from fastenv.wire import ErrorKind, error_body, parse_call
 
+if TYPE_CHECKING:
+    from fastenv.session.envthread import EnvThread
+
 log = logging.getLogger("fastenv.tcp")
 
 DEFAULT_IO_TIMEOUT_S = 30.0
+WAIT_SLICE_MS = 50  # how often a hosted wait looks at the stop flag
 
 
 class _Stopped(Exception):
@@ -73,26 +79,44 @@ class TcpServerWorker:
         self._on_exit = on_exit
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fastenv-tcp-worker", daemon=True)
+        self._host: EnvThread | None = None  # the env thread serving this stream, when it hosts it
+        self._wake_fd = -1  # an eventfd a hosted wait polls beside the socket (pokes write to it)
+        self._ended = threading.Event()  # the stream was closed and on_exit called
         self.calls = 0
         self.exit_reason: BaseException | None = None
 
-    def start(self) -> None:
-        """Start serving."""
+    def start(self, host: EnvThread | None = None, wait: float = 0.0) -> None:
+        """Start serving: on ``host``'s thread when it takes the stream (no hop per call), else on a thread of its own.
+
+        ``wait``: how long ``host`` may take to drop a stream it serves now (see :meth:`EnvThread.host`).
+        """
+        if host is not None and self._stream.native_spin:
+            self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            if host.host(self, wait):
+                self._host = host
+                return
+            os.close(self._wake_fd)
+            self._wake_fd = -1
         self._thread.start()
 
     def is_alive(self) -> bool:
-        """Whether the worker thread still runs."""
+        """Whether the stream is still served (by the worker thread, or by the env thread hosting it)."""
+        if self._host is not None:
+            return not self._ended.is_set()
         return self._thread.is_alive()
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the worker to end; True if it has."""
+        if self._host is not None:
+            return self._ended.wait(timeout)
         self._thread.join(timeout)
         return not self._thread.is_alive()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop serving and close the connection; waits up to ``timeout`` for a running call."""
         self._stop.set()
-        if not self._thread.is_alive():
+        host = self._host
+        if host is None and not self._thread.is_alive():
             if self._thread.ident is None:  # never started: close here
                 self._stream.close()
             return
@@ -100,7 +124,11 @@ class TcpServerWorker:
             self._sock.shutdown(socket.SHUT_RDWR)  # wakes a blocked read or write; the thread closes
         except OSError:
             pass
-        if self._thread is not threading.current_thread():
+        if host is not None:
+            if not host.on_owner():
+                host.poke()
+                self._ended.wait(timeout)
+        elif self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
     def _check_stop(self) -> None:
@@ -108,22 +136,61 @@ class TcpServerWorker:
             raise _Stopped()
 
     def _run(self) -> None:
+        self._served(self._serve_forever)
+
+    def _serve_forever(self) -> bool:
+        while not self._stop.is_set():
+            self._serve_one()
+        return False
+
+    def serve_hosted(self, poke: Any, poke_offset: int, poke_seen: int) -> bool:
+        """Serve requests on the calling thread (an env's, see :meth:`EnvThread.host`) until poked or stopped.
+
+        Returns True when the u32 at ``poke_offset`` in ``poke`` no longer
+        reads ``poke_seen`` (the stream stays open for the next hosted wait),
+        False once the stream has ended (closed here, ``on_exit`` called).
+        """
+        return self._served(lambda: self._serve_until_poked(poke, poke_offset, poke_seen))
+
+    def _serve_until_poked(self, poke: Any, poke_offset: int, poke_seen: int) -> bool:
+        """Wait for a request or a poke: spin on the socket (GIL released), then poll it beside the wake eventfd."""
+        load = native.BACKEND.native.load
         stream = self._stream
+        spin, spin_us = stream.native_spin, stream.spin_us
+        sock, wake_fd = self._sock, self._wake_fd
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        poller.register(wake_fd, select.POLLIN)
+        while not self._stop.is_set():
+            if not stream.buffered:
+                if load(poke, poke_offset) != poke_seen:
+                    return True
+                if not spin(sock, spin_us):
+                    ready = poller.poll(WAIT_SLICE_MS)
+                    if any(fd == wake_fd for fd, _ in ready):
+                        try:
+                            os.eventfd_read(wake_fd)
+                        except BlockingIOError:
+                            pass
+                    if len(ready) != 1 or ready[0][0] == wake_fd:  # a poke, or a slice passed: look again
+                        continue
+            self._serve_one(readable=True)
+        return False
+
+    def wake(self) -> None:
+        """Wake a hosted wait (it then looks at its poke word)."""
+        if self._wake_fd >= 0 and not self._ended.is_set():
+            try:
+                os.eventfd_write(self._wake_fd, 1)
+            except OSError:  # closed meanwhile: the stream ended, and nobody waits there any more
+                pass
+
+    def _served(self, loop: Callable[[], bool]) -> bool:
+        """Run ``loop``; True when it returned for a poke, else close the stream and report why it ended."""
         reason: BaseException | None = None
         try:
-            while not self._stop.is_set():
-                try:
-                    request = stream.recv(alive=self._check_stop, stall=self._io_timeout, label="data stream request")
-                except MessageRejected as exc:
-                    self._send(ERROR, exc.seq, error_body(ErrorKind.PROTOCOL, exc))
-                    continue
-                self.calls += 1
-                seq = request.seq
-                kind, value, name = self._run_once(request)
-                del request
-                self._send(kind, seq, value, name)
-                replied(self._execute)
-                del value
+            if loop():
+                return True
         except _Stopped:
             pass
         except ConnectionLost as exc:
@@ -134,14 +201,40 @@ class TcpServerWorker:
             if not self._stop.is_set():
                 log.warning("TCP data stream closed: %s: %s", type(exc).__name__, exc)
                 reason = exc
-        finally:
-            stream.close()
-            self.exit_reason = reason
-            if self._on_exit is not None:
-                try:
-                    self._on_exit(reason)
-                except Exception:
-                    log.exception("on_exit callback of a TCP worker failed")
+        except BaseException:  # KeyboardInterrupt on the main thread: close, then let it through
+            self._end(None)
+            raise
+        self._end(reason)
+        return False
+
+    def _end(self, reason: BaseException | None) -> None:
+        self._stream.close()
+        if self._wake_fd >= 0:
+            os.close(self._wake_fd)
+            self._wake_fd = -1
+        self.exit_reason = reason
+        self._ended.set()
+        if self._on_exit is not None:
+            try:
+                self._on_exit(reason)
+            except Exception:
+                log.exception("on_exit callback of a TCP worker failed")
+
+    def _serve_one(self, readable: bool = False) -> None:
+        """Receive one request, run it and send its reply (``readable``: the socket was just seen readable)."""
+        try:
+            request = self._stream.recv(
+                alive=self._check_stop, stall=self._io_timeout, label="data stream request", readable=readable
+            )
+        except MessageRejected as exc:
+            self._send(ERROR, exc.seq, error_body(ErrorKind.PROTOCOL, exc))
+            return
+        self.calls += 1
+        seq = request.seq
+        kind, value, name = self._run_once(request)
+        del request
+        self._send(kind, seq, value, name)
+        replied(self._execute)
 
     def _run_once(self, request: Any) -> tuple[int, Any, str]:
         """``(kind, value, call name)``: the reply to ``request`` (recorded, so a re-sent call is not run twice).

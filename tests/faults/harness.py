@@ -20,7 +20,7 @@ import psutil
 from tests.polling import wait_until
 from tests.routes import COUNTER, Route
 
-ROUTES = ("shm", "shm-env-thread", "tcp", "control", "control-auth")
+ROUTES = ("shm", "shm-env-thread", "tcp", "tcp-env-thread", "control", "control-auth")
 SHM_SEGMENT = "/dev/shm/fastenv-"
 
 
