@@ -190,6 +190,39 @@ def test_host_refuses_bad_envs() -> None:
         VectorHost([object()])
 
 
+
+class _OldStepApi(gymnasium.Env):
+    """Returns gym's old 4-tuple from ``step`` once ``old_after`` steps passed (5-tuples until then)."""
+
+    observation_space = gymnasium.spaces.Box(-1, 1, (2,), np.float32)
+    action_space = gymnasium.spaces.Box(-1, 1, (1,), np.float32)
+
+    def __init__(self, old_after: int = 0, ends_at: int = 0) -> None:
+        self.old_after, self.ends_at, self.steps = old_after, ends_at, 0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action: Any) -> Any:
+        self.steps += 1
+        if self.steps > self.old_after:
+            return np.zeros(2, np.float32), 0.0, False, {}
+        return np.zeros(2, np.float32), 0.0, self.steps == self.ends_at, False, {}
+
+
+@pytest.mark.parametrize("after_an_autoreset", [False, True])
+def test_host_says_what_step_must_return(after_an_autoreset: bool) -> None:
+    """Both step loops (every env stepping, or some resetting) name the env and the 5-tuple."""
+    envs = [_OldStepApi(), _OldStepApi()] if not after_an_autoreset else [_OldStepApi(1, 1), _OldStepApi(1)]
+    host = VectorHost(envs)
+    host.reset(seed=0)
+    actions = np.zeros((2, 1), np.float32)
+    if after_an_autoreset:
+        host.step(actions)  # env 0 terminates: the next step resets it while env 1 steps
+    with pytest.raises(TypeError, match=r"_OldStepApi.step\(\) must return Gymnasium's 5-tuple"):
+        host.step(actions)
+
+
 # --------------------------------------------------------------------------- FastVectorEnv over servers
 
 
