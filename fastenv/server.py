@@ -8,7 +8,9 @@ route, :mod:`~fastenv.session.dispatch` runs calls on envs.
 
 One thread runs the ZeroMQ control loop (handshakes, ATTACH, RESUME, BYE,
 liveness checks, and calls of clients without a data plane); each session on
-shared memory or the TCP stream has a worker thread for its calls. Every call
+shared memory or the TCP stream has a worker thread for its calls (or, for an
+env bound to a thread, its first session is served on that thread: see
+:mod:`~fastenv.session.envthread`). Every call
 takes its env's lock, so calls on one env are applied one at a time, which is
 what makes *shared* mode (every client drives the same env) well defined. In
 *per-client* mode each session gets its own env from the factory, closed when
@@ -89,7 +91,6 @@ if TYPE_CHECKING:
     from gymnasium.vector import AutoresetMode
 
 log = logging.getLogger("fastenv.server")
-
 
 
 class EnvServer:

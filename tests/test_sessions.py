@@ -162,7 +162,7 @@ time.sleep(600)
 
 @pytest.mark.parametrize("transport", ["shm", "tcp"])
 def test_batch_step_runs_k_steps_in_one_call_and_stops_at_episode_end(serve, transport: str) -> None:
-    from tests.envs.session_envs import Counter
+    from envs.session_envs import Counter
 
     server = serve(COUNTER, env_kwargs={"horizon": 10})
     local = Counter(horizon=10)

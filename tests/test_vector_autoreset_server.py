@@ -96,7 +96,7 @@ def test_server_keyword_is_checked() -> None:
 
     with pytest.raises(ServerConfigError, match="not an autoreset mode"):
         EnvServer(factory=factory, num_envs=2, autoreset_mode="sometimes")
-    with pytest.raises(ServerConfigError, match="NEXT_STEP or SAME_STEP"):
+    with pytest.raises(ServerConfigError, match="supports: .next-step., .same-step."):
         EnvServer(factory=factory, num_envs=2, autoreset_mode="disabled")
     with pytest.raises(ServerConfigError, match="needs num_envs"):
         EnvServer(factory=factory, autoreset_mode="same-step")

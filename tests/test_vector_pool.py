@@ -223,7 +223,7 @@ def test_same_step_autoreset_in_process() -> None:
             for index, info in enumerate(infos):
                 merged = sync._add_info(merged, info, index)
             same(merged, expected_infos)
-        with pytest.raises(ValueError, match="NEXT_STEP or SAME_STEP"):
+        with pytest.raises(ValueError, match="supports: .next-step., .same-step."):
             host.set_autoreset_mode("disabled")
         sync.close()
 

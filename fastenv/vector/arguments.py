@@ -36,12 +36,14 @@ def autoreset_mode(mode: Any) -> AutoresetMode:
     """``mode`` (an ``AutoresetMode``, its name or value, ``"same-step"``) if a host supports it."""
     from fastenv.vector.batched import parse_autoreset_mode
 
+    supported = (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP)
     try:
         parsed = parse_autoreset_mode(mode.replace("-", "_") if isinstance(mode, str) else mode)
-    except ValueError as exc:
-        raise ServerConfigError(str(exc)) from None
-    if parsed not in (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP):
-        raise ServerConfigError(f"vector hosts autoreset NEXT_STEP or SAME_STEP, not {parsed.name}")
+    except ValueError:
+        parsed = None
+    if parsed not in supported:
+        choices = ", ".join(f"{item.name.lower().replace('_', '-')!r}" for item in supported)
+        raise ServerConfigError(f"{mode!r:.100} is not an autoreset mode a vector host supports: {choices}")
     return parsed
 
 
