@@ -35,6 +35,15 @@ RESERVED_METHODS = frozenset({"close"})
 DESCRIPTION_HOOK = "__fastenv_description__"
 
 
+def stands_in_for_vector(env: Any) -> bool:
+    """Whether ``env`` describes itself (:data:`DESCRIPTION_HOOK`) as a vector env: it answers batched calls itself."""
+    hook = getattr(type(env), DESCRIPTION_HOOK, None)
+    if hook is None:
+        return False
+    attributes = hook(env).get("attributes", {})
+    return isinstance(attributes, dict) and type(attributes.get("num_envs")) is int
+
+
 def _carriable(value: Any) -> Any:
     """``value`` if the codec can carry it, else a readable stand-in (descriptions are best effort)."""
     try:

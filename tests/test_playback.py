@@ -237,3 +237,27 @@ def test_metrics_say_when_a_disk_error_ended_the_recording(serve: Any) -> None:
         assert value(scrape(address), "fastenv_recording_records_total", outcome="dropped") >= 10
     top = fastenv_top(address)
     assert "FAILED (disk error)" in top.stdout, top.stdout
+
+
+@pytest.mark.parametrize("transport", ["shm", "tcp"])
+def test_a_served_recording_of_a_vector_server_answers_a_vector_client(
+    serve: Any, tmp_path: Path, transport: str
+) -> None:
+    """A recording of ``fastenv serve --num-envs N`` plays back batches to a FastVectorEnv, as the server did."""
+    from fastenv import FastVectorEnv
+
+    path = tmp_path / "vector.mcap"
+    actions = [np.array([0, 1, 1]), np.array([1, 0, 1]), np.array([1, 1, 0])]
+    with ServerProcess("CartPole-v1", ["--num-envs", "3", "--record", str(path)]) as server:
+        with FastVectorEnv(server.address, transport=transport, timeout=T) as envs:
+            recorded = [copy.deepcopy(envs.reset(seed=5))]
+            recorded += [copy.deepcopy(envs.step(action)) for action in actions]
+        assert server.stop() == 0
+    command = [sys.executable, "-m", "fastenv", "replay", str(path), "--serve", "--port", "0", "--strict"]
+    player = serve("", command=command)  # strict: a batched call that differs from the recorded one raises
+    with FastVectorEnv(player.address, transport=transport, timeout=T) as envs:
+        assert envs.num_envs == 3 and envs.single_action_space == spaces.Discrete(2)
+        with pytest.raises(PlaybackDivergence, match="recorded"):
+            envs.reset(seed=6)  # seeds 6, 7, 8 where the recording has 5, 6, 7
+        played = [copy.deepcopy(envs.reset(seed=5))] + [copy.deepcopy(envs.step(action)) for action in actions]
+        assert_same(played, recorded)

@@ -361,7 +361,10 @@ def _described(env: Any, vector: bool) -> tuple[Any, dict[str, Any]]:
 
 
 def _vector_view(env: Any) -> Any:
-    """``env`` as a vector env: itself if it is a VectorHost, else a VectorHost of one (needs Gymnasium)."""
+    """``env`` as a vector env: itself if it is or stands in for one (a served recording of a vector
+    server), else a VectorHost of one (needs Gymnasium)."""
+    if envinfo.stands_in_for_vector(env):
+        return env
     from fastenv.vector.host import VectorHost  # optional dependency (Gymnasium), loaded only for vector clients
 
     return env if isinstance(env, VectorHost) else VectorHost([env], close_envs=False)
