@@ -158,7 +158,9 @@ const char fastpath_take_doc[] =
     "envelope header of the region at offset region.  None when the timeout passed.\n"
     "Otherwise (counter, kind, flags, seq, taken, value, slept): when the envelope is FAST\n"
     "and layouts (a dict) maps its layout id to (program, views, ...), the value is\n"
-    "unpacked (copy as in unpack), taken is True, and with consumed >= 0 the\n"
+    "unpacked (copy as in unpack; with copy, an entry's fourth item, a list, may hold\n"
+    "a kept (tensor, array, ...) per array index, which a tensor leaf is copied into\n"
+    "and returned as: see fastenv.shm.kept), taken is True, and with consumed >= 0 the\n"
     "envelope's seq is stored (release) in the u32 at consumed; else taken is False\n"
     "and value None: the caller reads the envelope its own way. slept: whether the\n"
     "wait outlasted spin_us and blocked in the kernel.\n"
@@ -263,6 +265,7 @@ fastpath_take(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nar
                 .room = view.len - region - FAST_DATA,
                 .arrays = PyTuple_GET_ITEM(entry, 1),
                 .copy = copy,
+                .kept = PyTuple_GET_SIZE(entry) >= 4 ? PyTuple_GET_ITEM(entry, 3) : NULL,
             };
             value = unpack_node(&ctx, PyTuple_GET_ITEM(entry, 0), 0);
             if (value == NULL) {

@@ -16,10 +16,12 @@
  *       Like pack, but arrays are appended to the list arrays (after the
  *       same checks) instead of copied: the TCP stream sends them from
  *       their own memory and only the scalars go through the buffer.
- *   unpack(program, buffer, offset, arrays, copy=False) -> value
+ *   unpack(program, buffer, offset, arrays, copy=False, kept=None) -> value
  *       Rebuild the value: scalars read from the buffer, arrays taken from
  *       the list arrays (views into the buffer), or with copy, copies of
- *       them (arrays[i].copy('K')).
+ *       them (arrays[i].copy('K')); with copy and kept (a list), a tensor
+ *       leaf whose index holds (tensor, array, ...) there is copied into
+ *       that array and unpacked as that tensor (fastenv.shm.kept).
  *
  * The shared-memory plane's fast path, put() and take() (one C call per side
  * and direction instead of a chain of Python calls), lives in
@@ -716,6 +718,45 @@ unpack_dict(unpack_ctx *ctx, PyObject *node, int depth)
     return out;
 }
 
+/* A TENSOR node's kept tensor (ctx->kept[index] = (tensor, array, ...), see fastenv.shm.kept) with the
+ * bytes of the node's array copied into its array; Py_None (borrowed) when none is kept for this node. */
+static PyObject *
+unpack_kept(unpack_ctx *ctx, PyObject *array_node)
+{
+    Py_ssize_t index;
+    if (node_size(array_node, 8) < 0 || node_index(array_node, 6, &index) < 0) {
+        return NULL;
+    }
+    if (!PyList_CheckExact(ctx->kept) || index >= PyList_GET_SIZE(ctx->kept) || !PyList_CheckExact(ctx->arrays) ||
+        index >= PyList_GET_SIZE(ctx->arrays)) {
+        return Py_None;
+    }
+    PyObject *slot = PyList_GET_ITEM(ctx->kept, index);
+    if (!PyTuple_CheckExact(slot) || PyTuple_GET_SIZE(slot) < 2) {
+        return Py_None;
+    }
+    Py_buffer source, target;
+    if (PyObject_GetBuffer(PyList_GET_ITEM(ctx->arrays, index), &source, PyBUF_RECORDS_RO) < 0) {
+        PyErr_Clear();
+        return Py_None;
+    }
+    if (PyObject_GetBuffer(PyTuple_GET_ITEM(slot, 1), &target, PyBUF_RECORDS) < 0) {
+        PyErr_Clear();
+        PyBuffer_Release(&source);
+        return Py_None;
+    }
+    /* the same bytes in the same order: the kept array was made like the region's view (np.empty_like) */
+    int same = source.len == target.len && source.itemsize == target.itemsize &&
+               ((PyBuffer_IsContiguous(&source, 'C') && PyBuffer_IsContiguous(&target, 'C')) ||
+                (PyBuffer_IsContiguous(&source, 'F') && PyBuffer_IsContiguous(&target, 'F')));
+    if (same && source.len > 0) {
+        memcpy(target.buf, source.buf, (size_t)source.len);
+    }
+    PyBuffer_Release(&source);
+    PyBuffer_Release(&target);
+    return same ? Py_NewRef(PyTuple_GET_ITEM(slot, 0)) : Py_None;
+}
+
 PyObject *
 unpack_node(unpack_ctx *ctx, PyObject *node, int depth)
 {
@@ -788,6 +829,12 @@ unpack_node(unpack_ctx *ctx, PyObject *node, int depth)
             }
             return NULL;
         }
+        if (ctx->copy && ctx->kept != NULL) {
+            PyObject *tensor = unpack_kept(ctx, array_node);
+            if (tensor != Py_None) {
+                return tensor; /* the kept tensor, or NULL with an exception set */
+            }
+        }
         PyObject *array = unpack_node(ctx, array_node, depth + 1);
         if (array == NULL) {
             return NULL;
@@ -828,13 +875,17 @@ unpack_node(unpack_ctx *ctx, PyObject *node, int depth)
 static PyObject *
 layout_unpack(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 4 && nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "unpack(program, buffer, offset, arrays, copy=False)");
+    if (nargs < 4 || nargs > 6) {
+        PyErr_SetString(PyExc_TypeError, "unpack(program, buffer, offset, arrays, copy=False, kept=None)");
         return NULL;
     }
     Py_buffer view;
     char *base;
-    unpack_ctx ctx = {.arrays = args[3], .copy = nargs == 5 && PyObject_IsTrue(args[4]) == 1};
+    unpack_ctx ctx = {
+        .arrays = args[3],
+        .copy = nargs >= 5 && PyObject_IsTrue(args[4]) == 1,
+        .kept = nargs == 6 && args[5] != Py_None ? args[5] : NULL,
+    };
     if (acquire_region(args[1], args[2], 0, &view, &base, &ctx.room) < 0) {
         return NULL;
     }
@@ -857,8 +908,8 @@ static PyMethodDef layout_methods[] = {
      "extract(program, buffer, offset, value, arrays) -> bool\n\n"
      "Like pack, but only the scalars are written: the arrays (checked) are appended to the list arrays."},
     {"unpack", (PyCFunction)(void (*)(void))layout_unpack, METH_FASTCALL,
-     "unpack(program, buffer, offset, arrays, copy=False) -> value\n\n"
-     "Rebuild a value packed at offset (copy: arrays are copies of arrays[i])."},
+     "unpack(program, buffer, offset, arrays, copy=False, kept=None) -> value\n\n"
+     "Rebuild a value packed at offset (copy: arrays are copies of arrays[i]; kept: tensors to copy into)."},
     {NULL, NULL, 0, NULL},
 };
 

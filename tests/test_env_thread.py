@@ -12,6 +12,7 @@ from polling import wait_until
 import fastenv
 
 TARGET = str(Path(__file__).parent / "envs" / "thread_envs.py") + ":ThreadBound"
+COUNTER = str(Path(__file__).parent / "envs" / "session_envs.py") + ":Counter"
 T = 20.0
 
 
@@ -55,7 +56,7 @@ def test_every_call_runs_on_the_env_thread_with_several_clients(
 @pytest.mark.parametrize("env_thread", ["main", "dedicated"])
 def test_the_env_thread_serves_its_first_session_itself(serve, env_thread: str, transport: str) -> None:
     """No thread of its own for the first session on an env thread; a second session hops; a later first is hosted."""
-    server = serve(TARGET, "--env-thread", env_thread, "--mode", "shared", env_kwargs={"main": env_thread == "main"})
+    server = serve(COUNTER, "--env-thread", env_thread, "--mode", "shared")
     worker = f"fastenv-{transport}-worker"
     with fastenv.FastRemoteEnv(server.address, transport=transport, timeout=T) as first:
         first.reset()
@@ -63,11 +64,11 @@ def test_the_env_thread_serves_its_first_session_itself(serve, env_thread: str, 
         with fastenv.FastRemoteEnv(server.address, transport=transport, timeout=T) as second:
             second.reset()
             for _ in range(20):  # interleaved: the second session's calls poke the hosted wait
-                first.step(np.zeros(1))
-                second.step(np.zeros(1))
+                first.step(0)
+                second.step(0)
             assert second.call("session_threads") == [worker]
-            assert first.get_state()["steps"] == 40  # one env, shared
-        assert first.step(np.zeros(1))[0][0] == 41.0
+            assert first.get_state()["total"] == 40  # one env, shared
+        assert first.step(0)[0][0] == 41.0
     assert wait_until(lambda: _threads(server.address, transport) == [], timeout=T)
 
 

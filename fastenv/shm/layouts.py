@@ -22,6 +22,7 @@ from fastenv.shm.arena import (
     Arena,
 )
 from fastenv.shm.doorbell import SLEEPERS_OFFSET
+from fastenv.shm.kept import KeptTensors
 from fastenv.tensors import StagingNeeded, staged
 
 
@@ -130,6 +131,8 @@ class LayoutReceiver:
         self._received = ReceivedLayouts()
         self._max_array_elements = None if limits is None else limits.max_array_elements
         self._regions: dict[tuple[int, bool], dict[int, tuple[Any, list, Any]]] = {}
+        # Set by a server: request tensors kept and reused while the env lets them go (fastenv.shm.kept).
+        self.kept: KeptTensors | None = None
 
     def define(self, layout_id: Any, spec: Any) -> None:
         """Compile a layout announced by the peer (validated like any payload)."""
@@ -138,7 +141,7 @@ class LayoutReceiver:
             prepared.pop(layout_id, None)
 
     def region(self, offset: int, readonly: bool) -> dict[int, tuple[Any, list, Any]]:
-        """The layouts prepared for the region at ``offset``: ``{layout id: (program, views, layout)}``.
+        """The layouts prepared for the region at ``offset``: ``{layout id: (program, views, layout[, kept])}``.
 
         :meth:`read` fills it; ``fastenv._layout.take`` unpacks the layouts it holds.
         """
@@ -157,7 +160,9 @@ class LayoutReceiver:
             if FAST_DATA + layout.size > capacity:
                 raise ProtocolError("layout larger than its region")
             entry = prepared[layout_id] = (layout.program, layout.views(buffer, offset + FAST_DATA), layout)
-        _, views, layout = entry
+            if self.kept is not None and copy:
+                self.kept.attach(prepared)
+        views, layout = entry[1], entry[2]
         return layout.unpack(buffer, offset + FAST_DATA, views, copy)
 
     def forget_arena(self) -> None:
@@ -165,4 +170,6 @@ class LayoutReceiver:
         for prepared in self._regions.values():
             prepared.clear()
         self._regions.clear()
+        if self.kept is not None:
+            self.kept.forget()
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fastenv import codec
+from fastenv import layout as layout_module
 from fastenv.errors import (
     EncodeError,
     FastEnvTimeout,
@@ -34,6 +35,7 @@ from fastenv.shm.arena import (
     ArenaShape,
 )
 from fastenv.shm.doorbell import Doorbell
+from fastenv.shm.kept import KeptTensors
 from fastenv.shm.layouts import LayoutReceiver, LayoutSender
 from fastenv.shm.plane import CONSUMED_WORD, SERVER_SPIN_US, WAIT_SLICE_S, encode_general, grown, make_bell, words
 from fastenv.transport.base import Executor
@@ -76,6 +78,9 @@ class ShmServerWorker:
         self._arenas = [arena]
         self._sender = LayoutSender()
         self._receiver = LayoutReceiver(limits)
+        self._kept: KeptTensors | None = None
+        if layout_module._native_layout is not None:  # the C unpacker copies request tensors into kept ones
+            self._kept = self._receiver.kept = KeptTensors(layout_module._native_layout)
         self._reply_bells: dict[int, Doorbell] = {}
         self._loans = ReplyLoans(self._reply_views)  # fastenv.reply_array() during this worker's calls
         self._store = words().store
@@ -187,6 +192,8 @@ class ShmServerWorker:
         arena = self.arena
         seen = self._seen
         if self._fast:
+            if self._kept is not None:
+                self._kept.refresh()  # while the client prepares its request: what the env kept stays its own
             try:
                 got = native_take(
                     arena.buf, REQUEST_BELL, seen, self._spin_us, WAIT_SLICE_S, self._region, self._requests, True,

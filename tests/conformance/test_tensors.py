@@ -112,6 +112,19 @@ def test_held_tensors_are_never_written_again(env) -> None:
         assert torch.equal(obs["policy"], torch.full((3,), 2.0 * step)) and reward.item() == step + 1
 
 
+def test_tensors_the_env_keeps_from_its_calls_never_change(env) -> None:
+    """A request's tensors are the env's: what it keeps (the tensor, a view, its numpy array) stays as it was."""
+    sent = []
+    for step in range(24):
+        how = ("tensor", "view", "numpy", "nothing")[step % 4]
+        action = torch.full((3,), float(step))
+        env.call("hold", action, how)
+        sent.append((how, action))
+    expected = [action if how != "view" else action[1:] for how, action in sent if how != "nothing"]
+    for held, action in zip(env.call("held_values"), expected, strict=True):
+        assert_same_tensor(held, action)
+
+
 def test_registered_dataclasses_travel_as_themselves(env) -> None:
     state = RobotState(
         "franka",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +95,10 @@ class Counter:
     def set_state(self, state: dict[str, int]) -> None:
         self.steps = int(state["steps"])
 
+    def session_threads(self) -> list[str]:
+        """The names of the server's threads that serve one session's requests (shared memory or TCP stream)."""
+        return sorted(t.name for t in threading.enumerate() if t.name in ("fastenv-shm-worker", "fastenv-tcp-worker"))
+
     def safe_stop(self) -> str:
         """A deadline's fallback: counts how often the server applied it."""
         self.safe_stops += 1
@@ -112,6 +117,19 @@ class Counter:
         obs = {"policy": action * 2, "count": torch.full((self.obs_size,), float(self.total_steps))}
         done = torch.tensor(self.steps >= self.horizon)
         return obs, torch.tensor(float(self.steps)), done, torch.tensor(False), {"steps": torch.tensor(self.steps)}
+
+    def hold(self, action: Any, how: str) -> None:
+        """Keep the received tensor ``action`` as ``how`` says: itself, a view, its numpy array, or nothing."""
+        held = {"tensor": lambda: action, "view": lambda: action[1:], "numpy": action.numpy, "nothing": lambda: None}
+        kept = held[how]()
+        if kept is not None:
+            self.__dict__.setdefault("held", []).append(kept)
+
+    def held_values(self) -> list[Any]:
+        """Owned copies of what :meth:`hold` kept, in order."""
+        import torch
+
+        return [torch.as_tensor(kept).clone() for kept in self.__dict__.get("held", [])]
 
     def on_device(self, tensor: Any, device: str) -> Any:
         """``tensor`` moved to ``device``: an env whose results live on a GPU."""

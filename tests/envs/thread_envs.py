@@ -40,11 +40,6 @@ class ThreadBound:
         self._check()
         return {"steps": self.steps}
 
-    def session_threads(self) -> list[str]:
-        """The names of the server's threads that serve one session's requests (shared memory or TCP stream)."""
-        self._check()
-        return sorted(t.name for t in threading.enumerate() if t.name in ("fastenv-shm-worker", "fastenv-tcp-worker"))
-
     def close(self) -> None:
         ok = threading.get_ident() == self._owner
         if self._marker_dir is not None:

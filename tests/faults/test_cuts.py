@@ -48,6 +48,8 @@ def test_random_cuts_apply_every_step_once(make_route, rng: random.Random, figur
         assert env.get_state()["total"] == steps
         assert env.session_id == session  # resumed every time, never recreated
         route.check_route(env)
+        if route.name.endswith("-env-thread"):  # each new stream was taken up by the env's thread again
+            assert env.call("session_threads") == []
     figures.update(route=route.name, steps=steps, cuts_survived=cuts, seconds=round(time.monotonic() - started, 1))
 
 
