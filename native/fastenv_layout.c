@@ -19,9 +19,10 @@
  *   unpack(program, buffer, offset, arrays, copy=False, kept=None) -> value
  *       Rebuild the value: scalars read from the buffer, arrays taken from
  *       the list arrays (views into the buffer), or with copy, copies of
- *       them (arrays[i].copy('K')); with copy and kept (a list), a tensor
- *       leaf whose index holds (tensor, array, ...) there is copied into
- *       that array and unpacked as that tensor (fastenv.shm.kept).
+ *       them (arrays[i].copy('K')); with kept (a list), a tensor leaf whose
+ *       index holds (tensor, array, ...) there is unpacked as that tensor:
+ *       with copy, once its bytes are copied into that array; without, as
+ *       it is (it views the leaf's place; fastenv.shm.kept).
  *
  * The shared-memory plane's fast path, put() and take() (one C call per side
  * and direction instead of a chain of Python calls), lives in
@@ -718,8 +719,9 @@ unpack_dict(unpack_ctx *ctx, PyObject *node, int depth)
     return out;
 }
 
-/* A TENSOR node's kept tensor (ctx->kept[index] = (tensor, array, ...), see fastenv.shm.kept) with the
- * bytes of the node's array copied into its array; Py_None (borrowed) when none is kept for this node. */
+/* A TENSOR node's kept tensor (ctx->kept[index] = (tensor, array, ...), see fastenv.shm.kept): with copy,
+ * the bytes of the node's array copied into the kept array; without, the tensor as it is (it views the
+ * node's place). Py_None (borrowed) when none is kept for this node. */
 static PyObject *
 unpack_kept(unpack_ctx *ctx, PyObject *array_node)
 {
@@ -734,6 +736,9 @@ unpack_kept(unpack_ctx *ctx, PyObject *array_node)
     PyObject *slot = PyList_GET_ITEM(ctx->kept, index);
     if (!PyTuple_CheckExact(slot) || PyTuple_GET_SIZE(slot) < 2) {
         return Py_None;
+    }
+    if (!ctx->copy) {
+        return Py_NewRef(PyTuple_GET_ITEM(slot, 0));
     }
     Py_buffer source, target;
     if (PyObject_GetBuffer(PyList_GET_ITEM(ctx->arrays, index), &source, PyBUF_RECORDS_RO) < 0) {
@@ -829,7 +834,7 @@ unpack_node(unpack_ctx *ctx, PyObject *node, int depth)
             }
             return NULL;
         }
-        if (ctx->copy && ctx->kept != NULL) {
+        if (ctx->kept != NULL) {
             PyObject *tensor = unpack_kept(ctx, array_node);
             if (tensor != Py_None) {
                 return tensor; /* the kept tensor, or NULL with an exception set */

@@ -12,8 +12,14 @@ in any way (a reference to it, a view or a ``.numpy()`` of its memory, an
 autograd graph) is left to the env and replaced by a new one, so nothing the
 env keeps ever changes under it.
 
+A client keeps tensors too (:func:`attach_slot_tensors`): each tensor leaf of
+a reply slot's layouts has one tensor viewing its place in the slot, handed
+out whenever a reply lands there. The slot is only written when nothing built
+on its memory is alive (:mod:`fastenv.shm.slots`), and :func:`slot_tensors_held`
+is how that check sees these tensors.
+
 Without torch's storage use count (``torch._C._storage_Use_Count``) nothing
-is kept: every request tensor is built anew, as before.
+is kept: every tensor is built anew.
 """
 
 from __future__ import annotations
@@ -26,9 +32,16 @@ import numpy as np
 _getrefcount = sys.getrefcount
 
 
+_use_count: Any = None
+
+
 def _storage_use_count() -> Any:
-    torch = sys.modules.get("torch")
-    return getattr(getattr(torch, "_C", None), "_storage_Use_Count", None)
+    """torch's ``_storage_Use_Count`` (None while torch is not loaded, or if this torch lacks it)."""
+    global _use_count
+    if _use_count is None:
+        torch = sys.modules.get("torch")
+        _use_count = getattr(getattr(torch, "_C", None), "_storage_Use_Count", None)
+    return _use_count
 
 
 class KeptTensors:
@@ -88,16 +101,52 @@ class KeptTensors:
         return (*slot, references, storage)
 
     def _tensor_leaves(self, node: Any) -> Any:
-        """``(array index, from_array)`` of each TENSOR node under ``node``."""
-        op = node[0]
-        if op == self._ops.TENSOR:
-            yield node[4][6], node[3]
-        elif op in (self._ops.TUPLE, self._ops.LIST):
-            for child in node[1]:
-                yield from self._tensor_leaves(child)
-        elif op == self._ops.DICT:
-            for child in node[2]:
-                yield from self._tensor_leaves(child)
+        return tensor_leaves(self._ops, node)
+
+
+def tensor_leaves(ops: Any, node: Any) -> Any:
+    """``(array index, from_array)`` of each TENSOR node of the C packer's program under ``node``."""
+    op = node[0]
+    if op == ops.TENSOR:
+        yield node[4][6], node[3]
+    elif op in (ops.TUPLE, ops.LIST):
+        for child in node[1]:
+            yield from tensor_leaves(ops, child)
+    elif op == ops.DICT:
+        for child in node[2]:
+            yield from tensor_leaves(ops, child)
+
+
+def attach_slot_tensors(ops: Any, prepared: dict[int, tuple]) -> None:
+    """Give each layout of a reply slot's ``prepared`` with tensor leaves the tensors viewing their places.
+
+    The entry becomes ``(program, views, layout, kept)`` with ``kept[i]`` a
+    ``(tensor, None, None, references, storage uses)`` for tensor leaf ``i``:
+    the C unpacker returns that tensor (zero copy) for a reply in this slot.
+    """
+    use_count = _storage_use_count()
+    if use_count is None:
+        return
+    for layout_id, entry in list(prepared.items()):
+        if len(entry) != 3 or entry[0] is None:
+            continue
+        kept: list[Any] = [None] * len(entry[1])
+        for index, from_array in tensor_leaves(ops, entry[0]):
+            slot = (from_array(entry[1][index].view()), None, None)  # its own view: the slot's view keeps its count
+            references, storage = _counts(slot, use_count)
+            kept[index] = (*slot, references, storage)
+        prepared[layout_id] = (*entry, kept)
+
+
+def slot_tensors_held(kept: list[Any]) -> bool:
+    """Whether anything still holds a tensor :func:`attach_slot_tensors` made, or memory it views."""
+    use_count = _storage_use_count()
+    for slot in kept:
+        if slot is not None:
+            references, storage = _counts(slot, use_count)
+            if references > slot[3] or storage > slot[4] or slot[0]._use_count() > 1:
+                return True
+    return False
 
 
 def _counts(slot: tuple, use_count: Any) -> tuple[int, int]:

@@ -18,6 +18,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from fastenv.shm.kept import slot_tensors_held
+
 _getrefcount = sys.getrefcount
 
 
@@ -57,6 +59,8 @@ class ReplySlots:
             for view in entry[1]:
                 if _getrefcount(view) > _UNHELD:
                     return True
+            if len(entry) > 3 and slot_tensors_held(entry[3]):  # the tensors the slot hands out
+                return True
         for buffer in self._decoded[slot]:
             if _getrefcount(buffer) > _UNHELD:
                 return True
