@@ -35,6 +35,21 @@ RESERVED_METHODS = frozenset({"close"})
 DESCRIPTION_HOOK = "__fastenv_description__"
 
 
+def client_spin_hint(env: Any) -> int | None:
+    """How long a shared-memory client should spin for a reply, when ``env`` says (its ``shm_client_spin_us``).
+
+    A :class:`~fastenv.vector.workers.WorkerVectorHost` whose worker
+    processes take every CPU says 0: a spinning client would take one from
+    them. Read from the instance's own attributes only (no ``__getattr__`` of
+    an env runs); None when it says nothing.
+    """
+    try:
+        hint = vars(env).get("shm_client_spin_us")
+    except TypeError:  # no __dict__
+        return None
+    return hint if type(hint) is int and 0 <= hint <= 1_000_000 else None
+
+
 def stands_in_for_vector(env: Any) -> bool:
     """Whether ``env`` describes itself (:data:`DESCRIPTION_HOOK`) as a vector env: it answers batched calls itself."""
     hook = getattr(type(env), DESCRIPTION_HOOK, None)

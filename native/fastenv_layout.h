@@ -39,7 +39,8 @@ typedef struct {
     PyObject *arrays; /* list: the value of each ARRAY node, by index */
     int copy;         /* take arrays[i].copy('K') instead of arrays[i] */
     PyObject *kept;   /* NULL, or a list: a TENSOR node whose index holds (tensor, array, ...) returns that
-                         tensor (with copy, once its bytes are copied into that array) */
+                         tensor once its bytes are copied into that array; (tensor, None, ...): the tensor as
+                         it is, unless copy */
 } unpack_ctx;
 
 /* ------------------------------------------------------------ the packer (fastenv_layout.c) */

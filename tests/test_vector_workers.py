@@ -295,3 +295,20 @@ def test_workers_leave_when_the_server_is_killed(serve) -> None:
     server.kill()
     assert not wait_gone(pids), "workers outlived their server"
     assert time.monotonic() - started < 10  # they look for their server every WORKER_POLL_S
+
+
+def test_a_client_does_not_spin_while_workers_take_every_cpu(serve) -> None:
+    """Workers on every CPU: the server asks shared-memory clients not to spin (unless the client chose a spin)."""
+    cpus = usable_cpus()  # a worker per CPU: with this server and one client, more processes than CPUs
+    server = serve(NESTED, "--num-envs", str(max(4, cpus)), "--workers", str(cpus), "--mode", "per-client")
+    with FastVectorEnv(server.address, timeout=TIMEOUT) as envs, FastVectorEnv(
+        server.address, timeout=TIMEOUT, spin_us=150
+    ) as chosen:
+        session = envs.remotes[0]._session
+        assert session.welcome["shm"]["client_spin_us"] == 0 and session.transport._spin_us == 0
+        assert chosen.remotes[0]._session.transport._spin_us == 150
+        envs.reset(seed=0)
+        assert envs.step(envs.action_space.sample())[1].shape == (max(4, cpus),)
+    plain = serve(NESTED, "--num-envs", "4", "--mode", "per-client")
+    with FastVectorEnv(plain.address, timeout=TIMEOUT) as envs:
+        assert "client_spin_us" not in envs.remotes[0]._session.welcome["shm"]

@@ -240,7 +240,7 @@ class ControlHandlers:
             "env": description,
             "env_hash": envinfo.description_hash(description),
             "token": session.token,  # proves the session is ours in RESUME (with or without a data stream)
-            "shm": {"name": arena.name} if arena is not None else None,
+            "shm": _shm_offer(arena.name, session.env) if arena is not None else None,
             "tcp": {"port": self._data_port, "token": session.token} if session.stream is not None else None,
             "observe": {"port": self._publisher.port} if self._publisher is not None else None,
         }
@@ -351,6 +351,15 @@ class ControlHandlers:
         if session is not None:
             self._registry.end(session)
         self.reply(identity, Kind.RESULT, message.request_id, None)
+
+
+def _shm_offer(name: str, env: Any) -> dict[str, Any]:
+    """The shared-memory offer of a welcome: the arena's name, and the env's spin hint for the client."""
+    offer: dict[str, Any] = {"name": name}
+    spin_us = envinfo.client_spin_hint(env)
+    if spin_us is not None:
+        offer["client_spin_us"] = spin_us
+    return offer
 
 
 def _described(env: Any, vector: bool) -> tuple[Any, dict[str, Any]]:

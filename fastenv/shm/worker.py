@@ -94,9 +94,11 @@ class ShmServerWorker:
     def start(self, host: EnvThread | None = None) -> None:
         """Start serving: on ``host``'s thread when it takes the session (no hop per call), else on a thread of its own."""
         # Hosting needs the C fast path: its take() waits for requests and pokes at once.
-        if host is not None and self._fast and host.host(self):
-            self._host = host
-            return
+        if host is not None and self._fast:
+            self._host = host  # before the host thread can start: stop() must know who serves the session
+            if host.host(self):
+                return
+            self._host = None
         self._thread.start()
 
     def peer_gone(self, now: float) -> str | None:

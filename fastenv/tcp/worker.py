@@ -81,6 +81,7 @@ class TcpServerWorker:
         self._thread = threading.Thread(target=self._run, name="fastenv-tcp-worker", daemon=True)
         self._host: EnvThread | None = None  # the env thread serving this stream, when it hosts it
         self._wake_fd = -1  # an eventfd a hosted wait polls beside the socket (pokes write to it)
+        self._wake_lock = threading.Lock()  # a wake never writes to the number of an eventfd closed meanwhile
         self._ended = threading.Event()  # the stream was closed and on_exit called
         self.calls = 0
         self.exit_reason: BaseException | None = None
@@ -92,11 +93,13 @@ class TcpServerWorker:
         """
         if host is not None and self._stream.native_spin:
             self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            self._host = host  # before the host thread can start: stop() must know who serves the stream
             if host.host(self, wait):
-                self._host = host
                 return
-            os.close(self._wake_fd)
-            self._wake_fd = -1
+            self._host = None
+            with self._wake_lock:
+                os.close(self._wake_fd)
+                self._wake_fd = -1
         self._thread.start()
 
     def is_alive(self) -> bool:
@@ -179,11 +182,9 @@ class TcpServerWorker:
 
     def wake(self) -> None:
         """Wake a hosted wait (it then looks at its poke word)."""
-        if self._wake_fd >= 0 and not self._ended.is_set():
-            try:
+        with self._wake_lock:
+            if self._wake_fd >= 0:  # else the stream ended, and nobody waits there any more
                 os.eventfd_write(self._wake_fd, 1)
-            except OSError:  # closed meanwhile: the stream ended, and nobody waits there any more
-                pass
 
     def _served(self, loop: Callable[[], bool]) -> bool:
         """Run ``loop``; True when it returned for a poke, else close the stream and report why it ended."""
@@ -209,9 +210,10 @@ class TcpServerWorker:
 
     def _end(self, reason: BaseException | None) -> None:
         self._stream.close()
-        if self._wake_fd >= 0:
-            os.close(self._wake_fd)
-            self._wake_fd = -1
+        with self._wake_lock:
+            if self._wake_fd >= 0:
+                os.close(self._wake_fd)
+                self._wake_fd = -1
         self.exit_reason = reason
         self._ended.set()
         if self._on_exit is not None:

@@ -180,6 +180,9 @@ class WorkerVectorHost(WorkerPoolMixin, VectorHost):
         self.start_timeout = start_timeout
         self.restarts = 0
         fits = self.workers + 2 <= usable_cpus()  # workers, this server and one client
+        # A shared-memory client that spins while the workers step would take a CPU they need: the
+        # server asks it not to (see fastenv.envinfo.client_spin_hint), unless every process has a CPU.
+        self.shm_client_spin_us: int | None = None if fits else 0
         if spin_us is None:
             spin_us = int(os.environ.get("FASTENV_HOST_SPIN_US", HOST_SPIN_US if fits else 0))
         if worker_spin_us is None:
