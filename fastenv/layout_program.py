@@ -64,7 +64,9 @@ class ProgramBuilder:
             to_array, from_array = tensors.layout_converter(entry), tensors.layout_writable_builder(entry)
             to_address = tensors.layout_address(entry, tuple(spec[2]))
             torch_tensor = sys.modules["torch"].Tensor
-            return (ops.TENSOR, torch_tensor, to_array, from_array, self._array_node(), to_address)
+            checked = None if entry.dtype.is_complex else entry.dtype  # the C packer's own checks (no lazy conj)
+            node = (ops.TENSOR, torch_tensor, to_array, from_array, self._array_node(), to_address)
+            return (*node, checked, tuple(spec[2]))
         if tag in ("tuple", "list"):
             children = tuple(self.node(child) for child in spec[1])
             return (ops.TUPLE if tag == "tuple" else ops.LIST, children)

@@ -35,9 +35,13 @@
  *   (BOOL, off) (INT, off) (FLOAT, off)   Python scalars: u8, int64, double
  *   (NPSCALAR, off, type, code)     numpy scalar; code one of ?bBhHiIqQefd
  *   (ARRAY, off, ndarray, format, shape, nbytes, index, fortran)
- *   (TENSOR, type, to_array, from_array, array_node, to_address)
- *       a value of exactly `type` (torch.Tensor) whose bytes are an array:
- *       pack calls to_address(value), which returns None (the structure
+ *   (TENSOR, type, to_array, from_array, array_node, to_address, dtype, shape)
+ *       a value of exactly `type` (torch.Tensor) whose bytes are an array.
+ *       With a dtype (not None: one that cannot be lazily conjugated), pack
+ *       first reads the value's dtype, shape (against the tuple shape),
+ *       is_cpu, is_contiguous() and is_neg() itself and copies a contiguous
+ *       host tensor's bytes from data_ptr(); any other tensor of that dtype
+ *       and shape goes to to_address. pack calls to_address(value), which returns None (the structure
  *       differs), the address of the tensor's contiguous bytes (an int: the
  *       node's nbytes are copied from there; the caller checked dtype, shape
  *       and device) or an array; extract calls to_array(value) (None or an
@@ -82,6 +86,8 @@ enum {
  * about half the cost of a small array's copy. */
 static PyObject *str_copy;       /* "copy" */
 static PyObject *str_keep_order; /* "K" */
+/* a tensor's attributes and methods the packer reads before it copies the tensor's bytes */
+static PyObject *str_dtype, *str_shape, *str_is_cpu, *str_is_contiguous, *str_is_neg, *str_data_ptr;
 
 int
 bad_program(const char *what)
@@ -401,10 +407,52 @@ pack_address(pack_ctx *ctx, PyObject *array_node, PyObject *address_obj)
 
 /* A TENSOR node: the value's bytes (from an address or an array the program's converter gives), packed
  * in its ARRAY node's place. */
+/* Whether the tensor's attribute name (a method when call) is the object expected: 1 yes, 0 no, -1 error. */
+static int
+tensor_reads(PyObject *value, PyObject *name, int call, PyObject *expected)
+{
+    PyObject *got = call ? PyObject_CallMethodNoArgs(value, name) : PyObject_GetAttr(value, name);
+    if (got == NULL) {
+        return -1;
+    }
+    int same = got == expected;
+    Py_DECREF(got);
+    return same;
+}
+
+/* The fast checks of a TENSOR node with a dtype and shape (a tensor that cannot be lazily conjugated):
+ * PACK_MISMATCH for another dtype or shape; PACK_OK with *address set for a contiguous host tensor
+ * without a lazy negation; PACK_ERROR with nothing set when the node's converter must decide (a tensor on
+ * a device, a strided or negated one); PACK_ERROR with an exception set on failure. */
+static int
+tensor_fast_address(PyObject *node, PyObject *value, PyObject **address)
+{
+    int same = tensor_reads(value, str_dtype, 0, PyTuple_GET_ITEM(node, 6));
+    if (same <= 0) {
+        return same < 0 ? PACK_ERROR : PACK_MISMATCH;
+    }
+    PyObject *shape = PyObject_GetAttr(value, str_shape);
+    if (shape == NULL) {
+        return PACK_ERROR;
+    }
+    same = PyObject_RichCompareBool(shape, PyTuple_GET_ITEM(node, 7), Py_EQ);
+    Py_DECREF(shape);
+    if (same <= 0) {
+        return same < 0 ? PACK_ERROR : PACK_MISMATCH;
+    }
+    if ((same = tensor_reads(value, str_is_cpu, 0, Py_True)) <= 0 ||
+        (same = tensor_reads(value, str_is_contiguous, 1, Py_True)) <= 0 ||
+        (same = tensor_reads(value, str_is_neg, 1, Py_False)) <= 0) {
+        return PACK_ERROR; /* an exception (same < 0), or the converter decides */
+    }
+    *address = PyObject_CallMethodNoArgs(value, str_data_ptr);
+    return *address == NULL ? PACK_ERROR : PACK_OK;
+}
+
 static int
 pack_tensor(pack_ctx *ctx, PyObject *node, PyObject *value)
 {
-    if (node_size(node, 6) < 0) {
+    if (node_size(node, 8) < 0) {
         return PACK_ERROR;
     }
     if ((PyObject *)Py_TYPE(value) != PyTuple_GET_ITEM(node, 1)) {
@@ -413,6 +461,18 @@ pack_tensor(pack_ctx *ctx, PyObject *node, PyObject *value)
     PyObject *array_node = PyTuple_GET_ITEM(node, 4);
     if (opcode_of(array_node) != OP_ARRAY || node_size(array_node, 8) < 0) {
         return PyErr_Occurred() ? PACK_ERROR : bad_program("tensor node without an array node");
+    }
+    if (ctx->collect == NULL && PyTuple_GET_ITEM(node, 6) != Py_None) {
+        PyObject *address = NULL;
+        int status = tensor_fast_address(node, value, &address);
+        if (status == PACK_OK) {
+            status = pack_address(ctx, array_node, address);
+            Py_DECREF(address);
+            return status;
+        }
+        if (status == PACK_MISMATCH || PyErr_Occurred()) {
+            return status;
+        }
     }
     PyObject *convert = PyTuple_GET_ITEM(node, ctx->collect != NULL ? 2 : 5);
     PyObject *array = PyObject_CallOneArg(convert, value);
@@ -824,7 +884,7 @@ unpack_node(unpack_ctx *ctx, PyObject *node, int depth)
         }
         return Py_NewRef(PyList_GET_ITEM(ctx->arrays, index));
     case OP_TENSOR: {
-        if (node_size(node, 6) < 0) {
+        if (node_size(node, 8) < 0) {
             return NULL;
         }
         PyObject *array_node = PyTuple_GET_ITEM(node, 4);
@@ -925,7 +985,14 @@ layout_exec(PyObject *module)
     if (str_copy == NULL) {
         str_copy = PyUnicode_InternFromString("copy");
         str_keep_order = PyUnicode_InternFromString("K");
-        if (str_copy == NULL || str_keep_order == NULL) {
+        str_dtype = PyUnicode_InternFromString("dtype");
+        str_shape = PyUnicode_InternFromString("shape");
+        str_is_cpu = PyUnicode_InternFromString("is_cpu");
+        str_is_contiguous = PyUnicode_InternFromString("is_contiguous");
+        str_is_neg = PyUnicode_InternFromString("is_neg");
+        str_data_ptr = PyUnicode_InternFromString("data_ptr");
+        if (str_copy == NULL || str_keep_order == NULL || str_dtype == NULL || str_shape == NULL ||
+            str_is_cpu == NULL || str_is_contiguous == NULL || str_is_neg == NULL || str_data_ptr == NULL) {
             return -1;
         }
     }

@@ -231,3 +231,30 @@ def test_unpacked_tensors_share_writable_memory_and_copy_read_only_memory(native
     owned.add_(1)
     assert torch.equal(owned, value["obs"] + 2)
     assert torch.equal(layout.unpack(frozen, 64, layout.views(frozen, 64), False)["obs"], value["obs"] + 1)
+
+
+def test_a_tensor_layout_packs_every_form_of_its_dtype_and_shape(native: bool) -> None:
+    """Contiguous, transposed, negated-view and grad-requiring tensors of one layout all arrive as their values."""
+    torch = pytest.importorskip("torch")
+    base = torch.arange(6.0).reshape(2, 3)
+    negated = torch.complex(torch.ones(2, 3), base).conj().imag  # a lazily negated view: reads as -base
+    assert negated.is_neg()
+    forms = {
+        "contiguous": base,
+        "transposed": torch.arange(6.0).reshape(3, 2).T,
+        "negated": negated,
+        "requires-grad": base.clone().requires_grad_(),
+    }
+    layout = Layout(infer_spec({"x": base, "z": torch.zeros(2, dtype=torch.complex64)}), native=native)
+    buffer = bytearray(layout.size + 128)
+    views = layout.views(buffer, 64)
+    for name, tensor in forms.items():
+        conj = torch.complex(torch.ones(2), torch.arange(2.0)).conj()  # complex64, lazily conjugated
+        layout.pack_into(buffer, 64, {"x": tensor, "z": conj}, views)
+        out = layout.unpack(buffer, 64, views, True)
+        assert torch.equal(out["x"], tensor.detach().resolve_neg()), name
+        assert torch.equal(out["z"], conj.resolve_conj()), name
+    with pytest.raises(LayoutMismatch):
+        layout.pack_into(buffer, 64, {"x": base.double(), "z": torch.zeros(2, dtype=torch.complex64)}, views)
+    with pytest.raises(LayoutMismatch):
+        layout.pack_into(buffer, 64, {"x": base[:1], "z": torch.zeros(2, dtype=torch.complex64)}, views)
