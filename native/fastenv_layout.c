@@ -19,10 +19,9 @@
  *   unpack(program, buffer, offset, arrays, copy=False, kept=None) -> value
  *       Rebuild the value: scalars read from the buffer, arrays taken from
  *       the list arrays (views into the buffer), or with copy, copies of
- *       them (arrays[i].copy('K')); with kept (a list), a tensor leaf whose
- *       index holds (tensor, array, ...) there is unpacked as that tensor,
- *       once its bytes are copied into that array; (tensor, None, ...): as
- *       it is, unless copy (it views the leaf's place; fastenv.shm.kept).
+ *       them (arrays[i].copy('K')); with copy and kept (a list), a tensor
+ *       leaf whose index holds (tensor, array, ...) there is copied into
+ *       that array and unpacked as that tensor (fastenv.shm.kept).
  *
  * The shared-memory plane's fast path, put() and take() (one C call per side
  * and direction instead of a chain of Python calls), lives in
@@ -779,9 +778,8 @@ unpack_dict(unpack_ctx *ctx, PyObject *node, int depth)
     return out;
 }
 
-/* A TENSOR node's kept tensor (ctx->kept[index] = (tensor, array, ...), see fastenv.shm.kept): with an
- * array, the bytes of the node's array copied into it; with None there, the tensor as it is when the
- * value is not copied (it views the node's place). Py_None (borrowed) when none applies to this node. */
+/* A TENSOR node's kept tensor (ctx->kept[index] = (tensor, array, ...), see fastenv.shm.kept) with the
+ * bytes of the node's array copied into that array; Py_None (borrowed) when none is kept for this node. */
 static PyObject *
 unpack_kept(unpack_ctx *ctx, PyObject *array_node)
 {
@@ -797,10 +795,6 @@ unpack_kept(unpack_ctx *ctx, PyObject *array_node)
     if (!PyTuple_CheckExact(slot) || PyTuple_GET_SIZE(slot) < 2) {
         return Py_None;
     }
-    if (PyTuple_GET_ITEM(slot, 1) == Py_None) { /* a tensor viewing the leaf's place: only a view may be it */
-        return ctx->copy ? Py_None : Py_NewRef(PyTuple_GET_ITEM(slot, 0));
-    }
-    /* a tensor over memory of its own: the leaf's bytes are copied into it */
     Py_buffer source, target;
     if (PyObject_GetBuffer(PyList_GET_ITEM(ctx->arrays, index), &source, PyBUF_RECORDS_RO) < 0) {
         PyErr_Clear();
@@ -895,7 +889,7 @@ unpack_node(unpack_ctx *ctx, PyObject *node, int depth)
             }
             return NULL;
         }
-        if (ctx->kept != NULL) {
+        if (ctx->copy && ctx->kept != NULL) {
             PyObject *tensor = unpack_kept(ctx, array_node);
             if (tensor != Py_None) {
                 return tensor; /* the kept tensor, or NULL with an exception set */

@@ -38,9 +38,8 @@ typedef struct {
     Py_ssize_t room;
     PyObject *arrays; /* list: the value of each ARRAY node, by index */
     int copy;         /* take arrays[i].copy('K') instead of arrays[i] */
-    PyObject *kept;   /* NULL, or a list: a TENSOR node whose index holds (tensor, array, ...) returns that
-                         tensor once its bytes are copied into that array; (tensor, None, ...): the tensor as
-                         it is, unless copy */
+    PyObject *kept;   /* NULL, or a list: with copy, a TENSOR node whose index holds (tensor, array, ...)
+                         copies its bytes into that array and returns that tensor */
 } unpack_ctx;
 
 /* ------------------------------------------------------------ the packer (fastenv_layout.c) */

@@ -86,3 +86,29 @@ def test_arrays_and_layouts_without_tensors_keep_nothing() -> None:
     assert region.prepared[7][3] == [None]
     value = region.receive({"arm": np.ones((2, 3), np.float32), "step": 2})
     assert type(value["arm"]) is np.ndarray and value["arm"].sum() == 6
+
+
+CHANGES: dict[str, Callable[[Any], Any]] = {
+    "values in place": lambda arm: arm.add_(100),
+    "unsqueeze_": lambda arm: arm.unsqueeze_(0),
+    "transposed in place": lambda arm: arm.t_(),
+    "its data replaced": lambda arm: setattr(arm, "data", torch.zeros(5)),
+    "requires_grad_": lambda arm: arm.requires_grad_(),
+    "a gradient": lambda arm: setattr(arm, "grad", torch.ones(2, 3)),
+    "an attribute": lambda arm: setattr(arm, "note", "seen"),
+}
+
+
+@pytest.mark.parametrize("how", CHANGES)
+def test_a_tensor_the_env_changed_is_not_handed_out_again(how: str) -> None:
+    """What the env did to an action it dropped never shows in a later action."""
+    region = Region(_action(0))
+    received = region.receive(_action(1))
+    CHANGES[how](received["arm"])
+    del received
+    for step in range(2, 5):
+        again = region.receive(_action(step))["arm"]
+        assert again.shape == (2, 3) and again.stride() == (3, 1), how
+        assert torch.equal(again, torch.full((2, 3), float(step))), how
+        assert not again.requires_grad and again.grad is None and not again.__dict__, how
+        del again

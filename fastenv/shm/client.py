@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 
 from fastenv import codec
-from fastenv import layout as layout_module
 from fastenv.errors import (
     ConnectionLost,
     FastEnvTimeout,
@@ -67,8 +66,6 @@ class ShmClientPlane:
         self._arenas: list[Arena] = []
         self._sender = LayoutSender()
         self._receiver = LayoutReceiver()
-        if not copy:  # the C unpacker hands out tensors kept per reply slot (fastenv.shm.kept)
-            self._receiver.slot_tensors = layout_module._native_layout
         # A call posted whose reply was not read (it timed out): read before the next call, since
         # the reply may define a layout or announce a new arena that later replies rely on.
         # Recorded only when a wait for a reply is left early (timeout, Ctrl-C): no per-call cost.

@@ -12,11 +12,10 @@ in any way (a reference to it, a view or a ``.numpy()`` of its memory, an
 autograd graph) is left to the env and replaced by a new one, so nothing the
 env keeps ever changes under it.
 
-A client keeps tensors too (:func:`attach_slot_tensors`): each tensor leaf of
-a reply slot's layouts has one tensor viewing its place in the slot, handed
-out whenever a reply lands there. The slot is only written when nothing built
-on its memory is alive (:mod:`fastenv.shm.slots`), and :func:`slot_tensors_held`
-is how that check sees these tensors.
+A kept tensor is handed out again only as it was made: one the env changed
+in place in any way (its values or its shape, strides, storage, dtype,
+``requires_grad``, a gradient, attributes of its own) is replaced too, so
+nothing the env did to an earlier action shows in a later one.
 
 Without torch's storage use count (``torch._C._storage_Use_Count``) nothing
 is kept: every tensor is built anew.
@@ -78,12 +77,11 @@ class KeptTensors:
             self._kept.extend((kept, index) for index, slot in enumerate(kept) if slot is not None)
 
     def refresh(self) -> None:
-        """Replace every kept tensor the env still holds by a new one (call before taking a request)."""
+        """Replace every kept tensor the env still holds or changed by a new one (call before taking a request)."""
         use_count = self._use_count
         for kept, index in self._kept:
             slot = kept[index]
-            references, storage = _counts(slot, use_count)
-            if references > slot[3] or storage > slot[4] or slot[0]._use_count() > 1:
+            if _counts(slot, use_count) != slot[3:5] or _changed(slot):
                 kept[index] = self._fresh(slot[1], slot[2])
 
     def forget(self) -> None:
@@ -91,14 +89,18 @@ class KeptTensors:
         self._kept.clear()
 
     def _fresh(self, like: np.ndarray, from_array: Any) -> tuple:
-        """``(tensor, private array, from_array, references, storage uses)`` of a new kept tensor.
+        """A new kept tensor: ``(tensor, private array, from_array, references, storage uses, version, address)``.
 
-        The last two are what :func:`_counts` reads for it while nothing but this tuple holds it.
+        References and storage uses are what :func:`_counts` reads for it
+        while nothing but this tuple holds it; version and address are what
+        :func:`_changed` compares.
         """
         private = np.empty_like(like)
-        slot = (from_array(private), private, from_array)
+        tensor = from_array(private)
+        slot = (tensor, private, from_array)
+        del tensor
         references, storage = _counts(slot, self._use_count)  # measured before anything else holds the tensor
-        return (*slot, references, storage)
+        return (*slot, references, storage, slot[0]._version, slot[0].data_ptr())
 
     def _tensor_leaves(self, node: Any) -> Any:
         return tensor_leaves(self._ops, node)
@@ -117,39 +119,21 @@ def tensor_leaves(ops: Any, node: Any) -> Any:
             yield from tensor_leaves(ops, child)
 
 
-def attach_slot_tensors(ops: Any, prepared: dict[int, tuple]) -> None:
-    """Give each layout of a reply slot's ``prepared`` with tensor leaves the tensors viewing their places.
-
-    The entry becomes ``(program, views, layout, kept)`` with ``kept[i]`` a
-    ``(tensor, None, None, references, storage uses)`` for tensor leaf ``i``:
-    the C unpacker returns that tensor (zero copy) for a reply in this slot.
-    """
-    use_count = _storage_use_count()
-    if use_count is None:
-        return
-    for layout_id, entry in list(prepared.items()):
-        if len(entry) != 3 or entry[0] is None:
-            continue
-        kept: list[Any] = [None] * len(entry[1])
-        for index, from_array in tensor_leaves(ops, entry[0]):
-            slot = (from_array(entry[1][index].view()), None, None)  # its own view: the slot's view keeps its count
-            references, storage = _counts(slot, use_count)
-            kept[index] = (*slot, references, storage)
-        prepared[layout_id] = (*entry, kept)
-
-
-def slot_tensors_held(kept: list[Any]) -> bool:
-    """Whether anything still holds a tensor :func:`attach_slot_tensors` made, or memory it views."""
-    use_count = _storage_use_count()
-    for slot in kept:
-        if slot is not None:
-            references, storage = _counts(slot, use_count)
-            if references > slot[3] or storage > slot[4] or slot[0]._use_count() > 1:
-                return True
-    return False
-
-
 def _counts(slot: tuple, use_count: Any) -> tuple[int, int]:
     """The reference count of a kept tensor and the use count of its storage, read the same way every time."""
     tensor = slot[0]
     return _getrefcount(tensor), use_count(tensor.untyped_storage()._cdata)
+
+
+def _changed(slot: tuple) -> bool:
+    """Whether the env changed a kept tensor itself: any in-place operation (values, shape, strides, storage:
+    they count a version), its data replaced, ``requires_grad``, a gradient, or attributes of its own."""
+    tensor = slot[0]
+    return (
+        tensor._version != slot[5]
+        or tensor.data_ptr() != slot[6]
+        or tensor.requires_grad
+        or tensor.grad is not None
+        or bool(tensor.__dict__)
+        or tensor._use_count() > 1
+    )

@@ -22,7 +22,7 @@ from fastenv.shm.arena import (
     Arena,
 )
 from fastenv.shm.doorbell import SLEEPERS_OFFSET
-from fastenv.shm.kept import KeptTensors, attach_slot_tensors
+from fastenv.shm.kept import KeptTensors
 from fastenv.tensors import StagingNeeded, staged
 
 
@@ -133,8 +133,6 @@ class LayoutReceiver:
         self._regions: dict[tuple[int, bool], dict[int, tuple[Any, list, Any]]] = {}
         # Set by a server: request tensors kept and reused while the env lets them go (fastenv.shm.kept).
         self.kept: KeptTensors | None = None
-        # Set by a client (the C packer's module): reply slots hand out kept tensors viewing them.
-        self.slot_tensors: Any = None
 
     def define(self, layout_id: Any, spec: Any) -> None:
         """Compile a layout announced by the peer (validated like any payload)."""
@@ -164,9 +162,7 @@ class LayoutReceiver:
             entry = prepared[layout_id] = (layout.program, layout.views(buffer, offset + FAST_DATA), layout)
             if self.kept is not None and copy:
                 self.kept.attach(prepared)
-            elif self.slot_tensors is not None and not copy and not readonly:
-                attach_slot_tensors(self.slot_tensors, prepared)
-            entry = prepared[layout_id]
+                entry = prepared[layout_id]
         views, layout = entry[1], entry[2]
         return layout.unpack(buffer, offset + FAST_DATA, views, copy)
 

@@ -18,8 +18,6 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from fastenv.shm.kept import slot_tensors_held
-
 _getrefcount = sys.getrefcount
 
 
@@ -59,8 +57,6 @@ class ReplySlots:
             for view in entry[1]:
                 if _getrefcount(view) > _UNHELD:
                     return True
-            if len(entry) > 3 and slot_tensors_held(entry[3]):  # the tensors the slot hands out
-                return True
         for buffer in self._decoded[slot]:
             if _getrefcount(buffer) > _UNHELD:
                 return True

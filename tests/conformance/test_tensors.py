@@ -13,14 +13,12 @@ import os
 import subprocess
 import sys
 import textwrap
-import weakref
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from fastenv import native
 from fastenv.errors import EncodeError, RemoteEnvError
 
 torch = pytest.importorskip("torch")
@@ -126,20 +124,6 @@ def test_reply_tensors_kept_in_any_form_never_change(env) -> None:
     for step, form in enumerate(kept):
         if form is not None:
             assert (torch.as_tensor(form) == 2.0 * step).all(), f"what was kept of step {step} changed"
-
-
-def test_a_dropped_reply_tensor_is_handed_out_again_on_shared_memory(env, route) -> None:
-    """With the C fast path a reply slot hands out the same tensor object each time it is free (nothing built)."""
-    if route.name not in ("shm", "shm-env-thread") or not native.BACKEND.native:
-        pytest.skip("the client's C fast path on shared memory only")
-    env.reset()
-    for _ in range(3):  # a structure's first reply defines its layout, the next prepares the slot's tensors
-        env.call("torch_step", torch.zeros(3))
-    first = env.call("torch_step", torch.ones(3))[0]["policy"]
-    handed = weakref.ref(first)
-    del first
-    again = env.call("torch_step", torch.full((3,), 2.0))[0]["policy"]
-    assert handed() is again and torch.equal(again, torch.full((3,), 4.0))
 
 
 def test_tensors_the_env_keeps_from_its_calls_never_change(env) -> None:
