@@ -401,6 +401,9 @@ class EnvServer:
     def stop(self, timeout: float = 10.0) -> None:
         """Ask the loop to stop and wait for it (safe from signal handlers and other threads)."""
         self._stopping.set()
+        main = self._env_threads.main
+        if main is not None:
+            main.poke()  # the main thread may be waiting for a session's requests it hosts: it looks up
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
 

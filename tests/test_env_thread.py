@@ -72,6 +72,17 @@ def test_the_env_thread_serves_its_first_session_itself(serve, env_thread: str, 
     assert wait_until(lambda: _threads(server.address, transport) == [], timeout=T)
 
 
+@pytest.mark.parametrize("transport", ["shm", "tcp"])
+def test_a_server_stops_while_its_main_thread_hosts_a_session(serve, transport: str) -> None:
+    """SIGTERM reaches a main thread that waits for a hosted session's requests: a clean exit, not a kill."""
+    server = serve(COUNTER, "--env-thread", "main", "--mode", "shared")
+    with fastenv.FastRemoteEnv(server.address, transport=transport, timeout=T) as env:
+        env.reset()
+        env.step(0)
+        assert env.call("session_threads") == []  # hosted
+        assert server.stop(timeout=T) == 0
+
+
 def _threads(address: str, transport: str) -> list[str]:
     with fastenv.FastRemoteEnv(address, transport=transport, timeout=T) as env:
         return env.call("session_threads")

@@ -88,6 +88,7 @@ class ShmServerWorker:
         self._thread = threading.Thread(target=self._run, name="fastenv-shm-worker", daemon=True)
         self._host: EnvThread | None = None  # the env thread serving this session, when it hosts it
         self._left = threading.Event()  # the host thread left the loop for good
+        self._hosting = False  # the host thread is in serve_hosted() now
         self._watch(arena)
         self._seen = self._bell.value()
 
@@ -123,6 +124,9 @@ class ShmServerWorker:
                 self._left.wait(timeout)
             for arena in self._arenas:
                 arena.unlink()
+            if host.on_owner() and not self._hosting and not self._left.is_set():
+                self._release()  # the host thread has left the loop (it is shutting down): release here
+                self._left.set()
             return  # the host thread releases the arenas as it leaves the loop (at once, or after a hung call)
         thread = self._thread
         if thread.is_alive() and thread is not threading.current_thread():
@@ -162,11 +166,13 @@ class ShmServerWorker:
         arenas are then released here).
         """
         previous = use_loans(self._loans)
+        self._hosting = True
         try:
             while not self._stop.is_set():
                 if not self._serve_next((poke, poke_offset, poke_seen)) and words().load(poke, poke_offset) != poke_seen:
                     return True
         finally:
+            self._hosting = False
             use_loans(previous)
         self._release()
         self._left.set()

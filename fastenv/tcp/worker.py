@@ -83,6 +83,7 @@ class TcpServerWorker:
         self._wake_fd = -1  # an eventfd a hosted wait polls beside the socket (pokes write to it)
         self._wake_lock = threading.Lock()  # a wake never writes to the number of an eventfd closed meanwhile
         self._ended = threading.Event()  # the stream was closed and on_exit called
+        self._hosting = False  # the host thread is in serve_hosted() now
         self.calls = 0
         self.exit_reason: BaseException | None = None
 
@@ -131,6 +132,8 @@ class TcpServerWorker:
             if not host.on_owner():
                 host.poke()
                 self._ended.wait(timeout)
+            elif not self._hosting:  # the host thread has left the loop (it is shutting down): end here
+                self._end(None)
         elif self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
@@ -153,7 +156,11 @@ class TcpServerWorker:
         reads ``poke_seen`` (the stream stays open for the next hosted wait),
         False once the stream has ended (closed here, ``on_exit`` called).
         """
-        return self._served(lambda: self._serve_until_poked(poke, poke_offset, poke_seen))
+        self._hosting = True
+        try:
+            return self._served(lambda: self._serve_until_poked(poke, poke_offset, poke_seen))
+        finally:
+            self._hosting = False
 
     def _serve_until_poked(self, poke: Any, poke_offset: int, poke_seen: int) -> bool:
         """Wait for a request or a poke: spin on the socket (GIL released), then poll it beside the wake eventfd."""
@@ -209,6 +216,8 @@ class TcpServerWorker:
         return False
 
     def _end(self, reason: BaseException | None) -> None:
+        if self._ended.is_set():
+            return
         self._stream.close()
         with self._wake_lock:
             if self._wake_fd >= 0:
