@@ -13,6 +13,7 @@ from typing import Any
 
 from fastenv import codec
 from fastenv.errors import EncodeError, UnknownMethodError
+from fastenv.shm.spin import advised_spin_us
 
 # Attributes copied into the description when the env has them.
 DESCRIBED_ATTRIBUTES = (
@@ -47,7 +48,7 @@ def client_spin_hint(env: Any) -> int | None:
         hint = vars(env).get("shm_client_spin_us")
     except TypeError:  # no __dict__
         return None
-    return hint if type(hint) is int and 0 <= hint <= 1_000_000 else None
+    return advised_spin_us(hint)
 
 
 def stands_in_for_vector(env: Any) -> bool:

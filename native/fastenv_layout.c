@@ -39,8 +39,8 @@
  *       With a dtype (not None: one that cannot be lazily conjugated), pack
  *       first reads the value's dtype, shape (against the tuple shape),
  *       is_cpu, is_contiguous() and is_neg() itself and copies a contiguous
- *       host tensor's bytes from data_ptr(); any other tensor of that dtype
- *       and shape goes to to_address. pack calls to_address(value), which returns None (the structure
+ *       host tensor's bytes from data_ptr(). Any other tensor (or any, with
+ *       dtype None) goes to to_address(value), which returns None (the structure
  *       differs), the address of the tensor's contiguous bytes (an int: the
  *       node's nbytes are copied from there; the caller checked dtype, shape
  *       and device) or an array; extract calls to_array(value) (None or an

@@ -31,16 +31,9 @@ import numpy as np
 _getrefcount = sys.getrefcount
 
 
-_use_count: Any = None
-
-
 def _storage_use_count() -> Any:
     """torch's ``_storage_Use_Count`` (None while torch is not loaded, or if this torch lacks it)."""
-    global _use_count
-    if _use_count is None:
-        torch = sys.modules.get("torch")
-        _use_count = getattr(getattr(torch, "_C", None), "_storage_Use_Count", None)
-    return _use_count
+    return getattr(getattr(sys.modules.get("torch"), "_C", None), "_storage_Use_Count", None)
 
 
 class KeptTensors:
@@ -64,15 +57,16 @@ class KeptTensors:
         """
         if self._use_count is None:
             self._use_count = _storage_use_count()
+            if self._use_count is None:
+                return  # no torch (no tensor leaves), or no way to tell whether the env holds a tensor
         self._kept.clear()
         for layout_id, entry in list(prepared.items()):
             if entry[0] is None:
                 continue  # the pure-Python packer: no C unpacker to copy into kept tensors
             kept: list[Any] = entry[3] if len(entry) > 3 else [None] * len(entry[1])
             if len(entry) == 3:
-                for index, from_array in self._tensor_leaves(entry[0]):
-                    if self._use_count is not None:
-                        kept[index] = self._fresh(entry[1][index], from_array)
+                for index, from_array in _tensor_leaves(self._ops, entry[0]):
+                    kept[index] = self._fresh(entry[1][index], from_array)
                 prepared[layout_id] = (*entry, kept)
             self._kept.extend((kept, index) for index, slot in enumerate(kept) if slot is not None)
 
@@ -102,21 +96,18 @@ class KeptTensors:
         references, storage = _counts(slot, self._use_count)  # measured before anything else holds the tensor
         return (*slot, references, storage, slot[0]._version, slot[0].data_ptr())
 
-    def _tensor_leaves(self, node: Any) -> Any:
-        return tensor_leaves(self._ops, node)
 
-
-def tensor_leaves(ops: Any, node: Any) -> Any:
+def _tensor_leaves(ops: Any, node: Any) -> Any:
     """``(array index, from_array)`` of each TENSOR node of the C packer's program under ``node``."""
     op = node[0]
     if op == ops.TENSOR:
         yield node[4][6], node[3]
     elif op in (ops.TUPLE, ops.LIST):
         for child in node[1]:
-            yield from tensor_leaves(ops, child)
+            yield from _tensor_leaves(ops, child)
     elif op == ops.DICT:
         for child in node[2]:
-            yield from tensor_leaves(ops, child)
+            yield from _tensor_leaves(ops, child)
 
 
 def _counts(slot: tuple, use_count: Any) -> tuple[int, int]:

@@ -6,6 +6,13 @@ from __future__ import annotations
 SLEEPS_BEFORE_OFF = 4
 #: While spinning is off, every this many waits spin again to see whether answers got fast.
 PROBE_EVERY = 32
+#: The longest spin a server may advise its clients (µs).
+MAX_ADVISED_SPIN_US = 1_000_000
+
+
+def advised_spin_us(value: object) -> int | None:
+    """``value`` if it is a spin (µs) a server may advise a shared-memory client, else None."""
+    return value if type(value) is int and 0 <= value <= MAX_ADVISED_SPIN_US else None
 
 
 class SpinBudget:

@@ -28,6 +28,7 @@ from fastenv.errors import ConnectionLost, FastEnvError, TransportError
 from fastenv.protocol import Kind
 from fastenv.shm.arena import Arena
 from fastenv.shm.client import ShmClientPlane
+from fastenv.shm.spin import advised_spin_us
 from fastenv.tcp.client import TcpClientPlane
 from fastenv.tcp.handshake import StreamRefused, connect_data_stream
 from fastenv.transport.base import ClientTransport
@@ -83,19 +84,13 @@ def open_route(channel: ClientChannel, welcome: dict[str, Any], options: RouteOp
         arena.close()
         raise
     server_pid = welcome.get("server", {}).get("host", {}).get("pid")
-    spin_us = options.spin_us if options.spin_us is not None else _spin_hint(offer)
+    spin_us = options.spin_us if options.spin_us is not None else advised_spin_us(offer.get("client_spin_us"))
     plane = ShmClientPlane(arena, _server_alive(channel, server_pid), copy=options.copy, spin_us=spin_us)
     reason = (
         f"{'auto: ' if wanted == 'auto' else ''}the client mapped the server's segment and echoed its nonce "
         "(same host, same /dev/shm)"
     )
     return Route(plane, "shm", reason)
-
-
-def _spin_hint(offer: dict[str, Any]) -> int | None:
-    """The server's advice on how long to spin for replies (its env steps on every CPU: 0), if it gave one."""
-    hint = offer.get("client_spin_us")
-    return hint if type(hint) is int and 0 <= hint <= 1_000_000 else None
 
 
 def _attach(channel: ClientChannel, choice: dict[str, Any], timeout: float) -> None:
