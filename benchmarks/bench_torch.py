@@ -16,6 +16,11 @@ the same action as an array or a tensor; the p50 round trip (median of
 - :class:`~fastenv.examples.torch_payloads.FixedPayloadEnv`, the same
   payloads returned with no env work at all, so only fastenv's handling of
   arrays and tensors differs.
+
+With ``--device cuda:0`` a third table serves the fixed payloads as tensors
+on that device (the server stages them to pinned host memory each step) to a
+client that sends its action from the device and places what it receives
+there (``FastRemoteEnv(..., device=...)``), against host tensors.
 """
 
 from __future__ import annotations
@@ -61,15 +66,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=3000, help="timed steps of the small payload (camera: a tenth)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--transports", default="shm,tcp")
+    parser.add_argument("--device", default=None, help="also serve the fixed payloads as tensors on this device")
     args = parser.parse_args(argv)
+    families = dict(FAMILIES)
+    if args.device is not None:
+        families[f"fixed payloads, host tensors against tensors on {args.device}"] = {
+            payload: {
+                "numpy": (FIXED, {"kind": "torch", "payload": payload}),
+                "torch": (FIXED, {"kind": "torch", "payload": payload, "device": args.device}),
+            }
+            for payload in ("small", "camera")
+        }
     servers = {
         (family, payload, kind): ServerProcess(target, [], env_kwargs=kwargs)
-        for family, payloads in FAMILIES.items()
+        for family, payloads in families.items()
         for payload, kinds in payloads.items()
         for kind, (target, kwargs) in kinds.items()
     }
     transports = args.transports.split(",")
     runs: dict[tuple[str, str, str, str], list[float]] = {}
+    device_servers = [
+        server for (family, _, kind), server in servers.items() if family not in FAMILIES and kind == "torch"
+    ]
     try:
         for server in servers.values():
             server.start()
@@ -77,17 +95,21 @@ def main(argv: list[str] | None = None) -> int:
             for transport in transports:
                 for (family, payload, kind), server in servers.items():
                     action = np.random.default_rng(1234).uniform(-1, 1, ACTION_SIZES[payload]).astype(np.float32)
-                    sent = torch.from_numpy(action) if kind == "torch" else action
+                    sent = torch.from_numpy(action) if kind == "torch" or family not in FAMILIES else action
+                    options = {}
+                    if server in device_servers:  # sent from the device, received onto it
+                        sent, options = sent.to(args.device), {"device": args.device}
                     steps = args.steps if payload == "small" else max(10, args.steps // 10)
                     runs.setdefault((family, transport, payload, kind), []).append(
-                        step_p50_us(server.address, transport, sent, steps, warmup=max(20, steps // 10))
+                        step_p50_us(server.address, transport, sent, steps, warmup=max(20, steps // 10), **options)
                     )
     finally:
         for server in servers.values():
             server.stop()
-    for family, payloads in FAMILIES.items():
+    for family, payloads in families.items():
+        first, second = ("numpy", "torch") if family in FAMILIES else ("host tensors", f"{args.device} tensors")
         print(f"\n{family}: step round trip p50 (µs), median of {args.repeat} interleaved runs")
-        print("| transport | payload | numpy p50 µs | torch p50 µs | torch / numpy |")
+        print(f"| transport | payload | {first} p50 µs | {second} p50 µs | ratio |")
         print("|---|---|---:|---:|---:|")
         for transport in transports:
             for payload in payloads:

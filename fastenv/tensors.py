@@ -338,5 +338,26 @@ def _numpy_form(tensor: Any) -> np.ndarray:
 
 
 def to_device(value: Any, device: Any) -> Any:
-    """``value`` with every tensor moved to ``device`` (a received value is the caller's: these are copies)."""
-    return map_tensors(value, lambda tensor: tensor.to(device))
+    """``value`` with every tensor copied to ``device`` (a received value is the caller's: these are copies).
+
+    To a CUDA device each tensor is copied into pinned host memory, then to
+    the device without waiting: the copies run on the current stream, before
+    anything the caller then queues on it, and torch's host allocator reuses
+    a pinned block only once its copy is done.
+    """
+    torch = sys.modules["torch"]
+    target = torch.device(device)
+    if target.type != "cuda":
+        return map_tensors(value, lambda tensor: tensor.to(target))
+    return map_tensors(value, lambda tensor: _pinned(torch, tensor).to(target, non_blocking=True))
+
+
+def _pinned(torch: Any, tensor: Any) -> Any:
+    """A copy of host ``tensor`` in pinned memory (``tensor`` itself when it is already on a device)."""
+    if tensor.device.type != "cpu":
+        return tensor
+    try:
+        host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    except RuntimeError:  # no pinned memory here: the plain copy
+        return tensor
+    return host.copy_(tensor)

@@ -199,6 +199,39 @@ def test_batched_env_matches_the_local_env(served: BatchedRoute, open_batched: A
     assert_same(envs.reset(seed=11), local.reset(seed=11), "second reset")
 
 
+def _has_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not _has_cuda(), reason="needs a CUDA device (none here)")
+@pytest.mark.parametrize("route_name", ["shm", "tcp"])
+def test_a_batched_env_on_a_gpu_matches_the_local_env(route_name: str, tmp_path: Path) -> None:
+    """The env steps on the GPU in the server, the client places what it receives on the GPU: equal to local."""
+    import torch
+
+    kwargs = {**ENV_KWARGS, "autoreset_mode": "same_step", "backend": "torch", "device": "cuda:0"}
+    local = IsaacShapeEnv(**kwargs)
+    with BatchedRoute(route_name, tmp_path, kwargs) as route:
+        route.start_server()
+        with fastenv.FastVectorEnv.batched(route.address, **route.client_options(), timeout=T, device="cuda:0") as envs:
+            route.check_route(envs.remote)
+            assert_same(envs.reset(seed=5), local.reset(seed=5), "reset")
+            ended = 0
+            for step, actions in enumerate(random_actions("torch")):
+                actions = actions.to("cuda:0")
+                expected = local.step(actions)
+                assert_same(envs.step(actions), expected, f"step {step}")
+                ended += int(torch.count_nonzero(expected[2] | expected[3]))
+            assert ended, "no episode ended"
+            state = envs.call("get_state")
+            assert type(state) is SceneState
+            assert_same(state, local.get_state(), "state")
+
+
 @pytest.mark.parametrize("served", [CASES[0]], indirect=True)
 def test_step_async_and_the_closed_env(served: BatchedRoute, open_batched: Any) -> None:
     local = IsaacShapeEnv(**served.env_kwargs)

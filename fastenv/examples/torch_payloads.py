@@ -17,11 +17,12 @@ from fastenv.examples.camera import CameraEnv
 from fastenv.examples.vector import VectorEnv
 
 
-def _tensors(value: Any) -> Any:
+def _tensors(value: Any, device: str = "cpu") -> Any:
     if isinstance(value, dict):
-        return {key: _tensors(item) for key, item in value.items()}
+        return {key: _tensors(item, device) for key, item in value.items()}
     if hasattr(value, "__array_interface__"):
-        return torch.from_numpy(value)
+        tensor = torch.from_numpy(value)
+        return tensor if device == "cpu" else tensor.to(device)
     return value
 
 
@@ -54,12 +55,13 @@ class FixedPayloadEnv:
     With nothing computed, two of these served side by side (``kind="numpy"``
     and ``kind="torch"``) differ only in what fastenv does with arrays and
     tensors. ``payload``: ``"small"`` (4 float32) or ``"camera"`` (two
-    480×640×3 uint8 frames and 20 float32).
+    480×640×3 uint8 frames and 20 float32). ``device``: where the tensors
+    live (``"cuda:0"``: the server stages them to host memory every step).
     """
 
     metadata: dict[str, Any] = {"render_modes": []}
 
-    def __init__(self, kind: str = "numpy", payload: str = "small") -> None:
+    def __init__(self, kind: str = "numpy", payload: str = "small", device: str = "cpu") -> None:
         import numpy as np
 
         rng = np.random.default_rng(0)
@@ -72,7 +74,9 @@ class FixedPayloadEnv:
                 "right": rng.integers(0, 256, frame, dtype=np.uint8),
                 "proprio": rng.standard_normal(20).astype(np.float32),
             }
-        self._obs = _tensors(obs) if kind == "torch" else obs
+        if kind != "torch" and device != "cpu":
+            raise ValueError(f"device={device!r} needs kind='torch'")
+        self._obs = _tensors(obs, device) if kind == "torch" else obs
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[Any, dict]:
         return self._obs, {}

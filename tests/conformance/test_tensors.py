@@ -216,21 +216,54 @@ def test_an_env_error_about_tensors_keeps_the_session(env) -> None:
     assert_same_tensor(env.call("echo", torch.ones(2)), torch.ones(2))
 
 
+def _on_gpu(tensor: Any) -> Any:
+    """``tensor`` on the GPU, in its memory order where torch keeps it (a transposed copy stays transposed)."""
+    return tensor.detach().to("cuda:0")
+
+
 @needs_cuda
 def test_cuda_tensors_are_staged_on_send_and_placed_on_receive(connect) -> None:
+    """Every tensor of the catalogue, sent from the GPU and received onto it, comes back equal."""
     env = connect(device="cuda:0")
-    sent = {"a": torch.randn(3, 4, device="cuda:0"), "b": torch.ones(2, dtype=torch.bfloat16, device="cuda:0")}
+    sent = {name: _on_gpu(tensor) for name, tensor in CATALOGUE.items()}
     for _ in range(3):  # the codec, then the compiled layout
         out = env.call("echo", sent)
-        assert out["a"].device == sent["a"].device and torch.equal(out["a"], sent["a"])
-        assert out["b"].dtype == torch.bfloat16 and torch.equal(out["b"], sent["b"])
+        assert list(out) == list(sent)
+        for name, tensor in sent.items():
+            assert out[name].device == tensor.device, name
+            assert_same_tensor(out[name].cpu(), tensor.cpu())
 
 
 @needs_cuda
 def test_an_env_returning_cuda_tensors(connect) -> None:
+    """An env whose results live on the GPU: the server stages them, the client gets host tensors."""
     env = connect()
-    host = torch.arange(6.0).reshape(2, 3)
     for _ in range(3):
-        out = env.call("on_device", host, "cuda:0")
-        assert out["moved"].device.type == "cpu" and torch.equal(out["moved"], host)
-        assert torch.equal(out["twice"], host * 2) and torch.equal(out["host"], host)
+        out = env.call("placed", CATALOGUE, "cuda:0")
+        for name, tensor in CATALOGUE.items():
+            assert out[name].device.type == "cpu", name
+            assert_same_tensor(out[name], tensor)
+    host = torch.arange(6.0).reshape(2, 3)
+    out = env.call("on_device", host, "cuda:0")
+    assert torch.equal(out["moved"], host) and torch.equal(out["twice"], host * 2) and torch.equal(out["host"], host)
+
+
+@needs_cuda
+def test_dataclasses_of_cuda_tensors_travel_both_ways(connect) -> None:
+    env = connect(device="cuda:0")
+    state = RobotState(
+        "franka",
+        Pose(torch.tensor([0.1, 0.2, 0.3], device="cuda:0"), torch.ones(4, dtype=torch.bfloat16, device="cuda:0")),
+        {"dof_pos": torch.linspace(0, 1, 9, device="cuda:0"), "gripper": Pose(torch.zeros(3), None)},
+    )
+    for _ in range(3):
+        out = env.call("placed", state, "cuda:0")  # sent from the GPU, returned from it, received onto it
+        assert type(out) is RobotState and type(out.root) is Pose and out.joints["gripper"].orientation is None
+        for got, sent in (
+            (out.root.position, state.root.position),
+            (out.root.orientation, state.root.orientation),
+            (out.joints["dof_pos"], state.joints["dof_pos"]),
+        ):
+            assert got.device.type == "cuda"
+            assert_same_tensor(got.cpu(), sent.cpu())
+        assert out.joints["gripper"].position.device.type == "cuda"  # placed: every received tensor

@@ -135,6 +135,12 @@ class Counter:
         """``tensor`` moved to ``device``: an env whose results live on a GPU."""
         return {"moved": tensor.to(device), "twice": (tensor * 2).to(device), "host": tensor}
 
+    def placed(self, value: Any, device: str) -> Any:
+        """``value`` with every tensor in it moved to ``device`` (kept strides, views of one storage)."""
+        from fastenv.tensors import map_tensors
+
+        return map_tensors(value, lambda tensor: tensor.to(device))
+
     def unregistered(self) -> Unregistered:
         """A value the codec cannot carry."""
         return Unregistered(self.steps)
