@@ -29,7 +29,8 @@ if __package__ in (None, ""):
 import torch
 
 from fastenv import codec
-from fastenv.tensors import map_tensors, staged, to_device
+from fastenv.staging import staged, to_device
+from fastenv.tensors import map_tensors
 
 
 def p50_us(call: Callable[[], Any], repeat: int, synchronise: bool) -> float:

@@ -52,8 +52,15 @@ from typing import Any
 import numpy as np
 
 from fastenv import tensors
-from fastenv.errors import DecodeError, EncodeError, FastEnvError, FrameTooLarge, NestingTooDeep
+from fastenv.errors import (
+    DecodeError,
+    EncodeError,
+    FastEnvError,
+    FrameTooLarge,
+    NestingTooDeep,
+)
 from fastenv.skeleton import load_skeleton
+from fastenv.staging import staged
 
 # Skeleton tags. Part of the wire format: never renumber.
 TUPLE, DICT, ODICT, SET, FROZENSET, COMPLEX, ARRAY, SCALAR, EXT, TENSOR = range(1, 11)
@@ -244,9 +251,9 @@ def encode(value: Any, *, max_depth: int = DEFAULT_MAX_DEPTH) -> tuple[bytes, li
     buffers: list[Buffer] = []
     try:
         tree = _encode(value, buffers, max_depth)
-    finally:
-        if tensors.STAGING.devices:  # device tensors were copied to host memory: wait once per device
-            tensors.STAGING.finish()
+    except tensors.StagingNeeded:  # a tensor on a device: copy the message's device tensors to the host at once
+        buffers = []
+        tree = _encode(staged(value), buffers, max_depth)
     return pickle.dumps(tree, protocol=5), buffers
 
 

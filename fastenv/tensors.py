@@ -15,18 +15,15 @@ as itself. A received tensor shares the memory the array was built on
 tensors: on shared memory it views a reply slot that is never written while
 the tensor (or anything built on its memory) is alive.
 
-A tensor on a device is staged to host memory by the sender: every device
-tensor of a message is copied into pinned memory asynchronously, then each
-device involved is synchronised once, before any byte is read
-(:class:`Staging`). The compiled layouts pack host tensors in place and
-raise :class:`StagingNeeded` for a device tensor, so the sender stages the
-whole message once and packs again.
+A tensor on a device is staged to host memory by the sender, the whole
+message at once (:mod:`fastenv.staging`): the codec and the compiled layouts
+pack host tensors and raise :class:`StagingNeeded` for a device tensor, so
+the sender stages the message and packs again.
 """
 
 from __future__ import annotations
 
 import sys
-import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +35,7 @@ TORCH_HINT = "install it with pip install 'fastenv[torch]', or pass tensors='num
 
 
 class StagingNeeded(Exception):
-    """A compiled layout met a tensor on a device: stage the message to host memory (:func:`staged`), then pack it."""
+    """A tensor on a device was met: stage the message to host memory (:func:`fastenv.staging.staged`), pack again."""
 
 
 @dataclass(frozen=True)
@@ -136,52 +133,15 @@ def dtype_named(name: Any) -> WireDtype:
 # ----------------------------------------------------------------------------- sending
 
 
-class Staging(threading.local):
-    """The device tensors a thread is staging into pinned host memory for one message."""
-
-    def __init__(self) -> None:
-        self.devices: list[Any] = []
-
-    def copy(self, tensor: Any) -> Any:
-        """A pinned host tensor that will hold ``tensor``'s values once :meth:`finish` returns."""
-        torch = sys.modules["torch"]
-        try:
-            host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
-        except RuntimeError:  # no pinned memory (no CUDA driver): a plain copy, complete on return
-            return tensor.to("cpu")
-        host.copy_(tensor, non_blocking=True)
-        if tensor.device not in self.devices:
-            self.devices.append(tensor.device)
-        return host
-
-    def finish(self) -> None:
-        """Wait, once per device, for every copy started since the last :meth:`finish`."""
-        devices, self.devices = self.devices, []
-        torch = sys.modules["torch"]
-        for device in devices:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            else:
-                accelerator = getattr(torch, device.type, None)
-                synchronize = getattr(accelerator, "synchronize", None)
-                if synchronize is not None:
-                    synchronize()
-
-
-STAGING = Staging()
-
-
 def host_bits(tensor: Any) -> tuple[WireDtype, np.ndarray]:
-    """The dtype entry and a numpy array of ``tensor``'s bytes (a view for a CPU tensor).
+    """The dtype entry and a numpy array of host ``tensor``'s bytes (a view).
 
-    A tensor on a device is copied by :data:`STAGING`: its bytes are valid
-    once ``STAGING.finish()`` has returned.
+    Raises :class:`StagingNeeded` for a tensor on a device (stage the
+    message with :func:`fastenv.staging.staged` first).
     """
     entry = wire_dtype(tensor.dtype)
-    if tensor.device.type != "cpu":
-        if tensor.device.type == "meta":
-            raise EncodeError("cannot send a torch tensor on the meta device: it has no values")
-        tensor = STAGING.copy(tensor.detach())
+    if not tensor.is_cpu:
+        raise StagingNeeded
     return entry, _numpy_of(tensor, entry)
 
 
@@ -233,19 +193,6 @@ def layout_address(entry: WireDtype, shape: tuple[int, ...]) -> Any:
         return _numpy_of(tensor, entry)
 
     return to_address
-
-
-def staged(value: Any) -> Any:
-    """``value`` with every tensor on a device replaced by a host copy, one synchronisation per device."""
-    try:
-        copied = _stage(value)
-    finally:
-        STAGING.finish()
-    return copied
-
-
-def _stage(value: Any) -> Any:
-    return map_tensors(value, lambda tensor: STAGING.copy(tensor.detach()) if tensor.device.type != "cpu" else tensor)
 
 
 def map_tensors(value: Any, convert: Any) -> Any:
@@ -335,29 +282,3 @@ def _numpy_form(tensor: Any) -> np.ndarray:
         torch = sys.modules["torch"]
         tensor = tensor.to(torch.complex64 if tensor.is_complex() else torch.float32)
     return tensor.resolve_conj().resolve_neg().numpy()
-
-
-def to_device(value: Any, device: Any) -> Any:
-    """``value`` with every tensor copied to ``device`` (a received value is the caller's: these are copies).
-
-    To a CUDA device each tensor is copied into pinned host memory, then to
-    the device without waiting: the copies run on the current stream, before
-    anything the caller then queues on it, and torch's host allocator reuses
-    a pinned block only once its copy is done.
-    """
-    torch = sys.modules["torch"]
-    target = torch.device(device)
-    if target.type != "cuda":
-        return map_tensors(value, lambda tensor: tensor.to(target))
-    return map_tensors(value, lambda tensor: _pinned(torch, tensor).to(target, non_blocking=True))
-
-
-def _pinned(torch: Any, tensor: Any) -> Any:
-    """A copy of host ``tensor`` in pinned memory (``tensor`` itself when it is already on a device)."""
-    if tensor.device.type != "cpu":
-        return tensor
-    try:
-        host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
-    except RuntimeError:  # no pinned memory here: the plain copy
-        return tensor
-    return host.copy_(tensor)

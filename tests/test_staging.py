@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from fastenv import codec
+from fastenv.errors import EncodeError
+from fastenv.staging import PINNED_PLACEMENT_MIN, staged, to_device
 from fastenv.tcp.layouts import StreamDecoder, StreamEncoder
-from fastenv.tensors import STAGING, staged
 
 torch = pytest.importorskip("torch")
 
@@ -40,7 +41,7 @@ def _message(device: str) -> dict[str, Any]:
 def _leaves(value: Any) -> list[Any]:
     if isinstance(value, dict):
         return [leaf for item in value.values() for leaf in _leaves(item)]
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return [leaf for item in value for leaf in _leaves(item)]
     return [value]
 
@@ -125,4 +126,45 @@ def test_host_tensors_are_sent_as_they_are(synchronisations: list[Any]) -> None:
         )
     host = torch.arange(3.0)
     assert staged({"host": host})["host"] is host
-    assert synchronisations == [] and STAGING.devices == []
+    assert synchronisations == []
+
+
+def test_a_tensor_on_the_meta_device_is_refused() -> None:
+    value = {"obs": torch.zeros(2, device="meta")}
+    with pytest.raises(EncodeError, match="meta device"):
+        codec.encode(value)
+    with pytest.raises(EncodeError, match="meta device"):
+        staged(value)
+
+
+@needs_cuda
+def test_received_tensors_are_placed_on_the_device() -> None:
+    """Small tensors straight from received memory, large ones through pinned memory: each arrives equal."""
+    frame = torch.randint(0, 255, (480, 640, 3), dtype=torch.uint8)
+    assert frame.numel() >= PINNED_PLACEMENT_MIN
+    received = {
+        "frame": frame,
+        "policy": torch.randn(4, 16),
+        "scalar": torch.tensor(2.5, dtype=torch.float64),
+        "empty": torch.zeros(0, 3),
+        "flags": torch.tensor([True, False, True]),
+        "half": torch.ones(3, dtype=torch.bfloat16),
+        "nested": [torch.arange(5, dtype=torch.int16), (torch.arange(3.0),)],
+    }
+    for _ in range(3):
+        placed = to_device(received, "cuda:0")
+        torch.cuda.synchronize()
+        for got, sent in zip(_leaves(placed), _leaves(received), strict=True):
+            assert got.device.type == "cuda" and got.dtype == sent.dtype and got.shape == sent.shape
+            assert torch.equal(got.cpu(), sent)
+
+
+@needs_cuda
+def test_a_received_tensor_reused_at_once_was_already_read() -> None:
+    """The memory a tensor was received in may be reused as soon as it is placed: the copy read it first."""
+    for size in (64, PINNED_PLACEMENT_MIN):
+        source = torch.arange(size, dtype=torch.uint8)
+        expected = source.clone()
+        placed = to_device({"obs": source}, "cuda:0")["obs"]
+        source.fill_(7)  # a reply slot written again
+        assert torch.equal(placed.cpu(), expected)

@@ -37,7 +37,7 @@ from fastenv.errors import (
 from fastenv.protocol import GETATTR, LEASE, Kind
 from fastenv.session.resume import RECONNECT_BACKOFF_S, reconnect_transport, resume_session
 from fastenv.session.state import ClientState
-from fastenv.tensors import to_device
+from fastenv.staging import to_device
 from fastenv.transport.base import CallBody, ClientTransport, Reply
 from fastenv.transport.choose import RouteOptions, open_route
 from fastenv.transport.control import unwrap

@@ -23,7 +23,8 @@ from fastenv.shm.arena import (
 )
 from fastenv.shm.doorbell import SLEEPERS_OFFSET
 from fastenv.shm.kept import KeptTensors
-from fastenv.tensors import StagingNeeded, staged
+from fastenv.staging import staged
+from fastenv.tensors import StagingNeeded
 
 
 class LayoutSender:

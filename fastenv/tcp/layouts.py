@@ -25,9 +25,10 @@ import numpy as np
 from fastenv import codec
 from fastenv.errors import DecodeError
 from fastenv.layout import LayoutMismatch
-from fastenv.tensors import StagingNeeded, staged
 from fastenv.negotiation import ReceivedLayouts, SentLayouts
+from fastenv.staging import staged
 from fastenv.tcp.format import FLAG_LAYOUT, FLAG_LAYOUT_DEF
+from fastenv.tensors import StagingNeeded
 
 
 def _wire(array: np.ndarray, fortran: bool) -> np.ndarray:
