@@ -161,6 +161,7 @@ class Layout:
                 f"the C layout packer is not in use: {_switch.BACKEND.reason}"
             )
         self._program: tuple | None = None
+        self._view_forms: list[tuple] | None = None  # (shape, strides, dtype) of each view :meth:`views` makes
         if use_native:
             try:
                 self._program = ProgramBuilder(_native_layout, codes, self.arrays, self.array_counts).node(spec)
@@ -208,10 +209,26 @@ class Layout:
         would let ``mmap.close()`` pull the memory out from under it.
         """
         whole = np.frombuffer(buffer, dtype=np.uint8)
-        return [
+        views = [
             np.ndarray(shape, dtype=dtype, buffer=whole, offset=offset + array_offset, order=order)
             for dtype, shape, order, array_offset in self.arrays
         ]
+        if self._view_forms is None:
+            self._view_forms = [(view.shape, view.strides, view.dtype) for view in views]
+        return views
+
+    def views_intact(self, views: list[np.ndarray]) -> bool:
+        """Whether ``views`` (made by :meth:`views`) still have the shape, strides, dtype and writability they were made with.
+
+        A caller can change these of an array in place (``obs.shape = ...``,
+        ``obs.flags.writeable = False``); a view changed so is not handed out again.
+        """
+        for view, (shape, strides, dtype) in zip(views, self._view_forms or ()):
+            if view.shape != shape or view.strides != strides or (view.dtype is not dtype and view.dtype != dtype):
+                return False
+            if not view.flags.writeable and view.base.flags.writeable:
+                return False
+        return True
 
     def extract_into(self, buffer: Any, value: Any) -> list[Any]:
         """Write ``value``'s scalars at the start of ``buffer`` (``scalars.size`` bytes) and return its arrays.
@@ -232,10 +249,17 @@ class Layout:
             raise LayoutMismatch(str(exc)) from exc
         return arrays
 
-    def unpack(self, buffer: Any, offset: int, array_views: list[np.ndarray], copy: bool) -> Any:
-        """Rebuild a value packed at ``offset`` (arrays are ``array_views``, or copies of them)."""
+    def unpack(self, buffer: Any, offset: int, array_views: list[np.ndarray], copy: bool, reused: bool = False) -> Any:
+        """Rebuild a value packed at ``offset`` (arrays are ``array_views``, or copies of them).
+
+        ``reused``: ``array_views`` (from :meth:`views`) are handed out on every
+        unpack, so each is checked first; :data:`ChangedView` if a caller changed
+        one in place.
+        """
         if self._program is not None:
-            return _native_layout.unpack(self._program, buffer, offset, array_views, copy)
+            return _native_layout.unpack(self._program, buffer, offset, array_views, copy, None, reused)
+        if reused and not copy and not self.views_intact(array_views):
+            raise ChangedView("a view handed out before was changed in place: make new views")
         arrays = [view.copy(order="K") for view in array_views] if copy else array_views
         scalars = self.scalars.unpack_from(buffer, offset)
         return self._compiled.build(iter(scalars), iter(arrays))
@@ -262,6 +286,17 @@ native_take: Callable[..., Any] | None = None
 #: :meth:`Layout.pack_into` without the method call, for callers on a hot path that hold
 #: :attr:`Layout.program` (False: the value does not fit the layout); None without the C packer.
 native_pack: Callable[..., bool] | None = None
+
+
+class _UnpackerChangedView(Exception):
+    """The pure-Python unpacker met a view it handed out before changed in place: make new views."""
+
+
+_compiled_layout = _switch.part(_switch.LAYOUT_MODULE).module
+#: What :meth:`Layout.unpack` (and ``native_take``) raise, unpacking into views, when a view they handed
+#: out before was changed in place by a caller (its shape, strides, dtype or writability): the caller
+#: makes new views (:meth:`Layout.views`) and unpacks again. The C unpacker's class when it is built.
+ChangedView: type[Exception] = _UnpackerChangedView if _compiled_layout is None else _compiled_layout.ChangedView
 
 
 def _apply(selected: _switch.Backend) -> None:

@@ -64,7 +64,7 @@ MODULES: tuple[str, ...] = (NATIVE_MODULE, LAYOUT_MODULE)
 #: The functions each compiled module must export.
 PUBLIC_API: dict[str, tuple[str, ...]] = {
     NATIVE_MODULE: ("load", "store", "add", "compare_exchange", "wait", "wake", "ring", "spin_readable"),
-    LAYOUT_MODULE: ("pack", "extract", "unpack", "put", "take"),
+    LAYOUT_MODULE: ("pack", "extract", "unpack", "put", "take", "ChangedView"),
 }
 
 #: A constant the C code hardcodes: its name on the compiled module -> (the Python name it

@@ -264,6 +264,8 @@ fastpath_take(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nar
                 .room = view.len - region - FAST_DATA,
                 .arrays = PyTuple_GET_ITEM(entry, 1),
                 .copy = copy,
+                .reused = !copy, /* the caller's prepared views, handed out again */
+                .readonly = 0,   /* the buffer was taken writable */
                 .kept = PyTuple_GET_SIZE(entry) >= 4 ? PyTuple_GET_ITEM(entry, 3) : NULL,
             };
             value = unpack_node(&ctx, PyTuple_GET_ITEM(entry, 0), 0);

@@ -16,12 +16,16 @@
  *       Like pack, but arrays are appended to the list arrays (after the
  *       same checks) instead of copied: the TCP stream sends them from
  *       their own memory and only the scalars go through the buffer.
- *   unpack(program, buffer, offset, arrays, copy=False, kept=None) -> value
+ *   unpack(program, buffer, offset, arrays, copy=False, kept=None, reused=False) -> value
  *       Rebuild the value: scalars read from the buffer, arrays taken from
  *       the list arrays (views into the buffer), or with copy, copies of
  *       them (arrays[i].copy('K')); with copy and kept (a list), a tensor
  *       leaf whose index holds (tensor, array, ...) there is copied into
- *       that array and unpacked as that tensor (fastenv.shm.kept).
+ *       that array and unpacked as that tensor (fastenv.shm.kept). With
+ *       reused (views made once and handed out on every unpack), each view
+ *       is checked to be as it was made (its memory, format, shape, order
+ *       and writability) first, else ChangedView is raised: a caller changed
+ *       a returned array in place and dropped it, and the views are made anew.
  *
  * The shared-memory plane's fast path, put() and take() (one C call per side
  * and direction instead of a chain of Python calls), lives in
@@ -87,6 +91,7 @@ static PyObject *str_copy;       /* "copy" */
 static PyObject *str_keep_order; /* "K" */
 /* a tensor's attributes and methods the packer reads before it copies the tensor's bytes */
 static PyObject *str_dtype, *str_shape, *str_is_cpu, *str_is_contiguous, *str_is_neg, *str_data_ptr;
+static PyObject *ChangedView; /* fastenv._layout.ChangedView */
 
 int
 bad_program(const char *what)
@@ -817,6 +822,42 @@ unpack_kept(unpack_ctx *ctx, PyObject *array_node)
     return same ? Py_NewRef(PyTuple_GET_ITEM(slot, 0)) : Py_None;
 }
 
+/* The view of an ARRAY node, handed out again (a new reference), once it is checked to be as it was made: a
+ * caller may have changed a returned array's shape, strides, dtype or flags in place and dropped it. Raises
+ * ChangedView if it is not: the caller makes new views and unpacks again. */
+static PyObject *
+handed_out_view(const unpack_ctx *ctx, PyObject *node, PyObject *view_obj)
+{
+    Py_ssize_t off, nbytes;
+    if (node_index(node, 1, &off) < 0 || node_index(node, 5, &nbytes) < 0) {
+        return NULL;
+    }
+    PyObject *format = PyTuple_GET_ITEM(node, 3);
+    PyObject *shape = PyTuple_GET_ITEM(node, 4);
+    if (!PyBytes_CheckExact(format) || !PyTuple_CheckExact(shape)) {
+        bad_program("array node format or shape");
+        return NULL;
+    }
+    Py_buffer probe;
+    int as_made = 0;
+    if (PyObject_GetBuffer(view_obj, &probe, PyBUF_RECORDS_RO) == 0) {
+        const char *fmt = probe.format == NULL ? "B" : probe.format;
+        char order = PyObject_IsTrue(PyTuple_GET_ITEM(node, 7)) ? 'F' : 'C';
+        as_made = probe.buf == ctx->base + off && probe.len == nbytes && probe.readonly == ctx->readonly &&
+                  strcmp(fmt, PyBytes_AS_STRING(format)) == 0 && same_shape(&probe, shape) &&
+                  PyBuffer_IsContiguous(&probe, order);
+        PyBuffer_Release(&probe);
+    }
+    else {
+        PyErr_Clear();
+    }
+    if (!as_made) {
+        PyErr_SetString(ChangedView, "a view handed out before was changed in place: make new views");
+        return NULL;
+    }
+    return Py_NewRef(view_obj);
+}
+
 PyObject *
 unpack_node(unpack_ctx *ctx, PyObject *node, int depth)
 {
@@ -875,6 +916,9 @@ unpack_node(unpack_ctx *ctx, PyObject *node, int depth)
                 return PyObject_CallMethodOneArg(source, str_copy, str_keep_order);
             }
             return PyObject_CallMethodNoArgs(source, str_copy);
+        }
+        if (ctx->reused) {
+            return handed_out_view(ctx, node, PyList_GET_ITEM(ctx->arrays, index));
         }
         return Py_NewRef(PyList_GET_ITEM(ctx->arrays, index));
     case OP_TENSOR: {
@@ -935,8 +979,8 @@ unpack_node(unpack_ctx *ctx, PyObject *node, int depth)
 static PyObject *
 layout_unpack(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs < 4 || nargs > 6) {
-        PyErr_SetString(PyExc_TypeError, "unpack(program, buffer, offset, arrays, copy=False, kept=None)");
+    if (nargs < 4 || nargs > 7) {
+        PyErr_SetString(PyExc_TypeError, "unpack(program, buffer, offset, arrays, copy=False, kept=None, reused=False)");
         return NULL;
     }
     Py_buffer view;
@@ -944,12 +988,14 @@ layout_unpack(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nar
     unpack_ctx ctx = {
         .arrays = args[3],
         .copy = nargs >= 5 && PyObject_IsTrue(args[4]) == 1,
-        .kept = nargs == 6 && args[5] != Py_None ? args[5] : NULL,
+        .kept = nargs >= 6 && args[5] != Py_None ? args[5] : NULL,
+        .reused = nargs == 7 && PyObject_IsTrue(args[6]) == 1,
     };
     if (acquire_region(args[1], args[2], 0, &view, &base, &ctx.room) < 0) {
         return NULL;
     }
     ctx.base = base;
+    ctx.readonly = view.readonly;
     PyObject *value = unpack_node(&ctx, args[0], 0);
     PyBuffer_Release(&view);
     return value;
@@ -968,8 +1014,9 @@ static PyMethodDef layout_methods[] = {
      "extract(program, buffer, offset, value, arrays) -> bool\n\n"
      "Like pack, but only the scalars are written: the arrays (checked) are appended to the list arrays."},
     {"unpack", (PyCFunction)(void (*)(void))layout_unpack, METH_FASTCALL,
-     "unpack(program, buffer, offset, arrays, copy=False, kept=None) -> value\n\n"
-     "Rebuild a value packed at offset (copy: arrays are copies of arrays[i]; kept: tensors to copy into)."},
+     "unpack(program, buffer, offset, arrays, copy=False, kept=None, reused=False) -> value\n\n"
+     "Rebuild a value packed at offset (copy: arrays are copies of arrays[i]; kept: tensors to copy into;\n"
+     "reused: arrays are views handed out before, checked first: ChangedView if one was changed in place)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -989,6 +1036,19 @@ layout_exec(PyObject *module)
             str_is_cpu == NULL || str_is_contiguous == NULL || str_is_neg == NULL || str_data_ptr == NULL) {
             return -1;
         }
+    }
+    if (ChangedView == NULL) {
+        ChangedView = PyErr_NewExceptionWithDoc(
+            "fastenv._layout.ChangedView",
+            "unpack met a view it handed out before changed in place (shape, strides, dtype, flags): "
+            "make new views and unpack again.",
+            NULL, NULL);
+        if (ChangedView == NULL) {
+            return -1;
+        }
+    }
+    if (PyModule_AddObjectRef(module, "ChangedView", ChangedView) < 0) {
+        return -1;
     }
     static const struct { const char *name; int value; } opcodes[] = {
         {"NONE", OP_NONE}, {"CONST", OP_CONST}, {"BOOL", OP_BOOL}, {"INT", OP_INT},

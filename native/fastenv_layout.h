@@ -38,6 +38,8 @@ typedef struct {
     Py_ssize_t room;
     PyObject *arrays; /* list: the value of each ARRAY node, by index */
     int copy;         /* take arrays[i].copy('K') instead of arrays[i] */
+    int reused;       /* arrays are views into the buffer, handed out again: check each is as it was made */
+    int readonly;     /* the buffer is read-only: so are those views */
     PyObject *kept;   /* NULL, or a list: with copy, a TENSOR node whose index holds (tensor, array, ...)
                          copies its bytes into that array and returns that tensor */
 } unpack_ctx;

@@ -12,7 +12,7 @@ from assertions import assert_same
 from fastenv import codec
 from fastenv import layout as layout_module
 from fastenv.errors import DecodeError
-from fastenv.layout import Layout, LayoutMismatch, infer_spec
+from fastenv.layout import ChangedView, Layout, LayoutMismatch, infer_spec
 from fastenv.negotiation import ReceivedLayouts, SentLayouts
 from fastenv.tcp.format import FLAG_LAYOUT, FLAG_LAYOUT_DEF
 from fastenv.tcp.layouts import StreamDecoder, StreamEncoder
@@ -258,3 +258,29 @@ def test_a_tensor_layout_packs_every_form_of_its_dtype_and_shape(native: bool) -
         layout.pack_into(buffer, 64, {"x": base.double(), "z": torch.zeros(2, dtype=torch.complex64)}, views)
     with pytest.raises(LayoutMismatch):
         layout.pack_into(buffer, 64, {"x": base[:1], "z": torch.zeros(2, dtype=torch.complex64)}, views)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda view: setattr(view, "shape", (2, 3)),
+        lambda view: setattr(view, "dtype", np.int32),
+        lambda view: setattr(view.flags, "writeable", False),
+    ],
+    ids=["shape", "dtype", "read-only"],
+)
+def test_reused_views_changed_in_place_are_refused(native: bool, change: Any) -> None:
+    """Views handed out on every unpack are checked first: one a caller changed in place raises ChangedView."""
+    value = {"obs": np.arange(6, dtype=np.float32), "reward": 1.5}
+    layout = Layout(infer_spec(value), native=native)
+    buf = bytearray(layout.size)
+    views = layout.views(buf, 0)
+    layout.pack_into(buf, 0, value, views)
+    assert layout.unpack(buf, 0, views, False, reused=True)["obs"] is views[0]
+    change(views[0])
+    assert layout.unpack(buf, 0, views, False)["obs"] is views[0]  # not reused: handed out as it is
+    with pytest.raises(ChangedView):
+        layout.unpack(buf, 0, views, False, reused=True)
+    fresh = layout.views(buf, 0)
+    out = layout.unpack(buf, 0, fresh, False, reused=True)
+    assert out["obs"].shape == (6,) and out["obs"].flags.writeable and list(out["obs"]) == list(range(6))

@@ -15,6 +15,7 @@ from fastenv.errors import (
     ProtocolError,
 )
 from fastenv.layout import (
+    ChangedView,
     native_take,
 )
 from fastenv.shm import futex
@@ -136,6 +137,8 @@ class ShmClientPlane:
                     self.arena.buf, REPLY_BELL, seen, spin.now, remaining,
                     self._slot_offsets[slot], self._slot_layouts[slot], self._copy or slot == self._slots.bounce, -1,
                 )
+            except ChangedView:  # the reply is there; the general path reads it with new views
+                return self.receive(ticket, deadline, what)
             except BaseException:  # interrupted (Ctrl-C) before the reply was read
                 self._unread = (CALL, seq, seen)
                 raise

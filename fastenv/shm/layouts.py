@@ -9,6 +9,7 @@ from fastenv.errors import (
     ProtocolError,
 )
 from fastenv.layout import (
+    ChangedView,
     LayoutMismatch,
     copy_strided,
     native_put,
@@ -165,7 +166,11 @@ class LayoutReceiver:
                 self.kept.attach(prepared)
                 entry = prepared[layout_id]
         views, layout = entry[1], entry[2]
-        return layout.unpack(buffer, offset + FAST_DATA, views, copy)
+        try:
+            return layout.unpack(buffer, offset + FAST_DATA, views, copy, reused=not copy)
+        except ChangedView:  # a caller changed a view it was handed and dropped it: new views for this region
+            entry = prepared[layout_id] = (entry[0], layout.views(buffer, offset + FAST_DATA), *entry[2:])
+            return layout.unpack(buffer, offset + FAST_DATA, entry[1], copy, reused=not copy)
 
     def forget_arena(self) -> None:
         """Drop cached views after a remap (also from the tables :meth:`region` handed out)."""

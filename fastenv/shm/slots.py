@@ -6,9 +6,11 @@ each call's sequence number. Arrays it returns are views into their slot
 returned array refers to any more. A slot is *held* while any array built on
 its memory is alive anywhere (the caller's variables, a list, a derived view,
 a tensor sharing its memory): every such array keeps a reference to one of
-the views or buffers the plane made for the slot, so their reference counts
-say it. One slot, the *bounce* slot, is never lent: when every other slot is
-held, the reply goes there and is copied into owned arrays. So at most
+the views or buffers the plane made for the slot, or to the array under a
+layout's views (numpy makes a view of a view refer to the array under both),
+so their reference counts say it. One slot, the *bounce* slot, is never
+lent: when every other slot is held, the reply goes there and is copied into
+owned arrays. So at most
 ``slots - 1`` replies stay zero-copy at once, and keeping more costs one copy
 each, never an overwritten value.
 """
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 import sys
 from typing import Any
+
+import numpy as np
 
 _getrefcount = sys.getrefcount
 
@@ -37,6 +41,17 @@ def _unheld_count() -> int:
 _UNHELD = _unheld_count()
 
 
+def _unheld_base_excess() -> int:
+    """What :meth:`ReplySlots.held` reads for the array under ``n`` views, beyond ``n``, when nothing else refers to it."""
+    whole = np.frombuffer(bytearray(8), np.uint8)
+    views = [np.ndarray((1,), np.uint8, buffer=whole)]
+    del whole
+    return _getrefcount(views[0].base) - len(views)
+
+
+_UNHELD_BASE = _unheld_base_excess()
+
+
 class ReplySlots:
     """The reply slots of one arena generation and what of each the caller may still hold.
 
@@ -54,9 +69,12 @@ class ReplySlots:
     def held(self, slot: int) -> bool:
         """Whether an array built on ``slot``'s memory may still be alive."""
         for entry in self._prepared[slot].values():
-            for view in entry[1]:
+            views = entry[1]
+            for view in views:
                 if _getrefcount(view) > _UNHELD:
                     return True
+            if views and _getrefcount(views[0].base) > _UNHELD_BASE + len(views):
+                return True  # a view of a view: numpy made it refer to the array under the layout's views
         for buffer in self._decoded[slot]:
             if _getrefcount(buffer) > _UNHELD:
                 return True
