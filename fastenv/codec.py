@@ -60,7 +60,7 @@ from fastenv.errors import (
     NestingTooDeep,
 )
 from fastenv.skeleton import load_skeleton
-from fastenv.staging import staged
+from fastenv.staging import HostCopies
 
 # Skeleton tags. Part of the wire format: never renumber.
 TUPLE, DICT, ODICT, SET, FROZENSET, COMPLEX, ARRAY, SCALAR, EXT, TENSOR = range(1, 11)
@@ -194,7 +194,7 @@ def _dtype_spec(dtype: np.dtype) -> Any:
     return dtype.descr if dtype.fields is not None else dtype.str
 
 
-def _encode(value: Any, buffers: list[Buffer], depth: int) -> Any:
+def _encode(value: Any, buffers: list[Buffer], depth: int, staging: HostCopies | None = None) -> Any:
     kind = type(value)
     if kind in _ATOMS:
         return value
@@ -202,14 +202,14 @@ def _encode(value: Any, buffers: list[Buffer], depth: int) -> Any:
         raise EncodeError("value is nested too deeply to send")
     depth -= 1
     if kind is list:
-        return [_encode(item, buffers, depth) for item in value]
+        return [_encode(item, buffers, depth, staging) for item in value]
     if kind is tuple:
-        return (TUPLE, [_encode(item, buffers, depth) for item in value])
+        return (TUPLE, [_encode(item, buffers, depth, staging) for item in value])
     if kind is dict or kind is OrderedDict:
         flat = []
         for key, item in value.items():
-            flat.append(_encode(key, buffers, depth))
-            flat.append(_encode(item, buffers, depth))
+            flat.append(_encode(key, buffers, depth, staging))
+            flat.append(_encode(item, buffers, depth, staging))
         return (DICT if kind is dict else ODICT, flat)
     if kind is np.ndarray:
         return _array_node(value, buffers)
@@ -220,13 +220,15 @@ def _encode(value: Any, buffers: list[Buffer], depth: int) -> Any:
     if kind is complex:
         return (COMPLEX, value.real, value.imag)
     if kind is set or kind is frozenset:
-        return (SET if kind is set else FROZENSET, [_encode(item, buffers, depth) for item in value])
+        return (SET if kind is set else FROZENSET, [_encode(item, buffers, depth, staging) for item in value])
     entry = _BY_TYPE.get(kind)
     if entry is not None:
-        return (EXT, entry.name, _encode(entry.to_data(value), buffers, depth))
+        return (EXT, entry.name, _encode(entry.to_data(value), buffers, depth, staging))
     if kind is bytearray or kind is memoryview:
         return bytes(value)
     if tensors.is_tensor(value):
+        if staging is not None and not value.is_cpu:
+            value = staging.copy(value)
         entry, array = tensors.host_bits(value)
         if not array.flags.c_contiguous:  # a tensor travels C-ordered, whatever its strides
             array = np.ascontiguousarray(array)
@@ -251,9 +253,11 @@ def encode(value: Any, *, max_depth: int = DEFAULT_MAX_DEPTH) -> tuple[bytes, li
     buffers: list[Buffer] = []
     try:
         tree = _encode(value, buffers, max_depth)
-    except tensors.StagingNeeded:  # a tensor on a device: copy the message's device tensors to the host at once
+    except tensors.StagingNeeded:  # a tensor on a device: encode again, copying each to the host, then wait once
         buffers = []
-        tree = _encode(staged(value), buffers, max_depth)
+        staging = HostCopies()
+        tree = _encode(value, buffers, max_depth, staging)
+        staging.wait()
     return pickle.dumps(tree, protocol=5), buffers
 
 

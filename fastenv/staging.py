@@ -41,36 +41,55 @@ def _host_copy(torch: Any, tensor: Any) -> tuple[Any, bool]:
 # ----------------------------------------------------------------------------- sending
 
 
+class HostCopies:
+    """Pinned host copies of device tensors, queued without waiting; :meth:`wait` once before reading any.
+
+    The codec copies each device tensor of a message as it meets it
+    (whatever holds it: a registered type, a set), then waits once.
+    """
+
+    def __init__(self) -> None:
+        self._torch = sys.modules["torch"]
+        self._devices: list[Any] = []
+
+    def copy(self, tensor: Any) -> Any:
+        """A host tensor that holds ``tensor``'s values once :meth:`wait` has returned."""
+        if tensor.device.type == "meta":
+            raise EncodeError("cannot send a torch tensor on the meta device: it has no values")
+        host, pinned = _host_copy(self._torch, tensor)
+        host.copy_(tensor.detach(), non_blocking=pinned)
+        if pinned and tensor.device not in self._devices:
+            self._devices.append(tensor.device)
+        return host
+
+    def wait(self) -> None:
+        """Wait, once per device, for the copies queued so far."""
+        devices, self._devices = self._devices, []
+        for device in devices:
+            _synchronize(self._torch, device)
+
+
 def staged(value: Any) -> Any:
     """``value`` with every tensor on a device replaced by a host copy, with one synchronisation per device.
 
-    A tensor already in host memory is kept as it is. Raises
+    Walks what :func:`~fastenv.tensors.map_tensors` walks (containers and
+    dataclasses); a tensor already in host memory is kept as it is. Raises
     :class:`~fastenv.errors.EncodeError` for a tensor on the meta device.
     """
     found: dict[int, Any] = {}
 
     def collect(tensor: Any) -> Any:
         if tensor.device.type != "cpu":
-            if tensor.device.type == "meta":
-                raise EncodeError("cannot send a torch tensor on the meta device: it has no values")
             found[id(tensor)] = tensor
         return tensor
 
     map_tensors(value, collect)
     if not found:
         return value
-    torch = sys.modules["torch"]
-    copies: dict[int, Any] = {}
-    waits: list[Any] = []
-    for key, tensor in found.items():
-        host, pinned = _host_copy(torch, tensor)
-        host.copy_(tensor.detach(), non_blocking=pinned)
-        copies[key] = host
-        if pinned and tensor.device not in waits:
-            waits.append(tensor.device)
-    for device in waits:
-        _synchronize(torch, device)
-    return map_tensors(value, lambda tensor: copies.get(id(tensor), tensor))
+    copies = HostCopies()
+    hosts = {key: copies.copy(tensor) for key, tensor in found.items()}
+    copies.wait()
+    return map_tensors(value, lambda tensor: hosts.get(id(tensor), tensor))
 
 
 def _synchronize(torch: Any, device: Any) -> None:

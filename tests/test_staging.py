@@ -77,6 +77,30 @@ def test_the_codec_synchronises_once_per_message(synchronisations: list[Any]) ->
         _assert_equal_on_host(codec.decode(skeleton, buffers), message)
 
 
+class _Trajectory:
+    """A user type the codec carries through register_type: its tensors are reached only through to_data."""
+
+    def __init__(self, steps: Any) -> None:
+        self.steps = steps
+
+
+codec.register_type(_Trajectory, "test_staging.Trajectory", lambda t: {"steps": t.steps}, lambda d: _Trajectory(d["steps"]))
+
+
+@needs_cuda
+def test_device_tensors_inside_registered_types_and_sets_are_staged(synchronisations: list[Any]) -> None:
+    """The codec stages every device tensor it meets, wherever it is held, and still waits once."""
+    generator = torch.Generator().manual_seed(5)
+    tensors = [torch.randn(3, generator=generator).to("cuda:0") for _ in range(3)]
+    value = {"trajectory": _Trajectory([tensors[0], tensors[1]]), "set": frozenset([tensors[2]])}
+    skeleton, buffers = codec.encode(value)
+    assert len(synchronisations) == 1, synchronisations
+    out = codec.decode(skeleton, buffers)
+    _assert_equal_on_host(out["trajectory"].steps, tensors[:2])
+    (received,) = out["set"]
+    assert torch.equal(received, tensors[2].cpu())
+
+
 @needs_cuda
 def test_a_compiled_layout_stages_the_whole_message_once(
     synchronisations: list[Any],
