@@ -238,6 +238,14 @@ def test_repeated_get_state_is_served_from_the_cache(serve) -> None:
         assert env.get_state()["steps"] == 0 and env.state_reads == 3
 
 
+def test_an_env_whose_state_moves_on_its_own_is_asked_every_time(serve) -> None:
+    server = serve(COUNTER.replace(":Counter", ":Sensor"))
+    with fastenv.FastRemoteEnv(server.address, timeout=T) as env:
+        env.reset()
+        readings = [env.get_state()["reading"] for _ in range(3)]
+        assert readings == [1, 2, 3] and env.state_reads == 3
+
+
 # ---------------------------------------------------------------- liveness
 
 

@@ -7,6 +7,11 @@ is what makes *shared* mode (every client drives the same env) well
 defined. Around the env call it checks the control lease and the observer
 role, serves a repeated ``get_state()`` from the env's cache, runs
 ``batch_step``, and publishes what changed the env to observers.
+
+The state cache assumes the env changes only through calls. An env whose
+state moves on its own (a real robot, a simulator running in real time on
+a thread of its own) says so with ``metadata[STATE_CACHE] = False``, and
+every ``get_state()`` then asks it.
 """
 
 from __future__ import annotations
@@ -36,6 +41,14 @@ _perf_ns = time.perf_counter_ns
 # the lease, and not published as transitions. Everything else counts as changing the env.
 READ_ONLY_CALLS = frozenset({GETATTR, "get_state", "render"})
 MAX_BATCH_STEPS = 1 << 16  # most actions in one batch_step
+# The env metadata key that, set to False, turns the get_state() cache off for an env whose state moves on its own.
+STATE_CACHE = "fastenv.state_cache"
+
+
+def caches_state(env: Any) -> bool:
+    """Whether a repeated ``get_state()`` of ``env`` may be answered from the cache (see :data:`STATE_CACHE`)."""
+    metadata = getattr(env, "metadata", None)
+    return not (isinstance(metadata, dict) and metadata.get(STATE_CACHE) is False)
 
 
 class Dispatcher:
@@ -124,7 +137,7 @@ class Dispatcher:
                     log.info("session %s is back in control", session.session_id)
                 if changes_env:
                     self._publish(session, name, args, kwargs, result)
-                elif name == "get_state" and not args and not kwargs:
+                elif name == "get_state" and not args and not kwargs and caches_state(session.env):
                     handle.cached_state = (id(session.env), result)
                 if self.recorder is not None and name != GETATTR:
                     self.recorder.record(session, name, args, kwargs, result)
