@@ -39,84 +39,30 @@ import numpy as np
 
 from fastenv import native as _switch  # Layout(native=...) is a parameter name here
 from fastenv import tensors
-from fastenv.layout_program import ProgramBuilder
 from fastenv.errors import DecodeError
+from fastenv.layout_program import ProgramBuilder
+from fastenv.layout_spec import NUMPY_SCALAR_CODES, PY_SCALARS, LayoutMismatch
 
 ALIGN = 64
 MAX_NODES = 4096
 MAX_ARRAY_BYTES = 1 << 40  # far above any message limit; keeps every size an exact int64
 
-# struct codes for numpy scalar dtypes that a layout may carry
-_NUMPY_SCALAR_CODES = {
-    np.dtype(np.bool_): "?",
-    np.dtype(np.int8): "b", np.dtype(np.uint8): "B",
-    np.dtype(np.int16): "h", np.dtype(np.uint16): "H",
-    np.dtype(np.int32): "i", np.dtype(np.uint32): "I",
-    np.dtype(np.int64): "q", np.dtype(np.uint64): "Q",
-    np.dtype(np.float16): "e", np.dtype(np.float32): "f", np.dtype(np.float64): "d",
-}
-_NUMPY_SCALAR_TYPES = {dtype.type: (dtype, code) for dtype, code in _NUMPY_SCALAR_CODES.items()}
-_PY_SCALARS = {bool: ("bool", "?"), int: ("int", "q"), float: ("float", "d")}
-
 # The C packer (native/fastenv_layout.c) reads and writes scalars with these struct codes;
 # offsets are computed here with the same codes.
 _switch.verify_constants(
     {
-        "SCALAR_CODES": ("the codes of fastenv.layout._NUMPY_SCALAR_CODES", "".join(_NUMPY_SCALAR_CODES.values())),
+        "SCALAR_CODES": ("the codes of fastenv.layout_spec.NUMPY_SCALAR_CODES", "".join(NUMPY_SCALAR_CODES.values())),
         "PLAIN_CODES": (
-            "the codes of fastenv.layout._PY_SCALARS (bool, int, float)",
-            "".join(_PY_SCALARS[kind][1] for kind in (bool, int, float)),
+            "the codes of fastenv.layout_spec.PY_SCALARS (bool, int, float)",
+            "".join(PY_SCALARS[kind][1] for kind in (bool, int, float)),
         ),
     },
     (_switch.LAYOUT_MODULE,),
 )
 
 
-class LayoutMismatch(Exception):
-    """The value does not have the layout's structure (the caller falls back to the codec)."""
-
-
 def _round_up(value: int) -> int:
     return (value + ALIGN - 1) // ALIGN * ALIGN
-
-
-# ----------------------------------------------------------------------------- inference
-
-
-def infer_spec(value: Any, depth: int = 32) -> Any:
-    """The spec of ``value``, or raise :class:`LayoutMismatch` if it has no fixed layout."""
-    if depth <= 0:
-        raise LayoutMismatch("too deep")
-    kind = type(value)
-    if value is None:
-        return ("none",)
-    if kind in _PY_SCALARS:
-        return ("scalar", *_PY_SCALARS[kind])
-    if kind in _NUMPY_SCALAR_TYPES:
-        dtype, code = _NUMPY_SCALAR_TYPES[kind]
-        return ("scalar", dtype.str, code)
-    if kind is str or kind is bytes:
-        return ("const", value)
-    if kind is np.ndarray:
-        if value.dtype.hasobject or value.dtype.fields is not None:
-            raise LayoutMismatch("unsupported array dtype")
-        order = "F" if value.flags.f_contiguous and not value.flags.c_contiguous else "C"
-        return ("array", value.dtype.str, tuple(value.shape), order)
-    if kind is tuple or kind is list:
-        return ("tuple" if kind is tuple else "list", [infer_spec(item, depth - 1) for item in value])
-    if tensors.is_tensor(value) and kind is sys.modules["torch"].Tensor:  # not a subclass (the codec carries those)
-        try:
-            entry = tensors.wire_dtype(value.dtype)
-        except TypeError as exc:  # a dtype no layout carries
-            raise LayoutMismatch(str(exc)) from exc
-        return ("tensor", entry.name, tuple(value.shape))
-    if kind is dict or kind is OrderedDict:
-        keys = list(value)
-        if not all(type(key) in (str, int) for key in keys):
-            raise LayoutMismatch("dict keys must be str or int")
-        children = [infer_spec(value[key], depth - 1) for key in keys]
-        return ("dict" if kind is dict else "odict", keys, children)
-    raise LayoutMismatch(f"{kind.__name__} has no fixed layout")
 
 
 # ----------------------------------------------------------------------------- compiling
@@ -362,7 +308,7 @@ def _compile_const(constant: Any) -> _Compiled:
 def _compile_scalar(kind: Any, code: Any, codes: list[str]) -> _Compiled:
     if kind in ("bool", "int", "float"):
         expected = {"bool": bool, "int": int, "float": float}[kind]
-        if code != _PY_SCALARS[expected][1]:
+        if code != PY_SCALARS[expected][1]:
             raise DecodeError("invalid scalar code in layout")
         convert: Callable[[Any], Any] = expected
     else:
@@ -370,7 +316,7 @@ def _compile_scalar(kind: Any, code: Any, codes: list[str]) -> _Compiled:
             dtype = np.dtype(kind)
         except (TypeError, ValueError) as exc:
             raise DecodeError(f"invalid scalar dtype {kind!r} in layout") from exc
-        if _NUMPY_SCALAR_CODES.get(dtype) != code or dtype.str != kind:
+        if NUMPY_SCALAR_CODES.get(dtype) != code or dtype.str != kind:
             raise DecodeError("invalid numpy scalar in layout")
         expected = convert = dtype.type
     codes.append(code)

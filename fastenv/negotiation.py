@@ -13,7 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 from fastenv.errors import DecodeError
-from fastenv.layout import Layout, LayoutMismatch, compile_spec, infer_spec
+from fastenv.layout import Layout, LayoutMismatch, compile_spec
+from fastenv.layout_spec import infer_spec
 
 MAX_LAYOUTS = 64  # per direction and session
 MAX_INFERENCES_PER_KEY = 8  # stop trying layouts for a call whose structure keeps changing

@@ -21,10 +21,11 @@ from assertions import assert_same
 import fastenv
 from fastenv import native
 from fastenv.examples import VectorEnv
-from fastenv.layout import Layout, copy_strided, infer_spec, native_put, native_take
-from fastenv.shm import futex
+from fastenv.layout import Layout, copy_strided, native_put, native_take
+from fastenv.layout_spec import infer_spec
 from fastenv.shm import arena as arena_module
 from fastenv.shm import client as shm_client
+from fastenv.shm import futex
 from fastenv.shm import plane as plane_module
 from fastenv.shm import worker as shm_worker
 from fastenv.shm.arena import CALL, ENVELOPE, FAST, RESULT

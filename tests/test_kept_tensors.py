@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from fastenv import layout as layout_module
-from fastenv.layout import Layout, infer_spec
+from fastenv.layout import Layout
+from fastenv.layout_spec import infer_spec
 from fastenv.shm.kept import KeptTensors
 
 torch = pytest.importorskip("torch")

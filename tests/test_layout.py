@@ -12,7 +12,8 @@ from assertions import assert_same
 from fastenv import codec
 from fastenv import layout as layout_module
 from fastenv.errors import DecodeError
-from fastenv.layout import ChangedView, Layout, LayoutMismatch, infer_spec
+from fastenv.layout import ChangedView, Layout, LayoutMismatch
+from fastenv.layout_spec import infer_spec
 from fastenv.negotiation import ReceivedLayouts, SentLayouts
 from fastenv.tcp.format import FLAG_LAYOUT, FLAG_LAYOUT_DEF
 from fastenv.tcp.layouts import StreamDecoder, StreamEncoder

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from fastenv import doctor, layout, native
+from fastenv.layout_spec import infer_spec
 from fastenv.shm import arena, doorbell, futex
 from fastenv.shm.doorbell import Doorbell
 from fastenv.tcp.framing import MessageStream
@@ -129,7 +130,7 @@ def test_select_python_switches_every_part(restore_backend: None) -> None:
     assert futex.load is futex.python_backend.load
     assert Doorbell(bytearray(8), 0).backend is futex.python_backend
     assert layout._native_layout is None
-    assert not layout.Layout(layout.infer_spec((1.0, 2))).native
+    assert not layout.Layout(infer_spec((1.0, 2))).native
     assert _spin_of_a_new_stream() is None
 
 
@@ -141,7 +142,7 @@ def test_select_native_switches_every_part(restore_backend: None) -> None:
     assert futex.wait is futex.native_backend.wait
     assert Doorbell(bytearray(8), 0).backend is futex.native_backend
     assert layout._native_layout is native.part(native.LAYOUT_MODULE).module
-    assert layout.Layout(layout.infer_spec((1.0, 2))).native
+    assert layout.Layout(infer_spec((1.0, 2))).native
     assert layout.native_take is native.BACKEND.layout.take
     assert _spin_of_a_new_stream() is native.BACKEND.native.spin_readable
     assert futex.backend_info()["reason"] is None

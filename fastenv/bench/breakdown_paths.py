@@ -17,7 +17,8 @@ import numpy as np
 
 from fastenv import codec
 from fastenv.errors import FastEnvError
-from fastenv.layout import Layout, LayoutMismatch, infer_spec
+from fastenv.layout import Layout, LayoutMismatch
+from fastenv.layout_spec import infer_spec
 from fastenv.loans import ReplyLoans
 from fastenv.shm.arena import (
     CALL,

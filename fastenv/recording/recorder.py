@@ -28,10 +28,11 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from fastenv import envinfo
+from fastenv import layout as layout_module
 from fastenv._version import __version__
 from fastenv.errors import FastEnvError, ServerConfigError
-from fastenv import layout as layout_module
-from fastenv.layout import Layout, LayoutMismatch, copy_strided, infer_spec
+from fastenv.layout import Layout, LayoutMismatch, copy_strided
+from fastenv.layout_spec import infer_spec
 from fastenv.recording import format as fmt
 from fastenv.recording.mcap_writer import McapWriter
 

@@ -104,19 +104,6 @@ class Counter:
         self.safe_stops += 1
         return "stopped"
 
-
-class Sensor(Counter):
-    """A Counter whose state moves on its own, like a robot's sensors: every read is a new reading.
-
-    It says so in its metadata, so the server asks it on every ``get_state()``.
-    """
-
-    metadata = {"render_modes": [], "fastenv.state_cache": False}
-
-    def get_state(self) -> dict[str, int]:
-        self.state_reads += 1
-        return {"steps": self.steps, "reading": self.state_reads}
-
     def echo(self, value: Any) -> Any:
         """Return ``value`` as received (the conformance suite's round trip)."""
         return value
@@ -165,3 +152,16 @@ class Sensor(Counter):
     def close(self) -> None:
         if self.marker_dir is not None:
             (self.marker_dir / f"closed-{os.getpid()}-{id(self)}").write_text("closed")
+
+
+class Sensor(Counter):
+    """A Counter whose state moves on its own, like a robot's sensors: every read is a new reading.
+
+    It says so in its metadata, so the server asks it on every ``get_state()``.
+    """
+
+    metadata = {"render_modes": [], "fastenv.state_cache": False}
+
+    def get_state(self) -> dict[str, int]:
+        self.state_reads += 1
+        return {"steps": self.steps, "reading": self.state_reads}
