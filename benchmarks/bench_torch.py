@@ -69,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="also serve the fixed payloads as tensors on this device")
     parser.add_argument("--device-only", action="store_true", help="with --device: only the device table")
     args = parser.parse_args(argv)
-    families = {} if args.device and args.device_only else dict(FAMILIES)
+    if args.device_only and args.device is None:
+        parser.error("--device-only needs --device")
+    families = {} if args.device_only else dict(FAMILIES)
     if args.device is not None:
         families[f"fixed payloads, host tensors against tensors on {args.device}"] = {
             payload: {

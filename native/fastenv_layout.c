@@ -939,7 +939,10 @@ unpack_node(unpack_ctx *ctx, PyObject *node, int depth)
                 return tensor; /* the kept tensor, or NULL with an exception set */
             }
         }
+        int reused = ctx->reused;
+        ctx->reused = 0; /* the view under a tensor is never handed out: only the tensor built on it */
         PyObject *array = unpack_node(ctx, array_node, depth + 1);
+        ctx->reused = reused;
         if (array == NULL) {
             return NULL;
         }
